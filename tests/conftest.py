@@ -1,0 +1,29 @@
+"""Shared fixtures and device parametrisation for the whole suite."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+CUDA_AVAILABLE = torch.cuda.is_available()
+
+needs_cuda = pytest.mark.needs_cuda
+
+
+def cpu_and_cuda():
+    """Parametrise a test over ``cpu`` and ``cuda``; the cuda case carries the ``needs_cuda`` marker."""
+    return pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
+
+
+def pytest_collection_modifyitems(config, items):
+    if CUDA_AVAILABLE:
+        return
+    skip = pytest.mark.skip(reason="GPU not exercised: no CUDA device on this machine")
+    for item in items:
+        if "needs_cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not CUDA_AVAILABLE:
+        terminalreporter.write_line("GPU not exercised: no CUDA device; every needs_cuda test was skipped.")
