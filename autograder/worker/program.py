@@ -1,0 +1,216 @@
+"""Interpreter for call programs: the one description of a graded call, run on either side.
+
+A *program* is a JSON-able list of steps (see docs/ARCHITECTURE.md). The grader runs it against the
+reference namespace (the ``solutions`` package) and the worker runs the very same program against
+the student's namespace, so both sides make exactly the same calls on the same inputs.
+
+This file is copied into the worker's sandbox next to ``main.py``: it must import nothing from this
+repository, only the standard library and torch (matplotlib lazily, for figures).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+MAX_LABELS = 64
+
+
+class ProgramError(Exception):
+    """A step could not be carried out for a reason the student can act on (e.g. missing name)."""
+
+
+def _resolve_name(namespace: dict[str, Any], env: dict[str, Any], name: str) -> Any:
+    if name.startswith("torch."):
+        obj: Any = torch
+        for part in name.split(".")[1:]:
+            obj = getattr(obj, part)
+        return obj
+    if name in env:
+        return env[name]
+    if name in namespace:
+        return namespace[name]
+    raise ProgramError(f"`{name}` is not defined: run its answer cell and keep the name exactly `{name}`")
+
+
+def _arg(spec: Any, inputs: dict[str, torch.Tensor], env: dict[str, Any], device: torch.device) -> Any:
+    if not isinstance(spec, dict) or len(spec) != 1:
+        raise ValueError(f"malformed argument {spec!r}")
+    (kind, value), = spec.items()
+    if kind == "tensor":
+        return inputs[value].to(device)
+    if kind == "var":
+        return env[value]
+    if kind == "lit":
+        return value
+    if kind == "device":
+        return device
+    if kind == "tensor_list":
+        return [inputs[v].to(device) for v in value]
+    raise ValueError(f"unknown argument kind {kind!r}")
+
+
+def load_params(module: Any, params: dict[str, torch.Tensor]) -> None:
+    """Copy ``params`` into ``module``'s parameters by name; a clear message when names or shapes differ."""
+    if not isinstance(module, torch.nn.Module):
+        raise ProgramError(f"expected an nn.Module, got {type(module).__name__}")
+    own = dict(module.named_parameters())
+    missing = sorted(set(params) - set(own))
+    extra = sorted(set(own) - set(params))
+    if missing or extra:
+        parts = [f"expected parameters {sorted(params)}"]
+        if missing:
+            parts.append(f"missing {missing}")
+        if extra:
+            parts.append(f"unexpected {extra}")
+        raise ProgramError("parameter names differ from the specification: " + "; ".join(parts))
+    with torch.no_grad():
+        for name, value in params.items():
+            target = own[name]
+            if tuple(target.shape) != tuple(value.shape):
+                raise ProgramError(
+                    f"parameter `{name}` has shape {tuple(target.shape)}, expected {tuple(value.shape)}"
+                )
+            target.copy_(value.to(device=target.device, dtype=target.dtype))
+
+
+def run_program(
+    program: list[dict[str, Any]],
+    namespace: dict[str, Any],
+    inputs: dict[str, torch.Tensor],
+    device: str,
+    dtype: str | None,
+) -> dict[str, Any]:
+    """Run ``program`` against ``namespace``; return the raw values of its ``output`` steps by key."""
+    dev = torch.device(device)
+    env: dict[str, Any] = {}
+    outputs: dict[str, Any] = {}
+    for step in program:
+        op = step["op"]
+        if op in ("call", "new"):
+            target = _resolve_name(namespace, env, step["fn"] if op == "call" else step["cls"])
+            if not callable(target):
+                raise ProgramError(f"`{step.get('fn') or step.get('cls')}` is not callable")
+            args = [_arg(a, inputs, env, dev) for a in step.get("args", [])]
+            kwargs = {k: _arg(a, inputs, env, dev) for k, a in step.get("kwargs", {}).items()}
+            value = target(*args, **kwargs)
+            if op == "new":
+                if not isinstance(value, torch.nn.Module):
+                    raise ProgramError(f"`{step['cls']}(...)` did not create an nn.Module")
+                value = value.to(dev) if dtype is None else value.to(device=dev, dtype=getattr(torch, dtype))
+            env[step["out"]] = value
+        elif op == "raises":
+            target = _resolve_name(namespace, env, step["fn"])
+            args = [_arg(a, inputs, env, dev) for a in step.get("args", [])]
+            kwargs = {k: _arg(a, inputs, env, dev) for k, a in step.get("kwargs", {}).items()}
+            try:
+                target(*args, **kwargs)
+                env[step["out"]] = ""
+            except Exception as exc:  # noqa: BLE001 - the exception's type is the result
+                env[step["out"]] = type(exc).__name__
+        elif op == "freeze":
+            module = env[step["obj"]]
+            for name, param in module.named_parameters():
+                if name in step["names"]:
+                    param.requires_grad_(False)
+        elif op == "load_params":
+            load_params(env[step["obj"]], {k: inputs[v] for k, v in step["params"].items()})
+        elif op == "mode":
+            env[step["obj"]].train(bool(step["train"]))
+        elif op == "seed":
+            torch.manual_seed(int(step["value"]))
+        elif op == "attr":
+            obj = env[step["obj"]]
+            if not hasattr(obj, step["name"]):
+                raise ProgramError(f"`{type(obj).__name__}` has no attribute `{step['name']}`")
+            env[step["out"]] = getattr(obj, step["name"])
+        elif op == "params":
+            env[step["out"]] = {k: p.detach().clone() for k, p in env[step["obj"]].named_parameters()}
+        elif op == "output":
+            outputs[step["key"]] = env[step["var"]]
+        else:
+            raise ValueError(f"unknown step {op!r}")
+    return outputs
+
+
+def _figure_probe(fig: Any, key: str, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    axes = []
+    for i, ax in enumerate(fig.get_axes()):
+        images = []
+        for j, artist in enumerate(list(ax.images) + list(ax.collections)):
+            get_array = getattr(artist, "get_array", None)
+            data = get_array() if get_array else None
+            if data is None:
+                continue
+            try:
+                arr = torch.as_tensor(data.__array__() if hasattr(data, "__array__") else data, dtype=torch.float64)
+            except Exception:  # noqa: BLE001 - an exotic artist is simply not an image
+                continue
+            name = f"{key}.axes{i}.image{j}"
+            tensors[name] = arr.contiguous()
+            images.append(name)
+        axes.append({
+            "images": images,
+            "xticklabels": [t.get_text() for t in ax.get_xticklabels()][:MAX_LABELS],
+            "yticklabels": [t.get_text() for t in ax.get_yticklabels()][:MAX_LABELS],
+            "xlabel": ax.get_xlabel()[:200],
+            "ylabel": ax.get_ylabel()[:200],
+            "title": ax.get_title()[:200],
+        })
+    meta[key] = {"pytype": "Figure", "axes": axes}
+
+
+def serialise(value: Any, key: str, tensors: dict[str, torch.Tensor], meta: dict[str, Any], depth: int = 0) -> None:
+    """Flatten ``value`` into plain CPU tensors plus JSON metadata (type, device, dtype) per key."""
+    if depth > 3:
+        meta[key] = {"pytype": type(value).__name__, "error": "nested too deeply"}
+        return
+    if isinstance(value, torch.Tensor):
+        meta[key] = {
+            "pytype": "Tensor" if type(value) is torch.Tensor else f"Tensor subclass {type(value).__name__}",
+            "device": str(value.device),
+            "dtype": str(value.dtype).replace("torch.", ""),
+            "shape": list(value.shape),
+            "requires_grad": bool(value.requires_grad),
+        }
+        plain = torch.Tensor._make_subclass(torch.Tensor, value.detach()) if type(value) is not torch.Tensor \
+            else value.detach()
+        tensors[key] = plain.to("cpu").contiguous().clone()
+    elif isinstance(value, str):
+        meta[key] = {"pytype": "str", "value": value[:200]}
+    elif isinstance(value, bool):
+        meta[key] = {"pytype": "bool"}
+        tensors[key] = torch.tensor(value)
+    elif isinstance(value, int):
+        meta[key] = {"pytype": "int"}
+        tensors[key] = torch.tensor(value, dtype=torch.int64)
+    elif isinstance(value, float):
+        meta[key] = {"pytype": "float", "finite": math.isfinite(value)}
+        tensors[key] = torch.tensor(value, dtype=torch.float64)
+    elif isinstance(value, (tuple, list)):
+        meta[key] = {"pytype": type(value).__name__, "length": len(value)}
+        if value and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            tensors[key] = torch.tensor([float(v) for v in value], dtype=torch.float64)
+            meta[key]["numbers"] = True
+            return
+        for i, item in enumerate(value[:16]):
+            serialise(item, f"{key}.{i}", tensors, meta, depth + 1)
+    elif isinstance(value, dict):
+        meta[key] = {"pytype": "dict", "keys": [str(k) for k in list(value)[:64]]}
+        for k, item in list(value.items())[:64]:
+            serialise(item, f"{key}.{k}", tensors, meta, depth + 1)
+    elif type(value).__name__ == "Figure" and hasattr(value, "get_axes"):
+        _figure_probe(value, key, tensors, meta)
+    else:
+        meta[key] = {"pytype": type(value).__name__}
+
+
+def serialise_outputs(outputs: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Serialise every output of a program run: ``(tensors, metadata)``."""
+    tensors: dict[str, torch.Tensor] = {}
+    meta: dict[str, Any] = {}
+    for key, value in outputs.items():
+        serialise(value, key, tensors, meta)
+    return tensors, meta

@@ -1,0 +1,589 @@
+"""The catalogue of graded items: for each, how to build its cases on fresh random inputs.
+
+One definition serves both graders: ``exercises.kernel.check`` (nbgrader's hidden tests, in the
+student's kernel) and the pytest autograder (in an isolated worker). A case is a call program plus
+its input tensors (see docs/ARCHITECTURE.md); the reference side runs the same program against the
+``solutions`` package. Points are not here: they come from the nbgrader metadata in ``source/``.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from exercises.compare import Outputs, value_mismatch
+
+Check = Callable[[Outputs, Outputs], "str | None"]
+
+FLOAT_DTYPES = ("float64", "float32")
+BUILTIN_SOFTMAX = ("torch.softmax", "torch.nn.functional.softmax", "torch.Tensor.softmax",
+                   "torch.log_softmax", "torch.nn.functional.log_softmax", "torch.special.softmax")
+BUILTIN_SDPA = ("torch.nn.functional.scaled_dot_product_attention",)
+BUILTIN_MHA = ("torch.nn.MultiheadAttention", "torch.nn.functional.multi_head_attention_forward")
+
+
+@dataclass
+class Case:
+    """One graded call: its program, its inputs and how its outputs are judged."""
+
+    name: str
+    program: list[dict[str, Any]]
+    inputs: dict[str, torch.Tensor]
+    dims: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    checks: tuple[Check, ...] = ()
+    compare: bool = True  # compare every output with the reference's; False: only ``checks`` judge
+
+
+@dataclass(frozen=True)
+class Item:
+    """A graded name: which notebook defines it and how to build its cases for one dtype."""
+
+    name: str
+    notebook: str
+    build: Callable[[torch.Generator, torch.dtype | None], list[Case]]
+    dtypes: tuple[str | None, ...] = FLOAT_DTYPES
+    gpu_dtypes: tuple[str, ...] = ("bfloat16",)
+    forbidden: tuple[str, ...] = ()
+    depends_on: tuple[str, ...] = ()
+
+    def variants(self, device: str) -> tuple[str | None, ...]:
+        """The dtype variants graded on ``device`` (bfloat16 only on a GPU, where it matters)."""
+        extra = self.gpu_dtypes if device == "cuda" and self.dtypes == FLOAT_DTYPES else ()
+        return tuple(self.dtypes) + tuple(extra)
+
+    def cases(self, seed: int, dtype: str | None) -> list[Case]:
+        """Build the cases for ``dtype`` from ``seed``: same seed, same inputs, on both sides."""
+        mixed = zlib.crc32(f"{self.name}/{dtype}".encode()) ^ (seed & 0xFFFFFFFF)
+        gen = torch.Generator().manual_seed(mixed)
+        return self.build(gen, getattr(torch, dtype) if dtype else None)
+
+
+# --- program building blocks ------------------------------------------------------------------
+
+
+def T(key: str) -> dict[str, str]:
+    return {"tensor": key}
+
+
+def V(name: str) -> dict[str, str]:
+    return {"var": name}
+
+
+def L(value: Any) -> dict[str, Any]:
+    return {"lit": value}
+
+
+DEVICE = {"device": True}
+
+
+def call(fn: str, *args: dict, out: str = "out", **kwargs: dict) -> list[dict[str, Any]]:
+    """A program that calls ``fn`` and returns its result as output ``out``."""
+    return [{"op": "call", "fn": fn, "args": list(args), "kwargs": kwargs, "out": "result"},
+            {"op": "output", "key": out, "var": "result"}]
+
+
+def rand(gen: torch.Generator, *shape: int, dtype: torch.dtype, scale: float = 1.0) -> torch.Tensor:
+    """Standard normal values drawn in float64 then cast, so every dtype sees the same numbers."""
+    return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(dtype)
+
+
+def reference_params(cls_name: str, kwargs: dict[str, Any], gen: torch.Generator, dtype: torch.dtype,
+                     prefix: str = "p.") -> dict[str, torch.Tensor]:
+    """Random values for every parameter of the reference module, keyed ``prefix + name``."""
+    import solutions
+
+    module = getattr(solutions, cls_name)(**kwargs)
+    return {prefix + name: rand(gen, *p.shape, dtype=dtype, scale=1 / math.sqrt(max(p.shape[-1], 1)))
+            for name, p in module.named_parameters()}
+
+
+def build_module(cls: str, kwargs: dict[str, Any], params: dict[str, torch.Tensor], var: str = "m",
+                 train: bool = False, prefix: str = "p.") -> list[dict[str, Any]]:
+    """Steps that construct ``cls(**kwargs)``, load ``params`` by name and set the mode."""
+    return [
+        {"op": "new", "cls": cls, "kwargs": {k: L(v) for k, v in kwargs.items()}, "out": var},
+        {"op": "load_params", "obj": var, "params": {k[len(prefix):]: k for k in params if k.startswith(prefix)}},
+        {"op": "mode", "obj": var, "train": train},
+    ]
+
+
+def forward(var: str, *args: dict, out: str) -> list[dict[str, Any]]:
+    return [{"op": "call", "fn": var, "args": list(args), "out": "y_" + out},
+            {"op": "output", "key": out, "var": "y_" + out}]
+
+
+# --- invariants (issue: checks with their own messages) ---------------------------------------
+
+
+def rows_sum_to_one(key: str) -> Check:
+    def check(student: Outputs, reference: Outputs) -> str | None:
+        w = student.tensor(key)
+        if w is None or not w.is_floating_point() or w.shape != reference.tensors[key].shape:
+            return None  # shape/type problems are reported by the comparison
+        sums = w.double().sum(-1)
+        worst = float((sums - 1).abs().max()) if sums.numel() else 0.0
+        tol = 2e-2 if w.dtype in (torch.bfloat16, torch.float16) else 1e-4
+        if not math.isfinite(worst) or worst > tol:
+            return f"rows of `{key}` must sum to 1 (a softmax over the keys): the worst row sums to 1 {worst:+.3g}"
+        return None
+    return check
+
+
+def prefix_unchanged(key_a: str, key_b: str, upto: int, what: str) -> Check:
+    """Outputs for positions ``< upto`` must not change when tokens from ``upto`` on are perturbed."""
+    def check(student: Outputs, reference: Outputs) -> str | None:
+        a, b = student.tensor(key_a), student.tensor(key_b)
+        if a is None or b is None or a.shape != b.shape or a.dim() < 2:
+            return None
+        if value_mismatch(key_a, b[..., :upto, :], a[..., :upto, :]) is not None:
+            return (f"causal leak: changing tokens {upto}.. changed the {what} of earlier tokens; "
+                    "mask the scores of later keys with -inf before the softmax")
+        return None
+    return check
+
+
+def outputs_differ(key_a: str, key_b: str, message: str) -> Check:
+    def check(student: Outputs, reference: Outputs) -> str | None:
+        a, b = student.tensor(key_a), student.tensor(key_b)
+        if a is None or b is None or a.shape != b.shape:
+            return None
+        return message if torch.equal(a, b) else None
+    return check
+
+
+# --- lesson 1 -----------------------------------------------------------------------------------
+NB1 = "01_attention_scores.ipynb"
+NB2 = "02_scaled_dot_product_attention.ipynb"
+NB3 = "03_trainable_self_attention.ipynb"
+NB4 = "04_causal_attention.ipynb"
+NB5 = "05_multi_head_attention.ipynb"
+NB6 = "06_training_self_attention.ipynb"
+NB7 = "07_efficient_attention.ipynb"
+QK = ("query", "key")
+QF = ("query", "feature")
+
+
+def _book(dtype: torch.dtype) -> torch.Tensor:
+    import solutions
+
+    return solutions.BOOK_INPUTS.to(dtype)
+
+
+def _scores_loop(gen, dtype):
+    shapes = [(1, 3), (5, 4), (7, 2)]
+    cases = [Case("book_example", call("attention_scores_loop", T("x")), {"x": _book(dtype)}, {"out": QK})]
+    for n, d in shapes:
+        cases.append(Case(f"n{n}_d{d}", call("attention_scores_loop", T("x")), {"x": rand(gen, n, d, dtype=dtype)},
+                          {"out": QK}))
+    return cases
+
+
+def _scores(gen, dtype):
+    cases = [Case("book_example", call("attention_scores", T("x")), {"x": _book(dtype)}, {"out": QK})]
+    for shape in [(2, 5, 4), (3, 2, 1, 6), (4, 3)]:
+        cases.append(Case("x" + "x".join(map(str, shape)), call("attention_scores", T("x")),
+                          {"x": rand(gen, *shape, dtype=dtype)}, {"out": ("batch",) * (len(shape) - 2) + QK}))
+    return cases
+
+
+def _softmax_cases(fn: str, large: bool) -> Callable:
+    def build(gen, dtype):
+        cases = [
+            Case("rows_4x6", call(fn, T("x")), {"x": rand(gen, 4, 6, dtype=dtype, scale=2.0)}, {"out": QK},
+                 (rows_sum_to_one("out"),)),
+            Case("dim1_of_3d", call(fn, T("x"), dim=L(1)), {"x": rand(gen, 3, 4, 5, dtype=dtype)},
+                 {"out": ("batch", "softmax dim", "column")}),
+            Case("vector_dim0", call(fn, T("x"), dim=L(0)), {"x": rand(gen, 5, dtype=dtype)}, {"out": ("entry",)}),
+        ]
+        if large:
+            cases.append(Case("large_1000", call(fn, T("x")), {"x": rand(gen, 3, 5, dtype=dtype) * 1000},
+                              {"out": QK}, (rows_sum_to_one("out"),)))
+            x = rand(gen, 4, 6, dtype=dtype)
+            x[0, 2] = float("-inf")
+            x[1, :5] = float("-inf")
+            x[3, 0] = float("-inf")
+            cases.append(Case("rows_with_minus_inf", call(fn, T("x")), {"x": x}, {"out": QK},
+                              (rows_sum_to_one("out"),)))
+        return cases
+    return build
+
+
+def _context(gen, dtype):
+    import solutions
+
+    cases = []
+    for shape in [(6, 3), (2, 5, 4), (1, 2)]:
+        *batch, n, d = shape
+        w = solutions.softmax_stable(rand(gen, *batch, n, n, dtype=torch.float64)).to(dtype)
+        cases.append(Case("x" + "x".join(map(str, shape)), call("context_vectors", T("w"), T("x")),
+                          {"w": w, "x": rand(gen, *shape, dtype=dtype)}, {"out": ("batch",) * len(batch) + QF}))
+    return cases
+
+
+def _simple(gen, dtype):
+    dims = {"out.0": QF, "out.1": QK}
+    cases = [Case("book_example", call("simple_self_attention", T("x")), {"x": _book(dtype)}, dims,
+                  (rows_sum_to_one("out.1"),))]
+    for shape in [(2, 5, 4), (1, 3)]:
+        cases.append(Case("x" + "x".join(map(str, shape)), call("simple_self_attention", T("x")),
+                          {"x": rand(gen, *shape, dtype=dtype)}, dims, (rows_sum_to_one("out.1"),)))
+    return cases
+
+
+# --- lesson 2 -----------------------------------------------------------------------------------
+
+
+def _project(gen, dtype):
+    cases = []
+    for shape, dk, dv in [((6, 3), 2, 2), ((2, 5, 4), 3, 6), ((1, 8), 8, 1)]:
+        d_in = shape[-1]
+        inputs = {"x": rand(gen, *shape, dtype=dtype), "wq": rand(gen, d_in, dk, dtype=dtype),
+                  "wk": rand(gen, d_in, dk, dtype=dtype), "wv": rand(gen, d_in, dv, dtype=dtype)}
+        cases.append(Case(f"x{'x'.join(map(str, shape))}_dk{dk}_dv{dv}",
+                          call("project_qkv", T("x"), T("wq"), T("wk"), T("wv")), inputs,
+                          {f"out.{i}": QF for i in range(3)}))
+    return cases
+
+
+def _sdpa(gen, dtype):
+    def sdpa_case(name, batch, nq, nk, dk, dv, mask=None):
+        inputs = {"q": rand(gen, *batch, nq, dk, dtype=dtype), "k": rand(gen, *batch, nk, dk, dtype=dtype),
+                  "v": rand(gen, *batch, nk, dv, dtype=dtype)}
+        args = [T("q"), T("k"), T("v")]
+        if mask is not None:
+            inputs["mask"] = mask
+            args.append(T("mask"))
+        dims = {"out.0": ("batch",) * len(batch) + QF, "out.1": ("batch",) * len(batch) + QK}
+        return Case(name, call("scaled_dot_product_attention", *args), inputs, dims, (rows_sum_to_one("out.1"),))
+
+    random_mask = torch.rand(2, 5, 7, generator=gen) > 0.4
+    random_mask[..., 0] = True  # every query keeps at least one key
+    return [
+        sdpa_case("no_mask", (), 6, 6, 4, 4),
+        sdpa_case("nq_ne_nk_dk_ne_dv", (3,), 4, 9, 8, 5),
+        sdpa_case("batched_heads", (2, 3), 5, 5, 16, 16),
+        sdpa_case("random_mask", (2,), 5, 7, 4, 3, random_mask),
+        sdpa_case("broadcast_mask", (2, 3), 4, 6, 8, 8, torch.rand(6, generator=gen) > -1),
+        sdpa_case("causal_mask", (2,), 6, 6, 4, 4, torch.ones(6, 6, dtype=torch.bool).tril()),
+        sdpa_case("single_token", (), 1, 1, 3, 2),
+    ]
+
+
+# --- lesson 3 -----------------------------------------------------------------------------------
+
+
+def _module_cases(cls: str, configs: list[tuple[str, dict[str, Any], tuple[int, ...]]],
+                  gen: torch.Generator, dtype: torch.dtype, checks: Callable[[dict], tuple] = lambda cfg: ()):
+    cases = []
+    for name, kwargs, x_shape in configs:
+        params = reference_params(cls, kwargs, gen, dtype)
+        program = build_module(cls, kwargs, params) + forward("m", T("x"), out="out")
+        dims = {"out": ("batch",) * (len(x_shape) - 2) + QF}
+        cases.append(Case(name, program, {**params, "x": rand(gen, *x_shape, dtype=dtype)}, dims, checks(kwargs)))
+    return cases
+
+
+def _sa_v1(gen, dtype):
+    return _module_cases("SelfAttention_v1", [
+        ("book_3_to_2", {"d_in": 3, "d_out": 2}, (6, 3)),
+        ("batched_4_to_5", {"d_in": 4, "d_out": 5}, (2, 7, 4)),
+    ], gen, dtype)
+
+
+def _sa_v2(gen, dtype):
+    return _module_cases("SelfAttention_v2", [
+        ("book_3_to_2", {"d_in": 3, "d_out": 2}, (6, 3)),
+        ("batched_4_to_5", {"d_in": 4, "d_out": 5}, (2, 7, 4)),
+        ("qkv_bias", {"d_in": 6, "d_out": 4, "qkv_bias": True}, (3, 5, 6)),
+    ], gen, dtype)
+
+
+def _transfer(gen, dtype):
+    cases = []
+    for d_in, d_out, shape in [(3, 2, (6, 3)), (5, 4, (2, 4, 5))]:
+        params = reference_params("SelfAttention_v2", {"d_in": d_in, "d_out": d_out}, gen, dtype)
+        program = build_module("SelfAttention_v2", {"d_in": d_in, "d_out": d_out}, params, var="v2") + [
+            {"op": "seed", "value": 1234},
+            {"op": "new", "cls": "SelfAttention_v1", "kwargs": {"d_in": L(d_in), "d_out": L(d_out)}, "out": "v1"},
+            {"op": "mode", "obj": "v1", "train": False},
+            {"op": "call", "fn": "transfer_weights", "args": [V("v2"), V("v1")], "out": "ignored"},
+            {"op": "params", "obj": "v1", "out": "v1_params"},
+            {"op": "output", "key": "v1_params", "var": "v1_params"},
+        ] + forward("v1", T("x"), out="v1_out")
+        cases.append(Case(f"{d_in}_to_{d_out}", program, {**params, "x": rand(gen, *shape, dtype=dtype)},
+                          {"v1_out": QF}))
+    return cases
+
+
+# --- lesson 4 -----------------------------------------------------------------------------------
+
+
+def _causal_mask(gen, dtype):
+    return [Case(f"n{n}", call("causal_mask", L(n), device=DEVICE), {}, {"out": QK}) for n in (1, 4, 9)]
+
+
+def _causal_weights(gen, dtype):
+    cases = []
+    for shape in [(6, 6), (2, 5, 5), (2, 3, 4, 4), (1, 1)]:
+        cases.append(Case("x" + "x".join(map(str, shape)), call("causal_attention_weights", T("s")),
+                          {"s": rand(gen, *shape, dtype=dtype, scale=2.0)},
+                          {"out": ("batch",) * (len(shape) - 2) + QK}, (rows_sum_to_one("out"),)))
+    return cases
+
+
+def _causal_leak_case(cls: str, kwargs: dict[str, Any], gen, dtype, b: int, n: int, upto: int) -> Case:
+    params = reference_params(cls, kwargs, gen, dtype)
+    x = rand(gen, b, n, kwargs["d_in"], dtype=dtype)
+    x_future = x.clone()
+    x_future[:, upto:] = rand(gen, b, n - upto, kwargs["d_in"], dtype=dtype)
+    program = build_module(cls, kwargs, params) + forward("m", T("x"), out="out") + \
+        forward("m", T("x_future"), out="out_future")
+    return Case(f"no_causal_leak_n{n}", program, {**params, "x": x, "x_future": x_future},
+                {"out": ("batch",) + QF, "out_future": ("batch",) + QF},
+                (prefix_unchanged("out", "out_future", upto, "outputs"),))
+
+
+def _dropout_case(cls: str, kwargs: dict[str, Any], gen, dtype) -> Case:
+    """Training mode: dropout must act (two passes differ) and keep the expectation (mean ~ eval output)."""
+    params = reference_params(cls, kwargs, gen, dtype)
+    x = rand(gen, 1, 5, kwargs["d_in"], dtype=dtype)
+    program = build_module(cls, kwargs, params) + forward("m", T("x"), out="eval_out") + [
+        {"op": "mode", "obj": "m", "train": True}] + forward("m", T("x"), out="train_a") + \
+        forward("m", T("x"), out="train_b")
+    message = (f"{cls} in train() mode with dropout={kwargs['dropout']} gave the same output twice: apply "
+               "self.dropout to the attention weights in forward")
+    return Case("dropout_in_train_mode", program, {**params, "x": x}, {"eval_out": ("batch",) + QF},
+                (outputs_differ("train_a", "train_b", message),), compare=False)
+
+
+def _eval_matches(key: str) -> Check:
+    """For cases judged only by checks: the eval-mode output must still equal the reference's."""
+    def check(student: Outputs, reference: Outputs) -> str | None:
+        actual = student.tensor(key)
+        if actual is None or actual.shape != reference.tensors[key].shape:
+            return f"`{key}` missing or of the wrong shape in eval() mode"
+        found = value_mismatch(key, actual, reference.tensors[key])
+        return None if found is None else f"in eval() mode dropout must be off: {found.message}"
+    return check
+
+
+def _causal_attention(gen, dtype):
+    cls = "CausalAttention"
+    base = {"d_in": 4, "d_out": 3, "context_length": 8, "dropout": 0.0}
+    cases = _module_cases(cls, [
+        ("n_equals_context", base, (2, 8, 4)),
+        ("n_shorter_than_context", base, (2, 5, 4)),
+        ("eval_ignores_dropout", {**base, "dropout": 0.5, "qkv_bias": True}, (3, 6, 4)),
+        ("single_token", base, (1, 1, 4)),
+    ], gen, dtype)
+    cases.append(_causal_leak_case(cls, base, gen, dtype, 2, 7, 3))
+    dropout = _dropout_case(cls, {**base, "dropout": 0.5}, gen, dtype)
+    dropout.checks = dropout.checks + (_eval_matches("eval_out"),)
+    cases.append(dropout)
+    return cases
+
+
+# --- lesson 5 -----------------------------------------------------------------------------------
+
+
+def _mha_wrapper(gen, dtype):
+    cls = "MultiHeadAttentionWrapper"
+    base = {"d_in": 4, "d_out": 2, "context_length": 6, "dropout": 0.0, "num_heads": 3}
+    cases = _module_cases(cls, [
+        ("three_heads", base, (2, 6, 4)),
+        ("shorter_sequence", {**base, "num_heads": 2, "qkv_bias": True}, (2, 4, 4)),
+        ("eval_ignores_dropout", {**base, "dropout": 0.5}, (1, 5, 4)),
+    ], gen, dtype)
+    cases.append(_causal_leak_case(cls, base, gen, dtype, 2, 6, 2))
+    return cases
+
+
+def _split(gen, dtype):
+    return [Case(f"b{b}_n{n}_d{d}_h{h}", call("split_heads", T("x"), L(h)), {"x": rand(gen, b, n, d, dtype=dtype)},
+                 {"out": ("batch", "head", "query", "feature")})
+            for b, n, d, h in [(2, 5, 12, 3), (1, 7, 8, 8), (3, 1, 6, 2), (2, 4, 6, 1)]]
+
+
+def _merge(gen, dtype):
+    return [Case(f"b{b}_h{h}_n{n}_hd{hd}", call("merge_heads", T("x")), {"x": rand(gen, b, h, n, hd, dtype=dtype)},
+                 {"out": ("batch", "query", "feature")})
+            for b, h, n, hd in [(2, 3, 5, 4), (1, 8, 7, 1), (3, 2, 1, 3)]]
+
+
+def _mha(gen, dtype):
+    cls = "MultiHeadAttention"
+    base = {"d_in": 6, "d_out": 8, "context_length": 7, "dropout": 0.0, "num_heads": 2}
+    cases = _module_cases(cls, [
+        ("two_heads", base, (2, 7, 6)),
+        ("four_heads_shorter", {**base, "num_heads": 4}, (3, 5, 6)),
+        ("qkv_bias_one_head", {**base, "num_heads": 1, "qkv_bias": True}, (2, 6, 6)),
+        ("eval_ignores_dropout", {**base, "dropout": 0.5}, (1, 4, 6)),
+    ], gen, dtype)
+    cases.append(_causal_leak_case(cls, base, gen, dtype, 2, 7, 4))
+    dropout = _dropout_case(cls, {**base, "dropout": 0.5}, gen, dtype)
+    dropout.checks = dropout.checks + (_eval_matches("eval_out"),)
+    cases.append(dropout)
+    bad = {"d_in": 6, "d_out": 7, "context_length": 4, "dropout": 0.0, "num_heads": 2}
+
+    def raises(student: Outputs, reference: Outputs) -> str | None:
+        got = student.meta.get("raised", {}).get("value")
+        if got in ("ValueError", "AssertionError"):
+            return None
+        return ("MultiHeadAttention(d_out=7, num_heads=2) must raise ValueError (or AssertionError): d_out "
+                f"must be divisible by num_heads; got {'no exception' if not got else got}")
+    cases.append(Case("rejects_indivisible_d_out",
+                      [{"op": "raises", "fn": cls, "kwargs": {k: L(v) for k, v in bad.items()}, "out": "r"},
+                       {"op": "output", "key": "raised", "var": "r"}], {}, checks=(raises,), compare=False))
+    return cases
+
+
+def _count(gen, dtype):
+    def module_case(name, steps):
+        return Case(name, steps + [{"op": "call", "fn": "count_parameters", "args": [V("m")], "out": "n"},
+                                   {"op": "output", "key": "out", "var": "n"}], {})
+    gpt2_like = [{"op": "new", "cls": "torch.nn.Linear", "args": [L(768), L(3 * 768)],
+                  "kwargs": {"bias": L(False)}, "out": "qkv"},
+                 {"op": "new", "cls": "torch.nn.Linear", "args": [L(768), L(768)], "out": "proj"},
+                 {"op": "new", "cls": "torch.nn.Sequential", "args": [V("qkv"), V("proj")], "out": "m"}]
+    return [
+        module_case("gpt2_small_attention_shapes", gpt2_like),
+        module_case("frozen_parameters_excluded", gpt2_like + [{"op": "freeze", "obj": "m", "names": ["1.bias"]}]),
+        module_case("embedding", [{"op": "new", "cls": "torch.nn.Embedding", "args": [L(50), L(7)], "out": "m"}]),
+    ]
+
+
+# --- lesson 6 -----------------------------------------------------------------------------------
+
+
+def _train(gen, dtype):
+    import solutions
+
+    tokens, inputs, targets = solutions.toy_dataset(seed=int(torch.randint(0, 2**31, (1,), generator=gen)),
+                                                    dtype=dtype)
+    d_model = inputs.shape[-1]
+    params = reference_params("ToySelfAttention", {"d_model": d_model}, gen, dtype)
+    steps = 60
+    program = build_module("ToySelfAttention", {"d_model": d_model}, params, train=True) + [
+        {"op": "call", "fn": "train_self_attention", "args": [V("m"), T("x"), T("y")],
+         "kwargs": {"steps": L(steps), "lr": L(0.05)}, "out": "losses"},
+        {"op": "output", "key": "losses", "var": "losses"},
+        {"op": "params", "obj": "m", "out": "after"},
+        {"op": "output", "key": "after", "var": "after"},
+    ]
+
+    def judge(student: Outputs, reference: Outputs) -> str | None:
+        meta = student.meta.get("losses", {})
+        if meta.get("pytype") not in ("list", "tuple") or not meta.get("numbers"):
+            return f"train_self_attention must return a list of per-step losses (floats), got {meta.get('pytype')}"
+        losses = student.tensors["losses"]
+        if len(losses) != steps:
+            return f"expected {steps} losses (one per step), got {len(losses)}"
+        if not bool(torch.isfinite(losses).all()):
+            return "some losses are NaN or inf"
+        first = reference.tensors["losses"][0]
+        if value_mismatch("first loss", losses[:1], first.reshape(1)) is not None:
+            return (f"the first loss should be the mean-squared error of the untrained model, {float(first):.6g}; "
+                    f"got {float(losses[0]):.6g}: record loss.item() before the optimiser step, use F.mse_loss")
+        if not float(losses[-1]) < 0.5 * float(losses[0]):
+            return (f"the loss did not fall (first {float(losses[0]):.4g}, last {float(losses[-1]):.4g}): "
+                    "call loss.backward() and optimizer.step() every step, and optimizer.zero_grad()")
+        changed = [k for k in params if not torch.equal(student.tensors.get("after." + k[2:], params[k]), params[k])]
+        if not changed:
+            return "the model's weights did not change: step the optimiser built on model.parameters()"
+        return None
+
+    return [Case(f"toy_{len(tokens)}_tokens", program, {**params, "x": inputs, "y": targets}, checks=(judge,),
+                 compare=False)]
+
+
+def _plot(gen, dtype):
+    import solutions
+
+    n = 5
+    weights = solutions.softmax_stable(rand(gen, n, n, dtype=torch.float64, scale=2.0)).float()
+    tokens = ["the", "cat", "sat", "on", "mats"]
+
+    def judge(student: Outputs, reference: Outputs) -> str | None:
+        meta = student.meta.get("fig", {})
+        if meta.get("pytype") != "Figure":
+            return f"plot_attention must return a matplotlib Figure (e.g. `return fig`), got {meta.get('pytype')}"
+        for ax in meta.get("axes", []):
+            for image in ax["images"]:
+                data = student.tensors[image]
+                if data.numel() == n * n and torch.allclose(data.reshape(n, n), weights.double(), atol=1e-3):
+                    if ax["xticklabels"] != tokens or ax["yticklabels"] != tokens:
+                        return (f"the heatmap needs the tokens as tick labels on both axes: x={ax['xticklabels']}, "
+                                f"y={ax['yticklabels']}, expected {tokens} (set_xticks(range(n)) then set_xticklabels)")
+                    return None
+        return "no heatmap in the figure shows the (n, n) weights as given (use ax.imshow(weights))"
+
+    program = [{"op": "call", "fn": "plot_attention", "args": [T("w"), L(tokens)], "out": "fig"},
+               {"op": "output", "key": "fig", "var": "fig"}]
+    return [Case("five_tokens", program, {"w": weights}, checks=(judge,), compare=False)]
+
+
+# --- lesson 7 -----------------------------------------------------------------------------------
+
+
+def _sliding(gen, dtype):
+    return [Case(f"n{n}_w{w}", call("sliding_window_mask", L(n), L(w), device=DEVICE), {}, {"out": QK})
+            for n, w in [(6, 1), (6, 3), (8, 8), (5, 10), (1, 1), (9, 2)]]
+
+
+def _online(gen, dtype):
+    cases = []
+    for name, batch, nq, nk, d, dv, block, causal in [
+        ("block_divides_n", (2,), 16, 16, 8, 8, 4, False),
+        ("block_does_not_divide_n", (2,), 10, 10, 4, 6, 3, False),
+        ("causal", (2, 2), 12, 12, 8, 8, 5, True),
+        ("causal_block_1", (1,), 6, 6, 4, 4, 1, True),
+        ("nq_ne_nk", (3,), 5, 11, 4, 2, 4, False),
+        ("block_larger_than_n", (), 7, 7, 4, 4, 64, True),
+        ("single_token", (), 1, 1, 3, 3, 2, False),
+    ]:
+        inputs = {"q": rand(gen, *batch, nq, d, dtype=dtype), "k": rand(gen, *batch, nk, d, dtype=dtype),
+                  "v": rand(gen, *batch, nk, dv, dtype=dtype)}
+        program = call("online_softmax_attention", T("q"), T("k"), T("v"), block_size=L(block), causal=L(causal))
+        cases.append(Case(name, program, inputs, {"out": ("batch",) * len(batch) + QF}))
+    return cases
+
+
+ITEMS: dict[str, Item] = {item.name: item for item in [
+    Item("attention_scores_loop", NB1, _scores_loop),
+    Item("attention_scores", NB1, _scores),
+    Item("softmax_naive", NB1, _softmax_cases("softmax_naive", large=False), forbidden=BUILTIN_SOFTMAX),
+    Item("softmax_stable", NB1, _softmax_cases("softmax_stable", large=True), forbidden=BUILTIN_SOFTMAX),
+    Item("context_vectors", NB1, _context),
+    Item("simple_self_attention", NB1, _simple),
+    Item("project_qkv", NB2, _project),
+    Item("scaled_dot_product_attention", NB2, _sdpa, forbidden=BUILTIN_SDPA + BUILTIN_MHA),
+    Item("SelfAttention_v1", NB3, _sa_v1, forbidden=BUILTIN_SDPA + BUILTIN_MHA),
+    Item("SelfAttention_v2", NB3, _sa_v2, forbidden=BUILTIN_SDPA + BUILTIN_MHA),
+    Item("transfer_weights", NB3, _transfer, depends_on=("SelfAttention_v1", "SelfAttention_v2")),
+    Item("causal_mask", NB4, _causal_mask, dtypes=(None,), gpu_dtypes=()),
+    Item("causal_attention_weights", NB4, _causal_weights, forbidden=BUILTIN_SDPA),
+    Item("CausalAttention", NB4, _causal_attention, forbidden=BUILTIN_SDPA + BUILTIN_MHA),
+    Item("MultiHeadAttentionWrapper", NB5, _mha_wrapper, forbidden=BUILTIN_SDPA + BUILTIN_MHA,
+         depends_on=("CausalAttention",)),
+    Item("split_heads", NB5, _split),
+    Item("merge_heads", NB5, _merge),
+    Item("MultiHeadAttention", NB5, _mha, forbidden=BUILTIN_SDPA + BUILTIN_MHA,
+         depends_on=("split_heads", "merge_heads")),
+    Item("count_parameters", NB5, _count, dtypes=(None,), gpu_dtypes=()),
+    Item("train_self_attention", NB6, _train, dtypes=("float32",), gpu_dtypes=()),
+    Item("plot_attention", NB6, _plot, dtypes=(None,), gpu_dtypes=()),
+    Item("sliding_window_mask", NB7, _sliding, dtypes=(None,), gpu_dtypes=()),
+    Item("online_softmax_attention", NB7, _online),
+]}
+
+NOTEBOOKS: tuple[str, ...] = (NB1, NB2, NB3, NB4, NB5, NB6, NB7)
+
+
+def items_in(notebook: str) -> list[Item]:
+    """The graded items of one notebook, in catalogue order."""
+    return [item for item in ITEMS.values() if item.notebook == notebook]

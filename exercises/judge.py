@@ -1,0 +1,57 @@
+"""Judge one case: run the reference, compare the student's outputs, apply the invariants.
+
+Used in the grader's process (with outputs read back from the worker) and in the student's kernel
+(nbgrader hidden tests). Nothing here runs student code except ``kernel.check``'s caller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from autograder.worker.program import run_program, serialise_outputs
+from exercises.catalogue import Case
+from exercises.compare import Outputs, compare_outputs
+
+
+@dataclass
+class Verdict:
+    """The outcome of one case: passed or not, and a message that says what to fix."""
+
+    passed: bool
+    message: str = ""
+    mistake: str | None = None
+
+
+def reference_namespace() -> dict[str, Any]:
+    import solutions
+
+    return vars(solutions)
+
+
+def run_on(namespace: dict[str, Any], case: Case, device: str, dtype: str | None) -> Outputs:
+    """Run ``case``'s program against ``namespace`` and serialise its outputs."""
+    raw = run_program(case.program, namespace, case.inputs, device, dtype)
+    return Outputs(*serialise_outputs(raw))
+
+
+def reference_outputs(case: Case, device: str, dtype: str | None) -> Outputs:
+    """The reference's outputs on ``case`` (reproducible: programs that use dropout seed first)."""
+    torch.manual_seed(0)
+    return run_on(reference_namespace(), case, device, dtype)
+
+
+def judge(case: Case, student: Outputs, reference: Outputs, device: str) -> Verdict:
+    """Compare (unless the case is judged by invariants alone), then apply the case's invariants."""
+    messages: list[str] = []
+    if case.compare:
+        messages += [m.message for m in compare_outputs(student, reference, device, case.dims)]
+    for check in case.checks:
+        found = check(student, reference)
+        if found:
+            messages.append(found)
+    if messages:
+        return Verdict(False, f"case {case.name}: " + "; ".join(dict.fromkeys(messages)))
+    return Verdict(True)
