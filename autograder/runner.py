@@ -1,0 +1,272 @@
+"""Drive a worker through a plan of cells and calls, surviving hangs, crashes and exits.
+
+The worker reports each step (cell or call) as it starts and ends in ``progress.jsonl``. When a step
+runs past its limit, or the process dies in the middle of one, that step alone is charged (timeout
+or crash) and a fresh worker picks up after it: earlier cells are re-run (they define the names),
+earlier calls are not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from autograder import sandbox
+from exercises.compare import Outputs
+
+POLL_SECONDS = 0.02
+
+
+@dataclass
+class CellSpec:
+    grade_id: str
+    source: str
+    kind: str  # "given" or "answer"
+
+
+@dataclass
+class CallSpec:
+    id: int
+    program: list[dict[str, Any]]
+    inputs: dict[str, torch.Tensor]
+    device: str
+    dtype: str | None
+
+
+@dataclass
+class CallResult:
+    status: str  # ok | exception | program | timeout | crashed | missing
+    outputs: Outputs | None = None
+    error: dict[str, Any] = field(default_factory=dict)
+    used: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass
+class CellResult:
+    status: str  # ok | error | timeout | crashed | not run
+    error: dict[str, Any] = field(default_factory=dict)
+    defined: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunResult:
+    cells: list[CellResult]
+    calls: dict[int, CallResult]
+    isolation: str
+    output: str
+    restarts: int
+    seconds: float
+
+
+class _OutputDrain(threading.Thread):
+    """Read the worker's stdout to the end; keep the first ``cap`` bytes, drop the rest."""
+
+    def __init__(self, stream, cap: int):
+        super().__init__(daemon=True)
+        self.stream, self.cap, self.kept, self.dropped = stream, cap, bytearray(), 0
+
+    def run(self) -> None:
+        while chunk := self.stream.read(65536):
+            room = self.cap - len(self.kept)
+            self.kept += chunk[:max(room, 0)]
+            self.dropped += max(len(chunk) - max(room, 0), 0)
+
+    def text(self) -> str:
+        note = f"\n[... {self.dropped} more bytes of output dropped]" if self.dropped else ""
+        return self.kept.decode("utf-8", "replace") + note
+
+
+def _read_events(path: Path, offset: int) -> tuple[list[dict[str, Any]], int]:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            data = fh.read()
+    except FileNotFoundError:
+        return [], offset
+    events, consumed = [], 0
+    for line in data.splitlines(keepends=True):
+        if not line.endswith(b"\n"):
+            break
+        consumed += len(line)
+        try:
+            event = json.loads(line)
+            if isinstance(event, dict):
+                events.append(event)
+        except ValueError:
+            continue  # the student wrote into our file: ignore what is not ours
+    return events, offset + consumed
+
+
+def _read_outputs(workdir: Path, call_id: int) -> Outputs | None:
+    try:
+        meta = json.loads((workdir / f"out_{call_id}.json").read_text(encoding="utf-8"))
+        tensors = load_file(str(workdir / f"out_{call_id}.safetensors"))
+    except (OSError, ValueError, RuntimeError):
+        return None
+    if not isinstance(meta, dict) or not all(type(t) is torch.Tensor for t in tensors.values()):
+        return None
+    return Outputs(tensors, meta)
+
+
+def run_plan(cells: list[CellSpec], calls: list[CallSpec], limits: sandbox.Limits, cuda: bool = False,
+             use_bwrap: str | None = None) -> RunResult:
+    """Run every cell then every call in as many fresh workers as it takes; never raises for student faults."""
+    started = time.monotonic()
+    cell_results = [CellResult("not run") for _ in cells]
+    call_results: dict[int, CallResult] = {}
+    skip_cells: set[int] = set()
+    remaining = sorted(c.id for c in calls)
+    output_parts: list[str] = []
+    restarts = 0
+    isolation = "bubblewrap" if use_bwrap else "rlimits"
+    drop = sandbox.can_drop_privileges(use_bwrap)
+    root = Path(tempfile.mkdtemp(prefix="selfattn-grade-"))
+    try:
+        for attempt in range(len(cells) + len(calls) + 2):
+            if attempt:
+                restarts += 1
+            workdir = root / f"w{attempt}"
+            workdir.mkdir()
+            plan = {"cells": [{"grade_id": c.grade_id, "source": c.source, "kind": c.kind} for c in cells],
+                    "skip_cells": sorted(skip_cells), "start_call": remaining[0] if remaining else 1 << 30,
+                    "calls": [{"id": c.id, "program": c.program, "device": c.device, "dtype": c.dtype}
+                              for c in calls if c.id in remaining],
+                    "drop_privileges": drop}
+            (workdir / "plan.json").write_text(json.dumps(plan), encoding="utf-8")
+            for c in calls:
+                if c.id in remaining:
+                    save_file({k: v.contiguous() for k, v in c.inputs.items()},
+                              str(workdir / f"in_{c.id}.safetensors"))
+            sandbox.prepare_workdir(workdir)
+            launched = sandbox.launch(workdir, limits, cuda, use_bwrap)
+            isolation = launched.isolation
+            drain = _OutputDrain(launched.process.stdout, limits.output_bytes)
+            drain.start()
+            finished, step, step_started, offset = _monitor(workdir, launched, limits, cell_results,
+                                                            call_results, cuda)
+            sandbox.terminate(launched)
+            drain.join(timeout=5)
+            output_parts.append(drain.text())
+            for cid in list(call_results):
+                if call_results[cid].status == "ok" and call_results[cid].outputs is None:
+                    outputs = _read_outputs(workdir, cid)
+                    if outputs is None:
+                        call_results[cid] = CallResult("missing", error={
+                            "type": "GraderError", "message": "the worker's output could not be read back"})
+                    else:
+                        call_results[cid].outputs = outputs
+            remaining = [cid for cid in remaining if cid not in call_results]
+            if finished or (step is None and not remaining):
+                break
+            if step is None:  # died before starting any step (import failure, memory limit at start-up)
+                message = drain.text()[-MESSAGE_TAIL:] or "the worker did not start"
+                for cid in remaining:
+                    call_results[cid] = CallResult("crashed", error={"type": "WorkerError", "message": message})
+                break
+            kind, index, why = step
+            if kind == "cell":
+                cell_results[index] = CellResult(why, error={"type": why, "message": _why(why, limits, "cell")})
+                skip_cells.add(index)
+            else:
+                call_results[index] = CallResult(why, error={"type": why, "message": _why(why, limits, "call")},
+                                                 seconds=time.monotonic() - step_started)
+                remaining = [cid for cid in remaining if cid != index]
+            if not remaining and kind == "call":
+                break
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    for c in calls:
+        call_results.setdefault(c.id, CallResult("crashed", error={
+            "type": "WorkerError", "message": "the worker stopped before this call ran"}))
+    text = "".join(output_parts)
+    return RunResult(cell_results, call_results, isolation, text[:limits.output_bytes * 2], restarts,
+                     time.monotonic() - started)
+
+
+MESSAGE_TAIL = 1500
+
+
+def _why(why: str, limits: sandbox.Limits, what: str) -> str:
+    if why == "timeout":
+        bound = limits.cell_timeout if what == "cell" else limits.call_timeout
+        return f"this {what} ran longer than {bound:g} s and was stopped (an infinite loop?)"
+    return (f"the worker process died while running this {what} (os._exit, a crash, or the memory limit "
+            f"of {limits.memory_bytes >> 20} MiB)")
+
+
+def _rss_bytes(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _monitor(workdir: Path, launched: sandbox.Launched, limits: sandbox.Limits, cell_results: list[CellResult],
+             call_results: dict[int, CallResult], cuda: bool):
+    """Follow progress events; return ``(finished, step_in_flight, its_start, offset)``."""
+    progress = workdir / "progress.jsonl"
+    offset = 0
+    step: tuple[str, int, str] | None = None
+    step_started = time.monotonic()
+    ready = False
+    launched_at = time.monotonic()
+    while True:
+        events, offset = _read_events(progress, offset)
+        for event in events:
+            kind = event.get("event")
+            if kind == "ready":
+                ready = True
+            elif kind == "cell_start" and isinstance(event.get("index"), int) and event["index"] < len(cell_results):
+                step, step_started = ("cell", event["index"], "timeout"), time.monotonic()
+            elif kind == "cell_done" and step and step[0] == "cell" and event.get("index") == step[1]:
+                error = event.get("error") or {}
+                cell_results[step[1]] = CellResult("error" if error else "ok", error, event.get("defined", []))
+                step = None
+            elif kind == "call_start" and isinstance(event.get("id"), int):
+                step, step_started = ("call", event["id"], "timeout"), time.monotonic()
+            elif kind == "call_done" and step and step[0] == "call" and event.get("id") == step[1]:
+                status = event.get("status", "exception")
+                call_results[step[1]] = CallResult(status if status in ("ok", "exception", "program") else "exception",
+                                                   None, event.get("error") or {}, list(event.get("used", [])),
+                                                   time.monotonic() - step_started)
+                step = None
+            elif kind == "finished":
+                return True, None, step_started, offset
+        if launched.process.poll() is not None:
+            events, offset = _read_events(progress, offset)
+            if events:
+                continue
+            if step is not None:
+                step = (step[0], step[1], "crashed")
+            return False, step, step_started, offset
+        now = time.monotonic()
+        if not ready and now - launched_at > limits.startup_timeout:
+            return False, None, step_started, offset
+        if step is not None:
+            bound = limits.cell_timeout if step[0] == "cell" else limits.call_timeout
+            if now - step_started > bound:
+                return False, step, step_started, offset
+            if cuda and _rss_bytes(launched.process.pid) > limits.gpu_rss_bytes:
+                return False, (step[0], step[1], "crashed"), step_started, offset
+        time.sleep(POLL_SECONDS)
+
+
+def default_bwrap() -> str | None:
+    """bubblewrap unless ``SELFATTN_NO_BWRAP=1`` asks for the reduced mode (used by the tests of both)."""
+    if os.environ.get("SELFATTN_NO_BWRAP") == "1":
+        return None
+    return sandbox.bubblewrap()

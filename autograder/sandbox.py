@@ -1,0 +1,204 @@
+"""Start the worker process: bubblewrap where available, resource limits always.
+
+Isolation levels, reported with every submission:
+- ``bubblewrap``: new pid, network, ipc and uts namespaces; the file system holds only the Python
+  installation, the virtual environment's packages and the worker's own directory (no repository,
+  no report paths); the worker drops to ``nobody`` so the process limit applies.
+- ``rlimits``: no bubblewrap; resource limits, a scrubbed environment, a fresh working directory and
+  the worker's import block only. The report says isolation is reduced.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import resource
+import shutil
+import signal
+import site
+import stat
+import subprocess
+import sys
+import sysconfig
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+WORKER_FILES = ("main.py", "program.py")
+NOBODY = 65534
+PR_SET_CHILD_SUBREAPER = 36
+TAG_VARIABLE = "SELFATTN_WORKER_TAG"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on one worker; the grader's CLI and pytest options set them."""
+
+    call_timeout: float = 30.0  # seconds per graded call
+    cell_timeout: float = 60.0  # seconds per notebook cell (given or answer)
+    startup_timeout: float = 60.0  # seconds to import torch and read the plan
+    memory_bytes: int = 6 << 30  # address space on CPU (CUDA reserves far more virtual memory: see below)
+    gpu_rss_bytes: int = 8 << 30  # resident memory when CUDA is in use, polled
+    processes: int = 256  # RLIMIT_NPROC for the unprivileged worker user
+    file_bytes: int = 256 << 20  # RLIMIT_FSIZE: no single file larger
+    output_bytes: int = 64 << 10  # stdout+stderr kept for the report; the rest is read and dropped
+
+
+def bubblewrap() -> str | None:
+    """Path of a working ``bwrap``, or None (absent, or namespaces are not permitted here)."""
+    path = shutil.which("bwrap")
+    if not path:
+        return None
+    probe = subprocess.run([path, "--ro-bind", "/", "/", "--unshare-net", "--unshare-pid", "true"],
+                           capture_output=True, timeout=20)
+    return path if probe.returncode == 0 else None
+
+
+def _world_traversable(path: Path) -> bool:
+    for part in [path, *path.parents]:
+        try:
+            if not part.stat().st_mode & stat.S_IXOTH:
+                return False
+        except OSError:
+            return False
+    return True
+
+
+def become_subreaper() -> None:
+    """Orphans of a worker (a daemon that called setsid) are re-parented to us, so we can kill them."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except (OSError, AttributeError):  # pragma: no cover - non-Linux
+        pass
+
+
+def kill_tagged(tag: str) -> int:
+    """SIGKILL every process whose environment carries this worker's tag; returns how many."""
+    needle = f"{TAG_VARIABLE}={tag}".encode()
+    killed = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed += 1
+        except (OSError, ProcessLookupError):
+            continue
+    return killed
+
+
+def _python_roots() -> list[Path]:
+    roots = {Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve(), Path(sys.prefix).absolute()}
+    for p in [*site.getsitepackages(), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]:
+        roots.add(Path(p).resolve())
+    exe = Path(sys.executable)
+    roots.add(exe.parent)
+    roots.add(exe.resolve().parent)
+    # Only the deepest distinct roots are bound; /usr is bound as a whole anyway.
+    return sorted(r for r in roots if not str(r).startswith("/usr/"))
+
+
+def _bwrap_command(bwrap: str, workdir: Path, env: dict[str, str], cuda: bool) -> list[str]:
+    cmd = [bwrap, "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+           "--die-with-parent", "--new-session", "--clearenv",
+           "--ro-bind", "/usr", "/usr", "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+    for name in ("lib", "lib64", "bin", "sbin"):
+        target = Path("/") / name
+        if target.is_symlink():
+            cmd += ["--symlink", os.readlink(target), str(target)]
+        elif target.is_dir():
+            cmd += ["--ro-bind", str(target), str(target)]
+    for etc in ("/etc/ld.so.cache", "/etc/localtime", "/etc/nsswitch.conf", "/etc/passwd", "/etc/group", "/etc/fonts"):
+        if Path(etc).exists():
+            cmd += ["--ro-bind", etc, etc]
+    made: set[Path] = set()
+    for root in _python_roots():
+        for parent in reversed(root.parents):
+            if parent not in made and str(parent) != "/":
+                cmd += ["--perms", "0755", "--dir", str(parent)]
+                made.add(parent)
+        cmd += ["--ro-bind-try", str(root), str(root)]
+    if cuda:
+        for dev in Path("/dev").glob("nvidia*"):
+            cmd += ["--dev-bind", str(dev), str(dev)]
+        for extra in ("/usr/local/nvidia", "/usr/local/cuda", "/run/nvidia-persistenced"):
+            if Path(extra).exists():
+                cmd += ["--ro-bind", extra, extra]
+    cmd += ["--bind", str(workdir), "/sandbox", "--chdir", "/sandbox"]
+    for key, value in env.items():
+        cmd += ["--setenv", key, value.replace(str(workdir), "/sandbox")]
+    return cmd + ["--", sys.executable, "-I", "/sandbox/main.py", "/sandbox"]
+
+
+@dataclass
+class Launched:
+    process: subprocess.Popen
+    tag: str
+    isolation: str
+
+
+def prepare_workdir(workdir: Path) -> None:
+    """Copy the worker's two files in; hand the directory to ``nobody`` when we are root."""
+    here = Path(__file__).with_name("worker")
+    for name in WORKER_FILES:
+        shutil.copyfile(here / name, workdir / name)
+    if os.geteuid() == 0:  # the worker runs as nobody: it must read its inputs and write its outputs
+        for path in [workdir, *workdir.iterdir()]:
+            os.chown(path, NOBODY, NOBODY)
+            os.chmod(path, 0o700 if path.is_dir() else 0o600)
+
+
+def launch(workdir: Path, limits: Limits, cuda: bool, use_bwrap: str | None) -> Launched:
+    """Start the worker on ``workdir`` (which already holds plan and inputs)."""
+    tag = uuid.uuid4().hex
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(workdir), "LANG": "C.UTF-8", "MPLBACKEND": "Agg",
+           "MPLCONFIGDIR": str(workdir / ".mpl"), "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1",
+           TAG_VARIABLE: tag}
+    if cuda:
+        for key in ("CUDA_VISIBLE_DEVICES", "LD_LIBRARY_PATH", "NVIDIA_VISIBLE_DEVICES"):
+            if key in os.environ:
+                env[key] = os.environ[key]
+
+    def limit_resources() -> None:
+        if not cuda:  # CUDA maps tens of GB of virtual address space; it is bounded by polling RSS instead
+            resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_bytes, limits.file_bytes))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        resource.setrlimit(resource.RLIMIT_NPROC, (limits.processes, limits.processes))
+
+    if use_bwrap:
+        cmd = _bwrap_command(use_bwrap, workdir, env, cuda)
+        isolation = "bubblewrap"
+        plan_env = None
+    else:
+        cmd = [sys.executable, "-I", str(workdir / "main.py"), str(workdir)]
+        isolation = "rlimits"
+        plan_env = env
+    process = subprocess.Popen(
+        cmd, cwd=workdir, env=plan_env if plan_env is not None else {}, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=limit_resources,
+    )
+    return Launched(process, tag, isolation)
+
+
+def can_drop_privileges(use_bwrap: str | None) -> bool:
+    """Under bubblewrap the Python tree is re-mounted world-readable; without it, only if it already is."""
+    if os.geteuid() != 0:
+        return False
+    if use_bwrap:
+        return True
+    return _world_traversable(Path(sysconfig.get_paths()["stdlib"])) and _world_traversable(Path(sys.executable))
+
+
+def terminate(launched: Launched) -> None:
+    """Kill the worker's process group, then anything else carrying its tag (daemons that left the group)."""
+    try:
+        os.killpg(launched.process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        launched.process.wait(timeout=10)
+    except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL cannot be ignored
+        pass
+    kill_tagged(launched.tag)

@@ -1,0 +1,189 @@
+"""The worker: runs one student's notebook code and the grader's calls, in a process of its own.
+
+Started by ``autograder.sandbox`` as ``python -I main.py WORKDIR`` inside a fresh working directory
+that holds only this file, ``program.py``, ``plan.json`` and the input tensors. It never imports the
+repository's packages (``solutions``, ``exercises``, ``autograder`` are blocked) and it writes only:
+``progress.jsonl`` (one event per line), ``out_<id>.safetensors`` and ``out_<id>.json`` per call.
+Everything else it learns about the grader is in ``plan.json``.
+"""
+
+from __future__ import annotations
+
+import builtins
+import importlib.abc
+import importlib.util
+import io
+import json
+import os
+import sys
+import time
+import traceback
+
+WORKDIR = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else ".")
+BLOCKED = ("solutions", "exercises", "autograder")
+MESSAGE_CAP = 600
+NOBODY = 65534
+
+# Heavy imports happen before privileges are dropped and before student code can interfere.
+import numpy  # noqa: E402,F401
+import torch  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+try:  # matplotlib is optional for every lesson but the sixth
+    import matplotlib  # noqa: E402
+
+    matplotlib.use("Agg")
+    import matplotlib.figure  # noqa: E402,F401
+    import matplotlib.pyplot  # noqa: E402,F401
+except ImportError:  # pragma: no cover - the course installs it
+    pass
+import collections  # noqa: E402,F401
+import dataclasses  # noqa: E402,F401
+import functools  # noqa: E402,F401
+import itertools  # noqa: E402,F401
+import math  # noqa: E402,F401
+import random  # noqa: E402,F401
+import typing  # noqa: E402,F401
+
+_spec = importlib.util.spec_from_file_location("grader_program", os.path.join(WORKDIR, "program.py"))
+program = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(program)
+
+
+class _BlockReference(importlib.abc.MetaPathFinder):
+    """Refuse the grader's own packages: student code must not reach the reference."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname.split(".")[0] in BLOCKED:
+            raise ImportError(f"importing `{fullname}` is not allowed while grading")
+        return None
+
+
+def _isolate_imports() -> None:
+    for name in list(sys.modules):
+        if name.split(".")[0] in BLOCKED:
+            del sys.modules[name]
+    sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in type(f).__module__.lower()
+                        and "editable" not in repr(f).lower()]
+    sys.meta_path.insert(0, _BlockReference())
+    sys.path_hooks[:] = [h for h in sys.path_hooks if "editable" not in repr(h).lower()]
+
+
+def _drop_privileges() -> None:
+    if os.geteuid() != 0:
+        return
+    os.setgroups([])
+    os.setgid(NOBODY)
+    os.setuid(NOBODY)
+
+
+# --- run-time detection of built-ins that an item may not call ---------------------------------
+USED: set[str] = set()
+
+
+def _record(name: str, fn):
+    def wrapper(*args, **kwargs):
+        USED.add(name)
+        return fn(*args, **kwargs)
+    wrapper.__wrapped__ = fn
+    wrapper.__name__ = getattr(fn, "__name__", name)
+    wrapper.__doc__ = getattr(fn, "__doc__", None)
+    return wrapper
+
+
+def _install_recorders() -> None:
+    import torch.nn.functional as F
+
+    targets = [
+        (torch, "softmax", "torch.softmax"), (torch, "log_softmax", "torch.log_softmax"),
+        (F, "softmax", "torch.nn.functional.softmax"), (F, "log_softmax", "torch.nn.functional.log_softmax"),
+        (torch.special, "softmax", "torch.special.softmax"),
+        (torch.Tensor, "softmax", "torch.Tensor.softmax"), (torch.Tensor, "log_softmax", "torch.log_softmax"),
+        (F, "scaled_dot_product_attention", "torch.nn.functional.scaled_dot_product_attention"),
+        (F, "multi_head_attention_forward", "torch.nn.functional.multi_head_attention_forward"),
+        (torch.nn.MultiheadAttention, "forward", "torch.nn.MultiheadAttention"),
+    ]
+    for owner, attr, name in targets:
+        original = getattr(owner, attr, None)
+        if original is not None:
+            setattr(owner, attr, _record(name, original))
+
+
+# --- progress and results ---------------------------------------------------------------------
+_progress = open(os.path.join(WORKDIR, "progress.jsonl"), "a", buffering=1, encoding="utf-8")
+
+
+def emit(**event) -> None:
+    event["t"] = time.time()
+    _progress.write(json.dumps(event) + "\n")
+    _progress.flush()
+
+
+def describe(exc: BaseException) -> dict:
+    """Type, capped message and the line in student code (cells are compiled as ``<cell ...>``)."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename.startswith("<cell ")]
+    where = f"{frames[-1].filename[1:-1]}, line {frames[-1].lineno}" if frames else ""
+    if isinstance(exc, SystemExit):
+        message = f"the code called sys.exit({exc.code!r}); remove it"
+    else:
+        message = str(exc)
+    return {"type": type(exc).__name__, "message": message[:MESSAGE_CAP], "where": where}
+
+
+def run_cells(plan: dict, namespace: dict) -> None:
+    skip = set(plan.get("skip_cells", []))
+    for index, cell in enumerate(plan["cells"]):
+        if index in skip:
+            continue
+        emit(event="cell_start", index=index)
+        before = set(namespace)
+        try:
+            code = compile(cell["source"], f"<cell {cell['grade_id']}>", "exec")
+            exec(code, namespace)  # noqa: S102 - running the student's cell is the point
+            emit(event="cell_done", index=index, defined=sorted(set(namespace) - before)[:50])
+        except BaseException as exc:  # noqa: BLE001 - SystemExit and KeyboardInterrupt are student errors too
+            emit(event="cell_done", index=index, error=describe(exc), defined=sorted(set(namespace) - before)[:50])
+
+
+def run_calls(plan: dict, namespace: dict) -> None:
+    for call in plan["calls"]:
+        if call["id"] < plan.get("start_call", 0):
+            continue
+        emit(event="call_start", id=call["id"])
+        inputs = load_file(os.path.join(WORKDIR, f"in_{call['id']}.safetensors"))
+        USED.clear()
+        try:
+            torch.manual_seed(0)
+            raw = program.run_program(call["program"], namespace, inputs, call["device"], call["dtype"])
+            if call["device"].startswith("cuda"):
+                torch.cuda.synchronize()
+            tensors, meta = program.serialise_outputs(raw)
+            save_file(tensors, os.path.join(WORKDIR, f"out_{call['id']}.safetensors"))
+            with open(os.path.join(WORKDIR, f"out_{call['id']}.json"), "w", encoding="utf-8") as fh:
+                json.dump(meta, fh)
+            emit(event="call_done", id=call["id"], status="ok", used=sorted(USED))
+        except BaseException as exc:  # noqa: BLE001
+            kind = "program" if isinstance(exc, program.ProgramError) else "exception"
+            emit(event="call_done", id=call["id"], status=kind, error=describe(exc), used=sorted(USED))
+
+
+def main() -> None:
+    with open(os.path.join(WORKDIR, "plan.json"), encoding="utf-8") as fh:
+        plan = json.load(fh)
+    _isolate_imports()
+    if plan.get("drop_privileges", True):
+        _drop_privileges()
+    _install_recorders()
+    emit(event="ready", pid=os.getpid(), uid=os.getuid())
+    namespace: dict = {"__name__": "__main__", "__builtins__": builtins}
+    sys.stdin = io.StringIO("")
+    run_cells(plan, namespace)
+    run_calls(plan, namespace)
+    emit(event="finished")
+    sys.stdout.flush()
+    os._exit(0)  # skip interpreter teardown: a student's atexit hook or daemon thread cannot delay us
+
+
+if __name__ == "__main__":
+    main()
