@@ -55,7 +55,7 @@ def value_mismatch(
     """Compare values with the per-dtype tolerance; locate and describe the largest error."""
     rtol, atol = tolerance(expected.dtype)
     try:
-        torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol, equal_nan=False)
+        torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol, equal_nan=True)
         return None
     except AssertionError:
         pass

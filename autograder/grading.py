@@ -1,0 +1,202 @@
+"""Grade one notebook of one submission: build the calls, run them in a worker, judge every case.
+
+Scoring: an item's points (from its test cell in ``source/``) are split equally over the devices
+exercised, then over its dtype variants; a variant earns its share times the fraction of cases
+passed. A device that is not present is reported as ``skipped`` and counts for nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from autograder.intake import (
+    IntakeError,
+    PreparedNotebook,
+    load_source,
+    prepare,
+    read_student_notebook,
+    static_forbidden_calls,
+)
+from autograder.runner import CallResult, CallSpec, run_plan
+from autograder.sandbox import Limits
+from exercises.catalogue import Case, Item, items_in
+from exercises.judge import judge, reference_outputs
+from exercises.mistakes import diagnose
+
+GPU_NOT_EXERCISED = "GPU not exercised: no CUDA device on the grading machine"
+STATUS_ORDER = ("passed", "failed", "error", "timeout")
+
+
+@dataclass
+class TestOutcome:
+    """One row of the report: an item on one device in one dtype variant."""
+
+    item: str
+    notebook: str
+    device: str
+    variant: str | None
+    status: str
+    score: float
+    max_score: float
+    message: str = ""
+    cases_passed: int = 0
+    cases_total: int = 0
+    mistakes: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return f"{self.item}[{self.device}-{self.variant}]" if self.variant else f"{self.item}[{self.device}]"
+
+
+@dataclass
+class NotebookResult:
+    notebook: str
+    outcomes: list[TestOutcome]
+    notes: list[str]
+    isolation: str
+    seconds: float
+    output: str = ""
+
+
+def available_devices() -> list[str]:
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def item_points(item: Item, points: dict[str, float]) -> float:
+    return points.get(f"test_{item.name}", 0.0)
+
+
+def _skipped(items: list[Item], notebook: str) -> list[TestOutcome]:
+    return [TestOutcome(item.name, notebook, "cuda", None, "skipped", 0.0, 0.0, GPU_NOT_EXERCISED) for item in items]
+
+
+def _failed_everywhere(items: list[Item], notebook: str, points: dict[str, float], devices: list[str],
+                       status: str, message: str) -> list[TestOutcome]:
+    outcomes = []
+    for item in items:
+        for device in devices:
+            variants = item.variants(device)
+            share = item_points(item, points) / len(devices) / len(variants)
+            outcomes += [TestOutcome(item.name, notebook, device, v, status, 0.0, share, message) for v in variants]
+    return outcomes
+
+
+def _call_problem(item: Item, result: CallResult, prepared: PreparedNotebook) -> tuple[str, str]:
+    """(status, message) for a call that did not return outputs."""
+    error = result.error or {}
+    where = f" ({error['where']})" if error.get("where") else ""
+    if result.status == "timeout":
+        return "timeout", error.get("message", "timed out")
+    if result.status in ("crashed", "missing"):
+        return "error", error.get("message", "the worker died")
+    if error.get("type") == "NotImplementedError":
+        return "error", (f"not implemented: replace `raise NotImplementedError()` in the answer cell "
+                         f"`{item.name}` with your code")
+    if result.status == "program":
+        cause = prepared.syntax_errors.get(item.name)
+        if item.name in prepared.missing_answers:
+            cause = f"the answer cell `{item.name}` is missing from the submission"
+        return "error", (f"{cause}; " if cause else "") + error.get("message", "")
+    return "error", f"{error.get('type', 'Exception')}: {error.get('message', '')}{where}"
+
+
+def grade_notebook(notebook: str, student_path: Path | None, seed: int, devices: list[str], limits: Limits,
+                   use_bwrap: str | None, source_dir: Path | None = None) -> NotebookResult:
+    """Grade every item of ``notebook`` found at ``student_path`` (None: not submitted)."""
+    started = time.monotonic()
+    items = items_in(notebook)
+    source = load_source(notebook, source_dir) if source_dir else load_source(notebook)
+    skipped = [] if "cuda" in devices else _skipped(items, notebook)
+    if student_path is None:
+        outcomes = _failed_everywhere(items, notebook, source.points, devices, "failed",
+                                      f"{notebook} was not found in the submission")
+        return NotebookResult(notebook, outcomes + skipped, [], "none", time.monotonic() - started)
+    try:
+        prepared = prepare(source, read_student_notebook(student_path))
+    except IntakeError as exc:
+        outcomes = _failed_everywhere(items, notebook, source.points, devices, "error", str(exc))
+        return NotebookResult(notebook, outcomes + skipped, [str(exc)], "none", time.monotonic() - started)
+
+    plan: list[tuple[Item, str, str | None, Case, int]] = []
+    calls: list[CallSpec] = []
+    for item in items:
+        for device in devices:
+            for dtype in item.variants(device):
+                for case in item.cases(seed, dtype):
+                    call_id = len(calls)
+                    calls.append(CallSpec(call_id, case.program, case.inputs, device, dtype))
+                    plan.append((item, device, dtype, case, call_id))
+    run = run_plan(prepared.cells, calls, limits, cuda="cuda" in devices, use_bwrap=use_bwrap)
+    notes = list(prepared.notes)
+    for spec, cell in zip(prepared.cells, run.cells, strict=True):
+        if cell.status in ("timeout", "crashed"):
+            notes.append(f"cell `{spec.grade_id}` {cell.error.get('message', cell.status)}")
+        elif cell.status == "error" and spec.kind == "answer":
+            err = cell.error
+            notes.append(f"answer cell `{spec.grade_id}` raised {err.get('type')}: {err.get('message', '')[:200]}")
+
+    outcomes: list[TestOutcome] = []
+    for item in items:
+        static = static_forbidden_calls(prepared.answer_sources.get(item.name, ""))
+        for device in devices:
+            variants = item.variants(device)
+            share = item_points(item, source.points) / len(devices) / len(variants)
+            for dtype in variants:
+                rows = [(case, run.calls[cid]) for it, dev, dt, case, cid in plan
+                        if it is item and dev == device and dt == dtype]
+                outcomes.append(_judge_variant(item, notebook, device, dtype, rows, share, prepared, static))
+    return NotebookResult(notebook, outcomes + skipped, notes, run.isolation, time.monotonic() - started,
+                          run.output)
+
+
+def _forbidden_message(item: Item, static: set[str], used: set[str]) -> str | None:
+    families = {name.rsplit(".", 1)[-1].replace("log_softmax", "softmax") for name in item.forbidden}
+    families = {"MultiheadAttention" if f == "multi_head_attention_forward" else f for f in families}
+    hit_static = sorted(static & families)
+    hit_runtime = sorted(u for u in used if u in item.forbidden)
+    if not hit_static and not hit_runtime:
+        return None
+    what = ", ".join(hit_runtime or hit_static)
+    return (f"`{item.name}` may not use {what}: this exercise is about building that mechanism yourself "
+            f"(detected {'while running' if hit_runtime else 'in the answer cell'})")
+
+
+def _judge_variant(item: Item, notebook: str, device: str, dtype: str | None, rows: list[tuple[Case, CallResult]],
+                   share: float, prepared: PreparedNotebook, static: set[str]) -> TestOutcome:
+    used = {u for _, result in rows for u in result.used}
+    forbidden = _forbidden_message(item, static, used) if item.forbidden else None
+    passed, messages, statuses, mistakes = 0, [], ["passed"], []
+    for case, result in rows:
+        if result.status != "ok" or result.outputs is None:
+            status, message = _call_problem(item, result, prepared)
+            statuses.append(status)
+            messages.append(f"case {case.name}: {message}")
+            continue
+        reference = reference_outputs(case, device, dtype)
+        verdict = judge(case, result.outputs, reference, device)
+        if verdict.passed and not forbidden:
+            passed += 1
+            continue
+        statuses.append("failed")
+        if not verdict.passed:
+            mistake = diagnose(item.name, case, result.outputs, device, dtype)
+            if mistake:
+                mistakes.append(mistake)
+            messages.append(verdict.message + (f" -- likely mistake: {mistake}" if mistake else ""))
+    if forbidden:
+        messages.insert(0, forbidden)
+        passed = 0
+        statuses.append("failed")
+    status = max(statuses, key=STATUS_ORDER.index)
+    total = len(rows)
+    score = share * passed / total if total else 0.0
+    unique = list(dict.fromkeys(messages))
+    message = "; ".join(unique[:3]) + (f"; ... ({len(unique) - 3} more)" if len(unique) > 3 else "")
+    if status != "passed" and passed:
+        message = f"{passed}/{total} cases passed. " + message
+    return TestOutcome(item.name, notebook, device, dtype, status, round(score, 6), share, message[:2000],
+                       passed, total, list(dict.fromkeys(mistakes)))

@@ -1,0 +1,203 @@
+"""Read a submission: find its notebooks, pair each with its ``source/`` master, pick the cells to run.
+
+What runs comes from the instructor's copy: the given cells' text from ``source/``, and for every
+answer cell (``solution: true`` in ``source/``) the student's cell with the same ``grade_id``. Test
+cells, points and locks are never taken from the student's copy.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nbformat
+
+from autograder.runner import CellSpec
+
+MAX_NOTEBOOK_BYTES = 8 << 20
+MAX_CELLS = 400
+MAX_CELL_CHARS = 200_000
+MAGIC = re.compile(r"^\s*(%|!)")
+REPO = Path(__file__).resolve().parent.parent
+SOURCE_DIR = REPO / "source"
+ASSIGNMENT = "self_attention"
+
+
+class IntakeError(Exception):
+    """The notebook cannot be graded at all; the message says why."""
+
+
+@dataclass
+class SourceNotebook:
+    """What the instructor's master copy says: cells in order, answer ids and points per test cell."""
+
+    path: Path
+    cells: list[dict]
+    answer_ids: list[str]
+    points: dict[str, float]  # test grade_id -> points
+
+
+@dataclass
+class PreparedNotebook:
+    """The cells the worker will run, plus notes for the report and each answer cell's static facts."""
+
+    cells: list[CellSpec]
+    notes: list[str] = field(default_factory=list)
+    missing_answers: set[str] = field(default_factory=set)
+    syntax_errors: dict[str, str] = field(default_factory=dict)
+    answer_sources: dict[str, str] = field(default_factory=dict)
+
+
+def _nbgrader(cell: dict) -> dict:
+    meta = cell.get("metadata", {})
+    data = meta.get("nbgrader", {}) if isinstance(meta, dict) else {}
+    return data if isinstance(data, dict) else {}
+
+
+def _text(source) -> str:
+    if isinstance(source, list):
+        return "".join(s for s in source if isinstance(s, str))
+    return source if isinstance(source, str) else ""
+
+
+def load_source(notebook_name: str, source_dir: Path = SOURCE_DIR) -> SourceNotebook:
+    """Parse the master notebook ``notebook_name`` (trusted) from ``source/self_attention``."""
+    path = source_dir / ASSIGNMENT / notebook_name
+    nb = nbformat.read(path, as_version=4)
+    cells, answers, points = [], [], {}
+    for cell in nb.cells:
+        meta = _nbgrader(cell)
+        cells.append({"cell_type": cell.cell_type, "source": cell.source, "nbgrader": meta})
+        if meta.get("solution"):
+            answers.append(meta["grade_id"])
+        if meta.get("grade") and not meta.get("solution"):
+            points[meta["grade_id"]] = float(meta.get("points", 0))
+    return SourceNotebook(path, cells, answers, points)
+
+
+def read_student_notebook(path: Path) -> list[dict]:
+    """Read the student's notebook as plain JSON within caps; IntakeError with a reason otherwise."""
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise IntakeError(f"cannot read {path.name}: {exc.strerror}") from exc
+    if size > MAX_NOTEBOOK_BYTES:
+        raise IntakeError(f"{path.name} is {size >> 20} MiB; the limit is {MAX_NOTEBOOK_BYTES >> 20} MiB "
+                          "(clear the outputs before submitting)")
+    try:
+        data = json.loads(path.read_bytes())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise IntakeError(f"{path.name} is not a valid notebook (invalid JSON: {str(exc)[:120]}); "
+                          "re-download it or restore it from a checkpoint") from exc
+    cells = data.get("cells") if isinstance(data, dict) else None
+    if not isinstance(cells, list):
+        raise IntakeError(f"{path.name} is not a Jupyter notebook (no list of cells)")
+    if len(cells) > MAX_CELLS:
+        raise IntakeError(f"{path.name} has {len(cells)} cells; the limit is {MAX_CELLS}")
+    return [c for c in cells if isinstance(c, dict)]
+
+
+def strip_magics(code: str) -> tuple[str, int]:
+    """Drop IPython magics and shell escapes (they mean nothing outside IPython); count them."""
+    kept, dropped = [], 0
+    for line in code.splitlines():
+        if MAGIC.match(line):
+            dropped += 1
+            kept.append("pass  # dropped by the grader: IPython magic or shell command")
+        else:
+            kept.append(line)
+    return "\n".join(kept) + "\n", dropped
+
+
+def prepare(source: SourceNotebook, student_cells: list[dict]) -> PreparedNotebook:
+    """Choose the cells to run: given cells from ``source``, answer cells from the student, in order."""
+    by_id: dict[str, str] = {}
+    duplicates: set[str] = set()
+    for cell in student_cells:
+        if cell.get("cell_type") != "code":
+            continue
+        gid = _nbgrader(cell).get("grade_id")
+        if not isinstance(gid, str):
+            continue
+        if gid in by_id:
+            duplicates.add(gid)
+            continue
+        by_id[gid] = _text(cell.get("source"))[:MAX_CELL_CHARS]
+    prepared = PreparedNotebook(cells=[])
+    for gid in sorted(duplicates & set(source.answer_ids)):
+        prepared.notes.append(f"answer cell `{gid}` appears more than once; the first copy was graded")
+    for cell in source.cells:
+        if cell["cell_type"] != "code":
+            continue
+        meta = cell["nbgrader"]
+        gid = meta.get("grade_id", "given")
+        if meta.get("grade") and not meta.get("solution"):
+            continue  # test cells never run in the worker: the grader judges
+        if not meta.get("solution"):
+            code, _ = strip_magics(cell["source"])
+            prepared.cells.append(CellSpec(gid, code, "given"))
+            continue
+        if gid not in by_id:
+            prepared.missing_answers.add(gid)
+            prepared.notes.append(f"answer cell `{gid}` is missing from the submission (deleted, or its "
+                                  "metadata was changed); restore it from the released notebook")
+            continue
+        code, dropped = strip_magics(by_id[gid])
+        if dropped:
+            prepared.notes.append(f"answer cell `{gid}`: {dropped} IPython magic/shell line(s) were not run")
+        try:
+            ast.parse(code)
+        except SyntaxError as exc:
+            prepared.syntax_errors[gid] = f"SyntaxError in answer cell `{gid}` line {exc.lineno}: {exc.msg}"
+        prepared.answer_sources[gid] = code
+        prepared.cells.append(CellSpec(gid, code, "answer"))
+    return prepared
+
+
+FORBIDDEN_ATTRS = {
+    "softmax": "softmax", "log_softmax": "softmax",
+    "scaled_dot_product_attention": "scaled_dot_product_attention",
+    "MultiheadAttention": "MultiheadAttention", "multi_head_attention_forward": "MultiheadAttention",
+}
+
+
+def static_forbidden_calls(code: str) -> set[str]:
+    """Names of built-ins the code refers to (``torch.softmax``, ``x.softmax``, ``F.scaled_dot_product_attention``).
+
+    Returns the family names of ``FORBIDDEN_ATTRS``; a syntax error yields nothing (reported elsewhere).
+    """
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return set()
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        name = node.attr if isinstance(node, ast.Attribute) else node.id if isinstance(node, ast.Name) else None
+        if isinstance(node, ast.alias):
+            name = node.name.rsplit(".", 1)[-1]
+        if name in FORBIDDEN_ATTRS:
+            found.add(FORBIDDEN_ATTRS[name])
+    return found
+
+
+def find_notebooks(path: Path, names: tuple[str, ...]) -> dict[str, Path]:
+    """Notebooks of a submission, by file name: the path itself, or directly or one level down a folder."""
+    if path.is_file():
+        return {path.name: path} if path.name in names else {}
+    found: dict[str, Path] = {}
+    for candidate in sorted(path.glob("*.ipynb")) + sorted(path.glob("*/*.ipynb")):
+        if candidate.name in names and ".ipynb_checkpoints" not in candidate.parts:
+            found.setdefault(candidate.name, candidate)
+    return found
+
+
+def expand_batch(path: Path, names: tuple[str, ...]) -> list[Path]:
+    """A folder that holds notebooks (directly or one level down) is one submission; otherwise, when its
+    sub-folders are submissions, it is a batch and each sub-folder is one student."""
+    if path.is_file() or find_notebooks(path, names):
+        return [path]
+    students = [p for p in sorted(path.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+    return students if students else [path]

@@ -1,0 +1,201 @@
+"""The pytest plugin that grades submissions: one pytest item per graded name, device and dtype.
+
+Registered by entry point (``pytest11``), it is inert until pytest is asked to collect a grading
+manifest: a JSON file named ``*.selfattn.json`` listing the submissions (``python -m autograder
+grade`` writes one and runs pytest on it). Items are named like ``softmax_stable[cpu-float32]``;
+each carries its points as ``user_properties`` (so ``--junitxml`` records them). Options:
+
+  --selfattn-json PATH        the spec's JSON report
+  --selfattn-gradescope PATH  Gradescope's results.json (one submission)
+  --selfattn-csv PATH         one row of grades per submission
+  --selfattn-seed N           fix the input seed (default: a fresh one each run)
+  --selfattn-call-timeout S   per-call wall time in the worker (default 30)
+  --selfattn-cell-timeout S   per-cell wall time in the worker (default 60)
+  --selfattn-memory-mib M     worker address-space limit on CPU (default 6144)
+  --selfattn-device D         grade on these devices only (repeatable: cpu, cuda)
+  --selfattn-no-bwrap         do not use bubblewrap even where available
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from pathlib import Path
+
+import pytest
+
+from autograder import report
+from autograder.grading import GPU_NOT_EXERCISED, NotebookResult, TestOutcome, available_devices, grade_notebook
+from autograder.intake import find_notebooks
+from autograder.runner import default_bwrap
+from autograder.sandbox import Limits, become_subreaper
+from exercises.catalogue import NOTEBOOKS, items_in
+
+MANIFEST_SUFFIX = ".selfattn.json"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("selfattn", "self-attention course autograder")
+    group.addoption("--selfattn-json", metavar="PATH", help="write the JSON report of the graded submissions")
+    group.addoption("--selfattn-gradescope", metavar="PATH", help="write Gradescope's results.json")
+    group.addoption("--selfattn-csv", metavar="PATH", help="write a CSV of grades, one row per submission")
+    group.addoption("--selfattn-seed", type=int, default=None, help="seed for the random inputs (default: fresh)")
+    group.addoption("--selfattn-call-timeout", type=float, default=30.0, help="seconds per graded call")
+    group.addoption("--selfattn-cell-timeout", type=float, default=60.0, help="seconds per notebook cell")
+    group.addoption("--selfattn-memory-mib", type=int, default=6144, help="worker memory limit on CPU (MiB)")
+    group.addoption("--selfattn-device", action="append", default=None, choices=["cpu", "cuda"],
+                    help="grade on this device only (repeatable); default: every available device")
+    group.addoption("--selfattn-no-bwrap", action="store_true", help="never use bubblewrap")
+
+
+class GradingSession:
+    """State shared by every item of one pytest run: options, seed, the notebook results so far."""
+
+    def __init__(self, config: pytest.Config):
+        self.config = config
+        opt = config.getoption
+        self.seed = opt("--selfattn-seed") if opt("--selfattn-seed") is not None else secrets.randbits(31)
+        self.limits = Limits(call_timeout=opt("--selfattn-call-timeout"), cell_timeout=opt("--selfattn-cell-timeout"),
+                             memory_bytes=opt("--selfattn-memory-mib") << 20)
+        present = available_devices()
+        wanted = opt("--selfattn-device") or present
+        self.devices = [d for d in wanted if d in present]
+        self.use_bwrap = None if opt("--selfattn-no-bwrap") else default_bwrap()
+        self.results: dict[tuple[str, str], NotebookResult] = {}
+        self.submissions: list[report.SubmissionReport] = []
+        self.current: dict[str, report.SubmissionReport] = {}
+        become_subreaper()
+
+    def notebook_result(self, submission: Path, notebook: str, path: Path | None, source_dir: Path | None):
+        key = (str(submission), notebook)
+        if key not in self.results:
+            self.results[key] = grade_notebook(notebook, path, self.seed, self.devices, self.limits,
+                                               self.use_bwrap, source_dir)
+            sub = self.current[str(submission)]
+            sub.add(self.results[key])
+        return self.results[key]
+
+
+_session_key = pytest.StashKey[GradingSession]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "selfattn_points(points): points of a graded item (set by the grader)")
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector):
+    if file_path.name.endswith(MANIFEST_SUFFIX):
+        return Manifest.from_parent(parent, path=file_path)
+    return None
+
+
+def _session(config: pytest.Config) -> GradingSession:
+    if _session_key not in config.stash:
+        config.stash[_session_key] = GradingSession(config)
+    return config.stash[_session_key]
+
+
+class Manifest(pytest.File):
+    """``{"submissions": [paths], "source": optional source dir}``: one collector per submission."""
+
+    def collect(self):
+        data = json.loads(self.path.read_text(encoding="utf-8"))
+        source = Path(data["source"]) if data.get("source") else None
+        session = _session(self.config)
+        for raw in data["submissions"]:
+            path = Path(raw)
+            session.current[str(path)] = report.SubmissionReport(str(path), session.seed, session.devices,
+                                                                 "bubblewrap" if session.use_bwrap else "rlimits")
+            session.submissions.append(session.current[str(path)])
+            yield SubmissionCollector.from_parent(self, name=path.name or str(path), submission=path, source=source)
+
+
+class SubmissionCollector(pytest.Collector):
+    def __init__(self, *, submission: Path, source: Path | None, **kwargs):
+        super().__init__(**kwargs)
+        self.submission, self.source = submission, source
+
+    def collect(self):
+        found = find_notebooks(self.submission, NOTEBOOKS)
+        for notebook in NOTEBOOKS:
+            yield NotebookCollector.from_parent(self, name=notebook, submission=self.submission,
+                                                notebook_path=found.get(notebook), source=self.source)
+
+
+class NotebookCollector(pytest.Collector):
+    def __init__(self, *, submission: Path, notebook_path: Path | None, source: Path | None, **kwargs):
+        super().__init__(**kwargs)
+        self.submission, self.notebook_path, self.source = submission, notebook_path, source
+
+    def result(self) -> NotebookResult:
+        return _session(self.config).notebook_result(self.submission, self.name, self.notebook_path, self.source)
+
+    def collect(self):
+        session = _session(self.config)
+        for item in items_in(self.name):
+            for device in ["cpu", "cuda"]:
+                if device not in session.devices:
+                    if device == "cuda":
+                        yield GradedItem.from_parent(self, name=f"{item.name}[cuda]", graded=item.name,
+                                                     device=device, variant=None)
+                    continue
+                for variant in item.variants(device):
+                    label = f"{device}-{variant}" if variant else device
+                    yield GradedItem.from_parent(self, name=f"{item.name}[{label}]", graded=item.name,
+                                                 device=device, variant=variant)
+
+
+class GradeFailure(Exception):
+    """Raised by a graded item that lost points; its text is the student's message."""
+
+
+class GradedItem(pytest.Item):
+    def __init__(self, *, graded: str, device: str, variant: str | None, **kwargs):
+        super().__init__(**kwargs)
+        self.graded, self.device, self.variant = graded, device, variant
+
+    def outcome(self) -> TestOutcome:
+        for row in self.parent.result().outcomes:
+            if (row.item, row.device, row.variant) == (self.graded, self.device, self.variant):
+                return row
+        raise LookupError(f"no outcome for {self.name}")
+
+    def runtest(self) -> None:
+        row = self.outcome()
+        self.user_properties += [("score", row.score), ("max_score", row.max_score), ("status", row.status)]
+        if row.status == "skipped":
+            pytest.skip(row.message or GPU_NOT_EXERCISED)
+        if row.status != "passed":
+            raise GradeFailure(f"[{row.status}] {row.message}")
+
+    def repr_failure(self, excinfo, style=None):
+        if isinstance(excinfo.value, GradeFailure):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo, style)
+
+    def reportinfo(self):
+        return self.path, None, f"{self.parent.name}::{self.name}"
+
+
+def pytest_runtest_logfinish(nodeid, location):  # pragma: no cover - cosmetic
+    return None
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
+    session = config.stash.get(_session_key, None)
+    if session is None or not session.submissions:
+        return
+    for sub in session.submissions:
+        terminalreporter.write_line("")
+        for line in report.table(sub).splitlines():
+            terminalreporter.write_line(line)
+    if len(session.submissions) > 1:
+        terminalreporter.write_line("")
+        terminalreporter.write_line(report.summary(session.submissions))
+    opt = config.getoption
+    if opt("--selfattn-json"):
+        report.write_json(session.submissions, Path(opt("--selfattn-json")))
+    if opt("--selfattn-gradescope"):
+        report.write_gradescope(session.submissions, Path(opt("--selfattn-gradescope")))
+    if opt("--selfattn-csv"):
+        report.write_csv(session.submissions, Path(opt("--selfattn-csv")))

@@ -1,0 +1,154 @@
+"""Reports of graded submissions: terminal table, the spec's JSON, Gradescope's results.json, CSV.
+
+JUnit XML comes from pytest itself (``--junitxml``): every graded item records its score and
+max_score as properties.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from autograder.grading import GPU_NOT_EXERCISED, NotebookResult, TestOutcome
+
+ISOLATION_NOTE = {
+    "bubblewrap": "student code ran under bubblewrap (no network, no view of the repository) with resource limits",
+    "rlimits": "isolation reduced: bubblewrap is not available, student code ran with resource limits only "
+               "(install the `bubblewrap` package for full isolation)",
+}
+
+
+@dataclass
+class SubmissionReport:
+    """Everything graded for one submission."""
+
+    path: str
+    seed: int
+    devices: list[str]
+    isolation: str
+    notebooks: list[NotebookResult] = field(default_factory=list)
+
+    def add(self, result: NotebookResult) -> None:
+        self.notebooks.append(result)
+        if result.isolation in ISOLATION_NOTE:
+            self.isolation = result.isolation
+
+    @property
+    def tests(self) -> list[TestOutcome]:
+        return [row for nb in self.notebooks for row in nb.outcomes]
+
+    @property
+    def score(self) -> float:
+        return round(sum(t.score for t in self.tests), 4)
+
+    @property
+    def max_score(self) -> float:
+        return round(sum(t.max_score for t in self.tests), 4)
+
+    @property
+    def gpu_exercised(self) -> bool:
+        return "cuda" in self.devices
+
+    def to_json(self) -> dict:
+        return {
+            "path": self.path,
+            "score": self.score,
+            "max_score": self.max_score,
+            "seed": self.seed,
+            "devices": self.devices,
+            "gpu": "exercised" if self.gpu_exercised else "not exercised",
+            "warnings": ([] if self.gpu_exercised else [GPU_NOT_EXERCISED])
+            + ([ISOLATION_NOTE["rlimits"]] if self.isolation == "rlimits" else []),
+            "isolation": self.isolation,
+            "notes": [f"{nb.notebook}: {note}" for nb in self.notebooks for note in nb.notes],
+            "seconds": round(sum(nb.seconds for nb in self.notebooks), 2),
+            "tests": [{
+                "name": t.name, "item": t.item, "notebook": t.notebook, "device": t.device, "dtype": t.variant,
+                "status": t.status, "score": t.score, "max_score": t.max_score, "message": t.message,
+                "cases_passed": t.cases_passed, "cases_total": t.cases_total, "mistakes": t.mistakes,
+            } for t in self.tests],
+        }
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    """Write via a temporary file and rename, so nothing that ran before can leave a half-written report."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def write_json(subs: list[SubmissionReport], path: Path) -> None:
+    _atomic_write(path, json.dumps({"submissions": [s.to_json() for s in subs]}, indent=2) + "\n")
+
+
+def write_gradescope(subs: list[SubmissionReport], path: Path) -> None:
+    """Gradescope's ``results.json`` for the (single) submission graded."""
+    sub = subs[0]
+    tests = [{
+        "name": f"{t.notebook} :: {t.name}", "score": t.score, "max_score": t.max_score,
+        "status": "passed" if t.status in ("passed", "skipped") else "failed",
+        "output": t.message or ("passed" if t.status == "passed" else ""),
+        **({"visibility": "hidden"} if t.status == "skipped" else {}),
+    } for t in sub.tests]
+    output = "; ".join(sub.to_json()["warnings"])
+    _atomic_write(path, json.dumps({"score": sub.score, "output": output, "tests": tests}, indent=2) + "\n")
+
+
+def write_csv(subs: list[SubmissionReport], path: Path) -> None:
+    import io
+
+    items = list(dict.fromkeys(t.item for s in subs for t in s.tests))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["submission", "score", "max_score", *items])
+    for sub in subs:
+        per_item = {item: round(sum(t.score for t in sub.tests if t.item == item), 3) for item in items}
+        writer.writerow([Path(sub.path).name, sub.score, sub.max_score, *(per_item[i] for i in items)])
+    _atomic_write(path, buffer.getvalue())
+
+
+SHORT = {"float64": "f64", "float32": "f32", "bfloat16": "bf16", "float16": "f16"}
+SYMBOL = {"passed": "ok", "failed": "FAIL", "error": "ERR", "timeout": "TIME", "skipped": "--"}
+
+
+def table(sub: SubmissionReport) -> str:
+    """Item x device table with points, then the messages of what failed."""
+    devices = ["cpu", "cuda"]
+    lines = [f"== {sub.path}: {sub.score:g} / {sub.max_score:g} points (seed {sub.seed}, "
+             f"{sum(nb.seconds for nb in sub.notebooks):.1f} s)"]
+    if not sub.gpu_exercised:
+        lines.append(f"   ! {GPU_NOT_EXERCISED}")
+    if sub.isolation == "rlimits":
+        lines.append(f"   ! {ISOLATION_NOTE['rlimits']}")
+    lines.append(f"   {'item':<30} {'cpu':<22} {'cuda':<22} points")
+    failures = []
+    for nb in sub.notebooks:
+        for item in dict.fromkeys(t.item for t in nb.outcomes):
+            rows = [t for t in nb.outcomes if t.item == item]
+            cells = []
+            for device in devices:
+                mine = [t for t in rows if t.device == device]
+                cells.append(" ".join(f"{SHORT.get(t.variant, t.variant)}:{SYMBOL[t.status]}" if t.variant
+                                      else SYMBOL[t.status] for t in mine) or "")
+            score = sum(t.score for t in rows)
+            maximum = sum(t.max_score for t in rows)
+            lines.append(f"   {item:<30} {cells[0]:<22} {cells[1]:<22} {score:g}/{maximum:g}")
+            failures += [f"   - {t.name}: {t.message}" for t in rows if t.status not in ("passed", "skipped")]
+        lines += [f"   note: {nb.notebook}: {note}" for nb_ in [nb] for note in nb_.notes]
+    if failures:
+        lines.append("   what to fix:")
+        lines += [f[:400] for f in failures]
+    return "\n".join(lines)
+
+
+def summary(subs: list[SubmissionReport]) -> str:
+    lines = [f"{'submission':<30} {'score':>8} {'max':>6}"]
+    for sub in subs:
+        lines.append(f"{Path(sub.path).name:<30} {sub.score:>8g} {sub.max_score:>6g}")
+    return "\n".join(lines)
