@@ -128,7 +128,7 @@ def grade_notebook(notebook: str, student_path: Path | None, seed: int, devices:
             for dtype in item.variants(device):
                 for case in item.cases(seed, dtype):
                     call_id = len(calls)
-                    calls.append(CallSpec(call_id, case.program, case.inputs, device, dtype))
+                    calls.append(CallSpec(call_id, case.program, case.inputs, device, dtype, group=item.name))
                     plan.append((item, device, dtype, case, call_id))
     run = run_plan(prepared.cells, calls, limits, cuda="cuda" in devices, use_bwrap=use_bwrap)
     notes = list(prepared.notes)

@@ -41,6 +41,7 @@ class CallSpec:
     inputs: dict[str, torch.Tensor]
     device: str
     dtype: str | None
+    group: str = ""  # calls of one graded item: after one hangs or kills the worker, the rest are not run
 
 
 @dataclass
@@ -181,7 +182,13 @@ def run_plan(cells: list[CellSpec], calls: list[CallSpec], limits: sandbox.Limit
             else:
                 call_results[index] = CallResult(why, error={"type": why, "message": _why(why, limits, "call")},
                                                  seconds=time.monotonic() - step_started)
-                remaining = [cid for cid in remaining if cid != index]
+                group = next(c.group for c in calls if c.id == index)
+                for other in calls:
+                    if group and other.group == group and other.id in remaining and other.id != index:
+                        call_results[other.id] = CallResult(why, error={
+                            "type": why, "message": _why(why, limits, "call") + " (an earlier case of this item; "
+                            "its other cases were not run)"})
+                remaining = [cid for cid in remaining if cid not in call_results]
             if not remaining and kind == "call":
                 break
     finally:
