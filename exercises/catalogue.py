@@ -559,7 +559,7 @@ ITEMS: dict[str, Item] = {item.name: item for item in [
     Item("softmax_naive", NB1, _softmax_cases("softmax_naive", large=False), forbidden=BUILTIN_SOFTMAX),
     Item("softmax_stable", NB1, _softmax_cases("softmax_stable", large=True), forbidden=BUILTIN_SOFTMAX),
     Item("context_vectors", NB1, _context),
-    Item("simple_self_attention", NB1, _simple),
+    Item("simple_self_attention", NB1, _simple, depends_on=("attention_scores", "softmax_stable", "context_vectors")),
     Item("project_qkv", NB2, _project),
     Item("scaled_dot_product_attention", NB2, _sdpa, forbidden=BUILTIN_SDPA + BUILTIN_MHA),
     Item("SelfAttention_v1", NB3, _sa_v1, forbidden=BUILTIN_SDPA + BUILTIN_MHA),

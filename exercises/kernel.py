@@ -17,6 +17,7 @@ import torch
 from autograder.worker.program import ProgramError
 from exercises.catalogue import ITEMS
 from exercises.judge import judge, reference_outputs, run_on
+from exercises.mistakes import diagnose
 
 
 def devices() -> list[str]:
@@ -49,7 +50,9 @@ def check(name: str, namespace: dict[str, Any], seed: int | None = None) -> None
                     continue
                 verdict = judge(case, student, reference, device)
                 if not verdict.passed:
-                    failures.append(f"[{device}-{dtype}] {verdict.message}")
+                    mistake = diagnose(name, case, student, device, dtype)
+                    hint = f" -- likely mistake: {mistake}" if mistake else ""
+                    failures.append(f"[{device}-{dtype}] {verdict.message}{hint}")
     if failures:
         shown = failures[:6] + ([f"... and {len(failures) - 6} more"] if len(failures) > 6 else [])
         raise AssertionError(f"{name}: {len(failures)} hidden check(s) failed (seed {seed}):\n  " + "\n  ".join(shown))

@@ -214,3 +214,39 @@ def serialise_outputs(outputs: dict[str, Any]) -> tuple[dict[str, torch.Tensor],
     for key, value in outputs.items():
         serialise(value, key, tensors, meta)
     return tensors, meta
+
+
+def deserialise(meta: dict[str, Any], tensors: dict[str, torch.Tensor], key: str, device: torch.device) -> Any:
+    """Inverse of ``serialise`` for what a reference oracle returns: tensors, numbers, tuples, lists, dicts."""
+    info = meta[key]
+    kind = info.get("pytype")
+    if kind == "Tensor":
+        return tensors[key].to(device)
+    if kind in ("int", "float", "bool"):
+        return tensors[key].item()
+    if kind == "str":
+        return info.get("value", "")
+    if kind in ("tuple", "list"):
+        if info.get("numbers"):
+            values = tensors[key].tolist()
+        else:
+            values = [deserialise(meta, tensors, f"{key}.{i}", device) for i in range(info.get("length", 0))]
+        return tuple(values) if kind == "tuple" else values
+    if kind == "dict":
+        return {k: deserialise(meta, tensors, f"{key}.{k}", device) for k in info.get("keys", [])}
+    return None
+
+
+def encode_arguments(args: tuple, kwargs: dict[str, Any], tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Arguments as program ARGs: tensors go to ``tensors`` (CPU copies), the rest must be JSON literals."""
+    def one(value: Any) -> dict[str, Any]:
+        if isinstance(value, torch.Tensor):
+            key = f"a{len(tensors)}"
+            tensors[key] = value.detach().to("cpu").contiguous().clone()
+            return {"tensor": key}
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return {"lit": value}
+        if isinstance(value, (list, tuple)) and all(v is None or isinstance(v, (bool, int, float, str)) for v in value):
+            return {"lit": list(value)}
+        raise ProgramError(f"the reference stand-in cannot take an argument of type {type(value).__name__}")
+    return {"args": [one(a) for a in args], "kwargs": {k: one(v) for k, v in kwargs.items()}}
