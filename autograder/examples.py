@@ -39,16 +39,20 @@ __all__ = [
 
 ASSIGNMENT = "self_attention"
 
-#: The item the ``one_wrong`` student gets wrong: no maximum subtracted, so ``exp`` overflows to
-#: ``inf`` for large scores and the result is ``nan`` (the known mistake the lesson warns about).
-#: Nothing else in lesson 1 calls ``softmax_stable``, so exactly this item's points are lost.
+#: The item the ``one_wrong`` student gets wrong, with a classic mistake: the maximum and the sum
+#: are always taken over the last dimension, whatever ``dim`` says. Lesson 1 calls
+#: ``softmax_stable(scores, dim=-1)`` itself (in ``simple_self_attention``), where the mistake does
+#: not show, so exactly this item's points are lost (the visible ``dim=0`` check catches it).
+#: Without the maximum subtracted the mistake would also break ``simple_self_attention``, whose
+#: visible test feeds it large scores.
 ONE_WRONG_ITEM = "softmax_stable"
 
 ONE_WRONG_OVERRIDES: dict[str, str] = {
     ONE_WRONG_ITEM: '''def softmax_stable(x, dim=-1):
-    """Softmax along ``dim`` (this student forgot to subtract the maximum first)."""
-    exp_x = torch.exp(x)
-    return exp_x / exp_x.sum(dim=dim, keepdim=True)
+    """Numerically stable softmax (this student always normalises over the last dimension)."""
+    x_max = x.amax(dim=-1, keepdim=True)
+    exp_x = torch.exp(x - x_max)
+    return exp_x / exp_x.sum(dim=-1, keepdim=True)
 ''',
 }
 

@@ -156,6 +156,55 @@ def outputs_differ(key_a: str, key_b: str, message: str) -> Check:
     return check
 
 
+def gradients_present(student: Outputs, reference: Outputs) -> str | None:
+    missing = [k for k, m in student.meta.items() if k.startswith("grad") and m.get("pytype") == "NoneType"]
+    if missing:
+        return (f"no gradient reaches {', '.join(missing[:4])}: keep every step differentiable (no .detach(), "
+                ".item(), .data, torch.no_grad() or new tensors built from Python numbers in forward)")
+    return None
+
+
+def gradient_case(name: str, build_steps: list[dict[str, Any]], call_fn: str, arg_keys: list[str],
+                  inputs: dict[str, torch.Tensor], out_shape: tuple[int, ...], gen: torch.Generator,
+                  dtype: torch.dtype, params_of: str | None = None, extra_args: tuple = ()) -> Case:
+    """Gradients of a weighted sum of the output with respect to inputs (and parameters) must match the reference's.
+
+    ``call_fn`` must return one tensor; the weights of the sum are random, so every output entry counts.
+    """
+    inputs = {**inputs, "grad_weights": rand(gen, *out_shape, dtype=dtype)}
+    steps = list(build_steps) + [{"op": "leaf", "tensor": k, "out": f"leaf_{k}"} for k in arg_keys]
+    steps += [{"op": "call", "fn": call_fn, "args": [V(f"leaf_{k}") for k in arg_keys] + list(extra_args),
+               "out": "y"}]
+    steps += [{"op": "backward", "var": "y", "weights": "grad_weights"}]
+    for k in arg_keys:
+        steps += [{"op": "grad", "var": f"leaf_{k}", "out": f"g_{k}"}, {"op": "output", "key": f"grad_{k}", "var": f"g_{k}"}]
+    if params_of:
+        steps += [{"op": "param_grads", "obj": params_of, "out": "gp"}, {"op": "output", "key": "grad_params", "var": "gp"}]
+    return Case(name, steps, inputs, checks=(gradients_present,))
+
+
+def permutation_case(name: str, build_steps: list[dict[str, Any]], fn: str, x: torch.Tensor, gen: torch.Generator,
+                     inputs: dict[str, torch.Tensor] | None = None, take_first: bool = False) -> Case:
+    """Without positions, attention is permutation-equivariant: permuting the tokens permutes the outputs."""
+    n = x.shape[-2]
+    perm = torch.randperm(n, generator=gen)
+    program = list(build_steps) + [
+        {"op": "call", "fn": fn, "args": [T("x")], "out": "a"}, {"op": "output", "key": "out", "var": "a"},
+        {"op": "call", "fn": fn, "args": [T("x_perm")], "out": "b"}, {"op": "output", "key": "out_perm", "var": "b"}]
+    key = "out.0" if take_first else "out"
+    key_perm = "out_perm.0" if take_first else "out_perm"
+
+    def check(student: Outputs, reference: Outputs) -> str | None:
+        a, b = student.tensor(key), student.tensor(key_perm)
+        if a is None or b is None or a.shape != b.shape or a.dim() < 2:
+            return None
+        if value_mismatch(key, b, a[..., perm, :]) is not None:
+            return ("permuting the input tokens should permute the outputs the same way (attention has no notion "
+                    "of position); your output mixes positions: check which dimension you transpose and reduce")
+        return None
+    return Case(name, program, {**(inputs or {}), "x": x, "x_perm": x[..., perm, :].clone()}, checks=(check,))
+
+
 # --- lesson 1 -----------------------------------------------------------------------------------
 NB1 = "01_attention_scores.ipynb"
 NB2 = "02_scaled_dot_product_attention.ipynb"
@@ -209,6 +258,9 @@ def _softmax_cases(fn: str, large: bool) -> Callable:
             x[3, 0] = float("-inf")
             cases.append(Case("rows_with_minus_inf", call(fn, T("x")), {"x": x}, {"out": QK},
                               (rows_sum_to_one("out"),)))
+            if dtype == torch.float64:
+                cases.append(gradient_case("gradients", [], fn, ["x"], {"x": rand(gen, 4, 6, dtype=dtype)}, (4, 6),
+                                           gen, dtype))
         return cases
     return build
 
@@ -232,6 +284,8 @@ def _simple(gen, dtype):
     for shape in [(2, 5, 4), (1, 3)]:
         cases.append(Case("x" + "x".join(map(str, shape)), call("simple_self_attention", T("x")),
                           {"x": rand(gen, *shape, dtype=dtype)}, dims, (rows_sum_to_one("out.1"),)))
+    cases.append(permutation_case("permutation_equivariant", [], "simple_self_attention", rand(gen, 7, 3, dtype=dtype),
+                                  gen, take_first=True))
     return cases
 
 
@@ -271,7 +325,10 @@ def _sdpa(gen, dtype):
         sdpa_case("broadcast_mask", (2, 3), 4, 6, 8, 8, torch.rand(6, generator=gen) > -1),
         sdpa_case("causal_mask", (2,), 6, 6, 4, 4, torch.ones(6, 6, dtype=torch.bool).tril()),
         sdpa_case("single_token", (), 1, 1, 3, 2),
-    ]
+    ] + ([gradient_case("gradients", [], "scaled_dot_product_attention", ["q", "k", "v"],
+                        {"q": rand(gen, 2, 4, 5, dtype=dtype), "k": rand(gen, 2, 6, 5, dtype=dtype),
+                         "v": rand(gen, 2, 6, 3, dtype=dtype)}, (2, 4, 3), gen, dtype)]
+         if dtype == torch.float64 else [])
 
 
 # --- lesson 3 -----------------------------------------------------------------------------------
@@ -300,7 +357,7 @@ def _sa_v2(gen, dtype):
         ("book_3_to_2", {"d_in": 3, "d_out": 2}, (6, 3)),
         ("batched_4_to_5", {"d_in": 4, "d_out": 5}, (2, 7, 4)),
         ("qkv_bias", {"d_in": 6, "d_out": 4, "qkv_bias": True}, (3, 5, 6)),
-    ], gen, dtype)
+    ], gen, dtype) + _module_invariants("SelfAttention_v2", {"d_in": 4, "d_out": 3}, gen, dtype, permutation=True)
 
 
 def _transfer(gen, dtype):
@@ -332,8 +389,23 @@ def _causal_weights(gen, dtype):
     for shape in [(6, 6), (2, 5, 5), (2, 3, 4, 4), (1, 1)]:
         cases.append(Case("x" + "x".join(map(str, shape)), call("causal_attention_weights", T("s")),
                           {"s": rand(gen, *shape, dtype=dtype, scale=2.0)},
-                          {"out": ("batch",) * (len(shape) - 2) + QK}, (rows_sum_to_one("out"),)))
+                          {"out": ("batch",) * (len(shape) - 2) + QK}, (rows_sum_to_one("out"), no_future("out"))))
     return cases
+
+
+def no_future(key: str) -> Check:
+    def check(student: Outputs, reference: Outputs) -> str | None:
+        w = student.tensor(key)
+        if w is None or w.dim() < 2 or w.shape[-1] != w.shape[-2] or not w.is_floating_point():
+            return None
+        future = torch.ones(w.shape[-2:], dtype=torch.bool).triu(1)
+        if bool((w[..., future] != 0).any()):
+            i, j = [int(v) for v in future.nonzero()[(w[..., future] != 0).reshape(-1, future.sum())
+                                                     .any(0).nonzero()[0, 0]]]
+            return (f"query {i} gives weight to the later key {j}: fill the scores above the diagonal with -inf "
+                    "before the softmax so their weights are exactly 0")
+        return None
+    return check
 
 
 def _causal_leak_case(cls: str, kwargs: dict[str, Any], gen, dtype, b: int, n: int, upto: int) -> Case:
@@ -385,7 +457,51 @@ def _causal_attention(gen, dtype):
     dropout = _dropout_case(cls, {**base, "dropout": 0.5}, gen, dtype)
     dropout.checks = dropout.checks + (_eval_matches("eval_out"),)
     cases.append(dropout)
+    return cases + _module_invariants(cls, base, gen, dtype)
+
+
+def _module_invariants(cls: str, kwargs: dict[str, Any], gen, dtype, permutation: bool = False) -> list[Case]:
+    """Gradients in float64 (inputs and parameters); permutation equivariance where there is no mask."""
+    cases = []
+    x_shape = (2, 5, kwargs["d_in"])
+    if dtype == torch.float64:
+        params = reference_params(cls, kwargs, gen, dtype)
+        out_features = kwargs["d_out"] * (kwargs.get("num_heads", 1) if cls == "MultiHeadAttentionWrapper" else 1)
+        cases.append(gradient_case("gradients", build_module(cls, kwargs, params), "m", ["x"],
+                                   {**params, "x": rand(gen, *x_shape, dtype=dtype)}, (2, 5, out_features), gen,
+                                   dtype, params_of="m"))
+    if permutation:
+        params = reference_params(cls, kwargs, gen, dtype)
+        cases.append(permutation_case("permutation_equivariant", build_module(cls, kwargs, params), "m",
+                                      rand(gen, *x_shape, dtype=dtype), gen, inputs=params))
     return cases
+
+
+def _heads_independent(gen, dtype) -> Case:
+    """With an identity output projection, head h's output columns depend on head h's projections only."""
+    cls = "MultiHeadAttention"
+    kwargs = {"d_in": 6, "d_out": 8, "context_length": 5, "dropout": 0.0, "num_heads": 2}
+    params = reference_params(cls, kwargs, gen, dtype)
+    params["p.out_proj.weight"] = torch.eye(8, dtype=dtype)
+    params["p.out_proj.bias"] = torch.zeros(8, dtype=dtype)
+    changed = {k.replace("p.", "q.", 1): v.clone() for k, v in params.items()}
+    changed["q.W_query.weight"][:4] = rand(gen, 4, 6, dtype=dtype)  # rows of head 0 only
+    changed["q.W_value.weight"][:4] = rand(gen, 4, 6, dtype=dtype)
+    program = build_module(cls, kwargs, params) + forward("m", T("x"), out="out") + \
+        build_module(cls, kwargs, changed, var="m2", prefix="q.") + forward("m2", T("x"), out="out_changed")
+
+    def check(student: Outputs, reference: Outputs) -> str | None:
+        a, b = student.tensor("out"), student.tensor("out_changed")
+        if a is None or b is None or a.shape != b.shape or a.shape[-1] != 8:
+            return None
+        if value_mismatch("out", b[..., 4:], a[..., 4:]) is not None:
+            return ("heads are not independent: changing head 0's query/value weights changed head 1's output "
+                    "columns; split with .view(b, n, h, hd).transpose(1, 2) and merge with the inverse")
+        if torch.equal(a[..., :4], b[..., :4]):
+            return "head 0's output did not change when its own weights changed: are its weights used at all?"
+        return None
+    return Case("heads_independent", program, {**params, **changed, "x": rand(gen, 2, 5, 6, dtype=dtype)},
+                {"out": ("batch",) + QF}, (check,), compare=False)
 
 
 # --- lesson 5 -----------------------------------------------------------------------------------
@@ -436,6 +552,8 @@ def _mha(gen, dtype):
             return None
         return ("MultiHeadAttention(d_out=7, num_heads=2) must raise ValueError (or AssertionError): d_out "
                 f"must be divisible by num_heads; got {'no exception' if not got else got}")
+    cases.append(_heads_independent(gen, dtype))
+    cases += _module_invariants(cls, base, gen, dtype)
     cases.append(Case("rejects_indivisible_d_out",
                       [{"op": "raises", "fn": cls, "kwargs": {k: L(v) for k, v in bad.items()}, "out": "r"},
                        {"op": "output", "key": "raised", "var": "r"}], {}, checks=(raises,), compare=False))
@@ -530,8 +648,26 @@ def _plot(gen, dtype):
 # --- lesson 7 -----------------------------------------------------------------------------------
 
 
+def window_rule(window: int) -> Check:
+    def check(student: Outputs, reference: Outputs) -> str | None:
+        m = student.tensor("out")
+        if m is None or m.dtype != torch.bool or m.dim() != 2 or m.shape[0] != m.shape[1]:
+            return None
+        i, j = torch.meshgrid(torch.arange(m.shape[0]), torch.arange(m.shape[1]), indexing="ij")
+        allowed = (i - j >= 0) & (i - j < window)
+        if bool((m & ~allowed & (j > i)).any()):
+            return "the mask lets a query see a later key: a sliding window is causal too (i - j >= 0)"
+        if bool((m & ~allowed).any()):
+            return f"the mask reaches further back than the window: query i may see keys i-{window - 1}..i only"
+        if bool((~m & allowed).any()):
+            return f"the mask hides keys inside the window: query i must see keys i-{window - 1}..i (the diagonal too)"
+        return None
+    return check
+
+
 def _sliding(gen, dtype):
-    return [Case(f"n{n}_w{w}", call("sliding_window_mask", L(n), L(w), device=DEVICE), {}, {"out": QK})
+    return [Case(f"n{n}_w{w}", call("sliding_window_mask", L(n), L(w), device=DEVICE), {}, {"out": QK},
+                 (window_rule(w),))
             for n, w in [(6, 1), (6, 3), (8, 8), (5, 10), (1, 1), (9, 2)]]
 
 

@@ -46,12 +46,12 @@ def reference_outputs(case: Case, device: str, dtype: str | None) -> Outputs:
 def judge(case: Case, student: Outputs, reference: Outputs, device: str) -> Verdict:
     """Compare (unless the case is judged by invariants alone), then apply the case's invariants."""
     messages: list[str] = []
-    if case.compare:
-        messages += [m.message for m in compare_outputs(student, reference, device, case.dims)]
-    for check in case.checks:
+    for check in case.checks:  # an invariant's message names the concept; it goes before the raw numbers
         found = check(student, reference)
         if found:
             messages.append(found)
+    if case.compare:
+        messages += [m.message for m in compare_outputs(student, reference, device, case.dims)]
     if messages:
         return Verdict(False, f"case {case.name}: " + "; ".join(dict.fromkeys(messages)))
     return Verdict(True)

@@ -128,6 +128,20 @@ def run_program(
             env[step["out"]] = getattr(obj, step["name"])
         elif op == "params":
             env[step["out"]] = {k: p.detach().clone() for k, p in env[step["obj"]].named_parameters()}
+        elif op == "leaf":
+            env[step["out"]] = inputs[step["tensor"]].to(dev).clone().requires_grad_(True)
+        elif op == "backward":
+            value = env[step["var"]]
+            if isinstance(value, (tuple, list)) and value:
+                value = value[0]  # (output, weights): the gradient of the output
+            if not isinstance(value, torch.Tensor) or not value.requires_grad:
+                raise ProgramError("the output does not depend differentiably on the inputs (no grad_fn): do not "
+                                   "call .detach(), .item(), .numpy() or torch.no_grad() in forward")
+            (value * inputs[step["weights"]].to(dev)).sum().backward()
+        elif op == "grad":
+            env[step["out"]] = env[step["var"]].grad
+        elif op == "param_grads":
+            env[step["out"]] = {k: p.grad for k, p in env[step["obj"]].named_parameters()}
         elif op == "output":
             outputs[step["key"]] = env[step["var"]]
         else:
@@ -178,6 +192,8 @@ def serialise(value: Any, key: str, tensors: dict[str, torch.Tensor], meta: dict
         plain = torch.Tensor._make_subclass(torch.Tensor, value.detach()) if type(value) is not torch.Tensor \
             else value.detach()
         tensors[key] = plain.to("cpu").contiguous().clone()
+    elif value is None:
+        meta[key] = {"pytype": "NoneType"}
     elif isinstance(value, str):
         meta[key] = {"pytype": "str", "value": value[:200]}
     elif isinstance(value, bool):
