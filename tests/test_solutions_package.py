@@ -1,0 +1,89 @@
+"""The ``solutions`` package: does it export every graded name with the spec's exact signature?"""
+
+import inspect
+
+import pytest
+import torch
+
+import solutions as S
+
+# name -> the parameters of the course specification, "name" or "name=default"
+SPEC = {
+    "attention_scores_loop": ["inputs"],
+    "attention_scores": ["inputs"],
+    "softmax_naive": ["x", "dim=-1"],
+    "softmax_stable": ["x", "dim=-1"],
+    "context_vectors": ["weights", "inputs"],
+    "simple_self_attention": ["inputs"],
+    "project_qkv": ["x", "W_q", "W_k", "W_v"],
+    "scaled_dot_product_attention": ["q", "k", "v", "mask=None"],
+    "SelfAttention_v1": ["d_in", "d_out"],
+    "SelfAttention_v2": ["d_in", "d_out", "qkv_bias=False"],
+    "transfer_weights": ["sa_v2", "sa_v1"],
+    "causal_mask": ["num_tokens", "device=None"],
+    "causal_attention_weights": ["scores"],
+    "CausalAttention": ["d_in", "d_out", "context_length", "dropout", "qkv_bias=False"],
+    "MultiHeadAttentionWrapper": [
+        "d_in",
+        "d_out",
+        "context_length",
+        "dropout",
+        "num_heads",
+        "qkv_bias=False",
+    ],
+    "split_heads": ["x", "num_heads"],
+    "merge_heads": ["x"],
+    "MultiHeadAttention": ["d_in", "d_out", "context_length", "dropout", "num_heads", "qkv_bias=False"],
+    "count_parameters": ["module"],
+    "train_self_attention": ["model", "inputs", "targets", "steps", "lr"],
+    "plot_attention": ["weights", "tokens"],
+    "sliding_window_mask": ["num_tokens", "window_size", "device=None"],
+    "online_softmax_attention": ["q", "k", "v", "block_size=64", "causal=False"],
+}
+EXTRA = {"ToySelfAttention": ["d_model"], "toy_dataset": ["seed=0", "dtype=torch.float32", "device=None"]}
+
+
+def parameters(obj):
+    out = []
+    for p in inspect.signature(obj).parameters.values():
+        if p.default is inspect.Parameter.empty:
+            out.append(p.name)
+        elif isinstance(p.default, torch.dtype):
+            out.append(f"{p.name}={p.default}")
+        else:
+            out.append(f"{p.name}={p.default!r}")
+    return out
+
+
+def test_does_all_list_every_graded_name_and_the_extras():
+    expected = set(SPEC) | set(EXTRA) | {"BOOK_INPUTS", "BOOK_TOKENS"}
+    assert set(S.__all__) == expected
+    assert len(S.__all__) == len(set(S.__all__))
+    for name in S.__all__:
+        assert hasattr(S, name), name
+
+
+@pytest.mark.parametrize("name", sorted({**SPEC, **EXTRA}))
+def test_is_the_signature_the_specs(name):
+    assert parameters(getattr(S, name)) == {**SPEC, **EXTRA}[name]
+
+
+@pytest.mark.parametrize("name", sorted({**SPEC, **EXTRA}))
+def test_is_everything_documented(name):
+    obj = getattr(S, name)
+    assert inspect.getdoc(obj), name
+    if inspect.isclass(obj):
+        assert inspect.getdoc(obj.forward) and obj.forward is not torch.nn.Module.forward, name
+
+
+def test_are_the_classes_modules():
+    for name in (
+        "SelfAttention_v1",
+        "SelfAttention_v2",
+        "CausalAttention",
+        "MultiHeadAttentionWrapper",
+        "MultiHeadAttention",
+        "ToySelfAttention",
+    ):
+        assert issubclass(getattr(S, name), torch.nn.Module), name
+
