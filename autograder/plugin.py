@@ -19,7 +19,9 @@ each carries its points as ``user_properties`` (so ``--junitxml`` records them).
 from __future__ import annotations
 
 import json
+import os
 import secrets
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -46,6 +48,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--selfattn-device", action="append", default=None, choices=["cpu", "cuda"],
                     help="grade on this device only (repeatable); default: every available device")
     group.addoption("--selfattn-no-bwrap", action="store_true", help="never use bubblewrap")
+    group.addoption("--selfattn-jobs", type=int, default=None,
+                    help="notebooks graded at once, each in its own worker (default: up to 2, by CPU count)")
 
 
 class GradingSession:
@@ -61,19 +65,42 @@ class GradingSession:
         wanted = opt("--selfattn-device") or present
         self.devices = [d for d in wanted if d in present]
         self.use_bwrap = None if opt("--selfattn-no-bwrap") else default_bwrap()
-        self.results: dict[tuple[str, str], NotebookResult] = {}
+        self.jobs = max(1, opt("--selfattn-jobs") or min(2, os.cpu_count() or 1))
+        self.pool = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="selfattn-grade")
+        self.futures: dict[tuple[str, str], Future] = {}
         self.submissions: list[report.SubmissionReport] = []
         self.current: dict[str, report.SubmissionReport] = {}
+        self.done = 0
         become_subreaper()
 
-    def notebook_result(self, submission: Path, notebook: str, path: Path | None, source_dir: Path | None):
+    def start_submission(self, submission: Path, notebooks: dict[str, Path], source_dir: Path | None) -> None:
+        """Queue every notebook of ``submission``; items then wait for their own notebook only."""
+        for notebook in NOTEBOOKS:
+            key = (str(submission), notebook)
+            if key not in self.futures:
+                self.futures[key] = self.pool.submit(grade_notebook, notebook, notebooks.get(notebook), self.seed,
+                                                     self.devices, self.limits, self.use_bwrap, source_dir)
+
+    def notebook_result(self, submission: Path, notebook: str) -> NotebookResult:
         key = (str(submission), notebook)
-        if key not in self.results:
-            self.results[key] = grade_notebook(notebook, path, self.seed, self.devices, self.limits,
-                                               self.use_bwrap, source_dir)
-            sub = self.current[str(submission)]
-            sub.add(self.results[key])
-        return self.results[key]
+        result = self.futures[key].result()
+        sub = self.current[str(submission)]
+        if result not in sub.notebooks:
+            sub.add(result)
+            if len(sub.notebooks) == len(NOTEBOOKS):
+                self.done += 1
+                sub.notebooks.sort(key=lambda nb: NOTEBOOKS.index(nb.notebook))
+                self.progress(sub)
+        return result
+
+    def progress(self, sub: report.SubmissionReport) -> None:
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None and len(self.submissions) > 1:
+            width = 30
+            filled = int(width * self.done / len(self.submissions))
+            reporter.write_line(f"[{'#' * filled}{'.' * (width - filled)}] {self.done}/{len(self.submissions)} "
+                                f"{Path(sub.path).name}: {sub.score:g}/{sub.max_score:g} "
+                                f"({sum(nb.seconds for nb in sub.notebooks):.1f} s)")
 
 
 _session_key = pytest.StashKey[GradingSession]()
@@ -117,6 +144,7 @@ class SubmissionCollector(pytest.Collector):
 
     def collect(self):
         found = find_notebooks(self.submission, NOTEBOOKS)
+        _session(self.config).start_submission(self.submission, found, self.source)
         for notebook in NOTEBOOKS:
             yield NotebookCollector.from_parent(self, name=notebook, submission=self.submission,
                                                 notebook_path=found.get(notebook), source=self.source)
@@ -128,7 +156,7 @@ class NotebookCollector(pytest.Collector):
         self.submission, self.notebook_path, self.source = submission, notebook_path, source
 
     def result(self) -> NotebookResult:
-        return _session(self.config).notebook_result(self.submission, self.name, self.notebook_path, self.source)
+        return _session(self.config).notebook_result(self.submission, self.name)
 
     def collect(self):
         session = _session(self.config)
@@ -177,8 +205,10 @@ class GradedItem(pytest.Item):
         return self.path, None, f"{self.parent.name}::{self.name}"
 
 
-def pytest_runtest_logfinish(nodeid, location):  # pragma: no cover - cosmetic
-    return None
+def pytest_unconfigure(config: pytest.Config) -> None:
+    session = config.stash.get(_session_key, None)
+    if session is not None:
+        session.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:

@@ -6,6 +6,7 @@ Used in the grader's process (with outputs read back from the worker) and in the
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,10 +38,16 @@ def run_on(namespace: dict[str, Any], case: Case, device: str, dtype: str | None
     return Outputs(*serialise_outputs(raw))
 
 
+# The reference and the known-mistake variants seed torch's global generator; notebooks are graded in
+# parallel threads, so those runs take turns.
+REFERENCE_LOCK = threading.RLock()
+
+
 def reference_outputs(case: Case, device: str, dtype: str | None) -> Outputs:
     """The reference's outputs on ``case`` (reproducible: programs that use dropout seed first)."""
-    torch.manual_seed(0)
-    return run_on(reference_namespace(), case, device, dtype)
+    with REFERENCE_LOCK:
+        torch.manual_seed(0)
+        return run_on(reference_namespace(), case, device, dtype)
 
 
 def judge(case: Case, student: Outputs, reference: Outputs, device: str) -> Verdict:

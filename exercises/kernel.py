@@ -1,15 +1,23 @@
 """``check(name, globals())``: the hidden test of an nbgrader test cell, run inside the student's kernel.
 
 It builds the item's cases from a fresh seed, runs them against the notebook's namespace and
-against ``solutions``, and raises ``AssertionError`` with every failing case's message. This is the
-same catalogue and the same comparison the pytest autograder uses; the autograder additionally
-isolates the student's code in a worker process.
+against ``solutions``, and scores them exactly as the pytest autograder does: the item's points
+split over devices and dtype variants, each share times the fraction of its cases passed.
+
+- every case passes: returns ``None`` (nbgrader then gives the cell's full points);
+- some pass: prints what failed (to stdout) and returns the partial score, which nbgrader reads
+  from the cell's result as partial credit;
+- none pass: raises ``AssertionError`` with what failed.
+Warnings raised by student code are silenced here: nbgrader scores any stderr output as zero.
 """
 
 from __future__ import annotations
 
+import json
 import secrets
 import traceback
+import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,40 +27,74 @@ from exercises.catalogue import ITEMS
 from exercises.judge import judge, reference_outputs, run_on
 from exercises.mistakes import diagnose
 
+SOURCE = Path(__file__).resolve().parent.parent / "source" / "self_attention"
+
 
 def devices() -> list[str]:
     return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-def check(name: str, namespace: dict[str, Any], seed: int | None = None) -> None:
-    """Grade ``name`` from ``namespace`` on every device and dtype; raise AssertionError on any failure."""
+def item_points(name: str) -> float | None:
+    """The item's points from its test cell in ``source/`` (one source of truth), if the course is here."""
+    path = SOURCE / ITEMS[name].notebook
+    try:
+        nb = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    for cell in nb.get("cells", []):
+        meta = cell.get("metadata", {}).get("nbgrader", {})
+        if meta.get("grade_id") == f"test_{name}" and meta.get("grade"):
+            return float(meta.get("points", 0))
+    return None
+
+
+def _run_case(name: str, namespace: dict[str, Any], case, device: str, dtype: str | None) -> tuple[bool, str]:
+    reference = reference_outputs(case, device, dtype)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.manual_seed(0)
+            student = run_on(namespace, case, device, dtype)
+    except NotImplementedError:
+        raise
+    except ProgramError as exc:
+        return False, f"case {case.name}: {exc}"
+    except Exception as exc:  # noqa: BLE001 - the student's exception is the feedback
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        return False, f"case {case.name}: {type(exc).__name__}: {exc} (line {where.lineno})"
+    verdict = judge(case, student, reference, device)
+    if verdict.passed:
+        return True, ""
+    mistake = diagnose(name, case, student, device, dtype)
+    return False, verdict.message + (f" -- likely mistake: {mistake}" if mistake else "")
+
+
+def check(name: str, namespace: dict[str, Any], seed: int | None = None) -> float | None:
+    """Grade ``name`` from ``namespace`` on every device and dtype; see the module docstring."""
     item = ITEMS[name]
     if name not in namespace:
         raise AssertionError(f"`{name}` is not defined: run its answer cell (and keep the name `{name}`)")
     seed = secrets.randbits(31) if seed is None else seed
     failures: list[str] = []
-    for device in devices():
-        for dtype in item.variants(device):
-            for case in item.cases(seed, dtype):
-                reference = reference_outputs(case, device, dtype)
-                try:
-                    torch.manual_seed(0)
-                    student = run_on(namespace, case, device, dtype)
-                except NotImplementedError:
-                    raise
-                except ProgramError as exc:
-                    failures.append(f"[{device}-{dtype}] case {case.name}: {exc}")
-                    continue
-                except Exception as exc:  # noqa: BLE001 - the student's exception is the feedback
-                    where = traceback.extract_tb(exc.__traceback__)[-1]
-                    failures.append(f"[{device}-{dtype}] case {case.name}: {type(exc).__name__}: {exc} "
-                                    f"(line {where.lineno})")
-                    continue
-                verdict = judge(case, student, reference, device)
-                if not verdict.passed:
-                    mistake = diagnose(name, case, student, device, dtype)
-                    hint = f" -- likely mistake: {mistake}" if mistake else ""
-                    failures.append(f"[{device}-{dtype}] {verdict.message}{hint}")
-    if failures:
-        shown = failures[:6] + ([f"... and {len(failures) - 6} more"] if len(failures) > 6 else [])
-        raise AssertionError(f"{name}: {len(failures)} hidden check(s) failed (seed {seed}):\n  " + "\n  ".join(shown))
+    fraction = 0.0
+    devs = devices()
+    for device in devs:
+        variants = item.variants(device)
+        for dtype in variants:
+            cases = item.cases(seed, dtype)
+            passed = 0
+            for case in cases:
+                ok, message = _run_case(name, namespace, case, device, dtype)
+                passed += ok
+                if not ok:
+                    failures.append(f"[{device}-{dtype}] {message}")
+            fraction += passed / len(cases) / len(variants) / len(devs)
+    if not failures:
+        return None
+    shown = failures[:6] + ([f"... and {len(failures) - 6} more"] if len(failures) > 6 else [])
+    report = f"{name}: {len(failures)} hidden check(s) failed (seed {seed}):\n  " + "\n  ".join(shown)
+    points = item_points(name)
+    if fraction == 0 or points is None:
+        raise AssertionError(report)
+    print(report)
+    return round(points * fraction, 6)

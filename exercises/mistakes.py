@@ -1,29 +1,73 @@
 """The bank of known mistakes: buggy variants of the reference, each with a diagnosis and a hint.
 
-When a student's output fails a case, the grader runs the same case against the reference namespace
-with one name replaced by a known buggy variant; if the student's outputs match that variant's, the
-message names the mistake. Everything here runs in the grader's process, on the reference's code.
+When a student's output fails a case, the grader asks :func:`diagnose` which known mistake explains it:
+
+* for a case judged by comparison with the reference (``Case.compare``), the same case is run against
+  the reference namespace with one name replaced by the mistake's buggy variant; the mistake matches
+  when the student's outputs equal the variant's (same comparison, same tolerances as grading);
+* for a case judged by invariants only (training, plotting, dropout in train mode), or for any
+  mistake that has one, the mistake's ``predicate(student, reference)`` decides; a mistake without a
+  predicate matches such a case only if the variant's outputs hold something comparable (tensors or
+  numbers) and the student's equal them.
+
+Errors are not outputs: :func:`explain_error` maps the text of an exception raised by the student's
+code on a case to a known mistake (e.g. a causal mask that was not cut to the sequence length).
+
+Everything here runs in the grader's process, on the reference's code; the variants live in
+``exercises.mistake_bank``.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from exercises.catalogue import Case
 from exercises.compare import Outputs, compare_outputs
+
+Predicate = Callable[[Outputs, Outputs], bool]
+MAX_NAMED = 3  # at most this many mistakes are named in one message
+
+COMPARABLE = ("Tensor", "int", "float", "bool")
 
 
 @dataclass(frozen=True)
 class Mistake:
-    """A known wrong answer for ``item``: ``variant()`` returns the names to replace in the reference."""
+    """A known wrong answer for ``item``.
+
+    ``variant()`` returns ``{graded_name: buggy_object}`` to replace in the reference namespace.
+    ``predicate(student, reference)``, when given, recognises the mistake from the outputs alone
+    (used instead of the variant's outputs, e.g. for cases judged by invariants).
+    ``same_as`` names mistakes of the same item that no case of the catalogue can tell apart
+    from this one (their outputs are identical on every case); the test suite keeps it honest.
+    """
 
     item: str
     name: str
     diagnosis: str
     hint: str
     variant: Callable[[], dict[str, Any]]
+    predicate: Predicate | None = None
+    same_as: tuple[str, ...] = ()
+
+    @property
+    def text(self) -> str:
+        return f"{self.diagnosis} ({self.name}). {self.hint}"
+
+
+@dataclass(frozen=True)
+class ErrorHint:
+    """A known mistake recognised from the exception it raises: ``pattern`` is searched in the error text."""
+
+    item: str
+    name: str
+    pattern: str
+    diagnosis: str
+    hint: str
 
     @property
     def text(self) -> str:
@@ -31,19 +75,23 @@ class Mistake:
 
 
 MISTAKES: list[Mistake] = []
+ERROR_HINTS: list[ErrorHint] = []
 
 
-def mistake(item: str, name: str, diagnosis: str, hint: str):
+def mistake(item: str, name: str, diagnosis: str, hint: str, predicate: Predicate | None = None,
+            same_as: tuple[str, ...] = ()):
     """Decorator: register a function that returns ``{graded_name: buggy_object}``."""
     def register(fn: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
-        MISTAKES.append(Mistake(item, name, diagnosis, hint, fn))
+        if any(m.item == item and m.name == name for m in MISTAKES):
+            raise ValueError(f"mistake {item}/{name} registered twice")
+        MISTAKES.append(Mistake(item, name, diagnosis, hint, fn, predicate, same_as))
         return fn
     return register
 
 
-def mistakes_for(item: str) -> list[Mistake]:
-    _load_bank()
-    return [m for m in MISTAKES if m.item == item]
+def error_hint(item: str, name: str, pattern: str, diagnosis: str, hint: str) -> None:
+    """Register a mistake that shows as an exception whose text matches ``pattern`` (a regex)."""
+    ERROR_HINTS.append(ErrorHint(item, name, pattern, diagnosis, hint))
 
 
 _loaded = False
@@ -56,29 +104,81 @@ def _load_bank() -> None:
         from exercises import mistake_bank  # noqa: F401 - registers the mistakes
 
 
-def matching_mistakes(item: str, case: Case, student: Outputs, device: str, dtype: str | None) -> list[Mistake]:
-    """Every known mistake of ``item`` whose outputs on ``case`` equal the student's."""
+def all_mistakes() -> list[Mistake]:
+    _load_bank()
+    return list(MISTAKES)
+
+
+def all_error_hints() -> list[ErrorHint]:
+    _load_bank()
+    return list(ERROR_HINTS)
+
+
+def mistakes_for(item: str) -> list[Mistake]:
+    _load_bank()
+    return [m for m in MISTAKES if m.item == item]
+
+
+def has_comparable(outputs: Outputs) -> bool:
+    """Whether ``outputs`` hold anything ``compare_outputs`` really compares (not only figures or strings)."""
+    return any(meta.get("pytype") in COMPARABLE or meta.get("numbers") for meta in outputs.meta.values())
+
+
+def run_variant(known: Mistake, case: Case, device: str, dtype: str | None) -> Outputs | None:
+    """The outputs of ``known``'s buggy variant on ``case`` (None if the variant cannot run it)."""
     from exercises.judge import reference_namespace, run_on
 
-    found = []
-    for known in mistakes_for(item):
-        namespace = dict(reference_namespace())
-        namespace.update(known.variant())
-        try:
-            import torch
+    namespace = dict(reference_namespace())
+    namespace.update(known.variant())
+    try:
+        torch.manual_seed(0)  # as the worker and the kernel do before every call
+        return run_on(namespace, case, device, dtype)
+    except Exception:  # noqa: BLE001 - a variant that cannot run on this case simply does not match
+        return None
 
-            torch.manual_seed(0)
-            buggy = run_on(namespace, case, device, dtype)
-        except Exception:  # noqa: BLE001 - a variant that cannot run on this case simply does not match
+
+def matching_mistakes(item: str, case: Case, student: Outputs, device: str, dtype: str | None) -> list[Mistake]:
+    """Every known mistake of ``item`` that explains the student's outputs on ``case``."""
+    from exercises.judge import reference_outputs
+
+    found = []
+    reference: Outputs | None = None
+    for known in mistakes_for(item):
+        if known.predicate is not None:
+            if reference is None:
+                reference = reference_outputs(case, device, dtype)
+            try:
+                hit = bool(known.predicate(student, reference))
+            except Exception:  # noqa: BLE001 - a predicate that cannot read these outputs does not match
+                hit = False
+            if hit:
+                found.append(known)
             continue
-        if buggy.meta.keys() and not compare_outputs(student, buggy, device, case.dims):
+        buggy = run_variant(known, case, device, dtype)
+        if buggy is None or not buggy.meta:
+            continue
+        if not case.compare and not has_comparable(buggy):
+            continue  # nothing to compare: without a predicate this case cannot recognise the mistake
+        if not compare_outputs(student, buggy, device, case.dims):
             found.append(known)
     return found
 
 
-def diagnose(item: str, case: Case, student: Outputs, device: str, dtype: str | None) -> str | None:
-    """The message of the first known mistake that reproduces the student's outputs, if any."""
-    if not case.compare:
+def describe(found: list[Mistake] | list[ErrorHint]) -> str | None:
+    """One message naming the mistakes found: the first, then the others it cannot be told from."""
+    if not found:
         return None
-    found = matching_mistakes(item, case, student, device, dtype)
-    return found[0].text if found else None
+    shown = [m.text for m in found[:MAX_NAMED]]
+    if len(shown) == 1:
+        return shown[0]
+    return shown[0] + " Or, giving the same outputs here: " + " / ".join(shown[1:])
+
+
+def diagnose(item: str, case: Case, student: Outputs, device: str, dtype: str | None) -> str | None:
+    """The message naming the known mistakes that reproduce the student's outputs, if any."""
+    return describe(matching_mistakes(item, case, student, device, dtype))
+
+
+def explain_error(item: str, error: str) -> str | None:
+    """The message naming the known mistakes whose typical exception text matches ``error``, if any."""
+    return describe([h for h in all_error_hints() if h.item == item and re.search(h.pattern, error)])
