@@ -189,7 +189,9 @@ def _isolate_failures(items: list[Item], notebook: str, devices: list[str], plan
     if not retry:
         return outcomes
     oracles = {d: "class" if d[0].isupper() else "function" for deps in retry.values() for d in deps}
-    again = [c for c, (it, *_rest) in zip(calls, plan, strict=True) if it.name in retry]
+    # Stand-ins return plain tensors without a graph, so gradient cases cannot be re-graded with them.
+    again = [c for c, (it, *_rest) in zip(calls, plan, strict=True)
+             if it.name in retry and not any(step["op"] == "backward" for step in c.program)]
     run = run_plan(prepared.cells, again, limits, cuda="cuda" in devices, use_bwrap=use_bwrap, oracles=oracles,
                    responder=OracleResponder(oracles))
     second = _judge_all([i for i in items if i.name in retry], notebook, devices, plan, run.calls, points, prepared)
@@ -200,7 +202,8 @@ def _isolate_failures(items: list[Item], notebook: str, devices: list[str], plan
         if o.status != "passed" and better is not None:
             names = " and ".join(f"`{d}`" for d in retry[o.item])
             better.message = (f"correct once {names} is fixed: graded with the reference {names} in its place "
-                              f"(full points here; fix {names} for its own points). Before: {o.message}")[:2000]
+                              f"(full points here, gradients not re-checked; fix {names} for its own points). "
+                              f"Before: {o.message}")[:2000]
             result.append(better)
         else:
             result.append(o)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import json
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,17 @@ MAGIC = re.compile(r"^\s*(%|!)")
 REPO = Path(__file__).resolve().parent.parent
 SOURCE_DIR = REPO / "source"
 ASSIGNMENT = "self_attention"
+
+
+# CPython 3.11's ast.parse is not safe to call from two threads at once ("AST constructor recursion
+# depth mismatch"); notebooks are prepared in parallel threads.
+_AST_LOCK = threading.Lock()
+
+
+def parse(code: str) -> ast.Module:
+    """``ast.parse`` under a lock (see above)."""
+    with _AST_LOCK:
+        return ast.parse(code)
 
 
 class IntakeError(Exception):
@@ -149,7 +161,7 @@ def prepare(source: SourceNotebook, student_cells: list[dict]) -> PreparedNotebo
         if dropped:
             prepared.notes.append(f"answer cell `{gid}`: {dropped} IPython magic/shell line(s) were not run")
         try:
-            ast.parse(code)
+            parse(code)
         except SyntaxError as exc:
             prepared.syntax_errors[gid] = f"SyntaxError in answer cell `{gid}` line {exc.lineno}: {exc.msg}"
         prepared.answer_sources[gid] = code
@@ -170,7 +182,7 @@ def static_forbidden_calls(code: str) -> set[str]:
     Returns the family names of ``FORBIDDEN_ATTRS``; a syntax error yields nothing (reported elsewhere).
     """
     try:
-        tree = ast.parse(code)
+        tree = parse(code)
     except SyntaxError:
         return set()
     found: set[str] = set()

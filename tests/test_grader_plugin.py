@@ -1,0 +1,142 @@
+"""End-to-end tests of the grading plugin (driven with pytester), the CLI and its reports."""
+
+from __future__ import annotations
+
+import csv
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from grader_fixtures import NB1, answers_from_source, write_submission
+
+from autograder.cli import main
+from autograder.plugin import MANIFEST_SUFFIX
+
+pytest_plugins = ["pytester"]
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "examples" / "submissions"
+
+
+@pytest.fixture
+def two_students(tmp_path: Path) -> Path:
+    """A batch: one student with lesson 1 right, one with softmax_naive wrong; other lessons missing."""
+    write_submission(tmp_path / "batch" / "ada" / "self_attention", NB1, {})
+    wrong = "import torch\ndef softmax_naive(x, dim=-1):\n    return torch.exp(x) / torch.exp(x).sum()\n"
+    write_submission(tmp_path / "batch" / "bob" / "self_attention", NB1, {"softmax_naive": wrong})
+    return tmp_path / "batch"
+
+
+def test_does_the_plugin_name_items_by_item_and_device(pytester: pytest.Pytester, two_students: Path):
+    manifest = pytester.path / f"grade{MANIFEST_SUFFIX}"
+    manifest.write_text(json.dumps({"submissions": [str(two_students / "bob")]}))
+    result = pytester.runpytest_subprocess(str(manifest), "--selfattn-seed=5", "--selfattn-call-timeout=20",
+                                           "--junitxml=junit.xml", "-p", "no:cacheprovider")
+    result.stdout.fnmatch_lines([
+        "*softmax_naive[[]cpu-float64[]]*",
+        "*GPU not exercised*",
+        "*bob*",
+    ])
+    outcomes = result.parseoutcomes()
+    # lesson 1: 5 items right x 2 dtypes; softmax_naive wrong x 2; six other lessons missing
+    assert outcomes["passed"] == 10
+    assert outcomes["failed"] >= 2
+    assert outcomes["skipped"] > 0  # cuda items: "GPU not exercised", never passed
+    junit = ET.parse(pytester.path / "junit.xml")
+    cases = {c.get("name"): c for c in junit.iter("testcase")}
+    wrong = cases["softmax_naive[cpu-float64]"]
+    props = {p.get("name"): p.get("value") for p in wrong.iter("property")}
+    # one case of three (a 1-D input, where the whole-tensor sum is the right sum) passes: partial credit
+    assert float(props["score"]) == pytest.approx(0.5 / 3, abs=1e-5) and float(props["max_score"]) == 0.5
+    assert wrong.find("failure") is not None
+    assert "likely mistake" in wrong.find("failure").get("message") or "dim" in wrong.find("failure").text
+
+
+def test_does_the_plugin_stay_inert_without_a_manifest(pytester: pytest.Pytester):
+    pytester.makepyfile(test_plain="def test_ok():\n    assert 1 + 1 == 2\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    assert "GPU not exercised" not in result.stdout.str()
+
+
+def test_does_the_cli_grade_a_batch_and_write_every_report(tmp_path: Path, two_students: Path, capsys):
+    out = tmp_path / "out"
+    code = main(["grade", str(two_students), "--seed", "3", "--json", str(out / "r.json"), "--csv", str(out / "g.csv"),
+                 "--junit", str(out / "j.xml"), "--gradescope", str(out / "results.json"), "-q"])
+    assert code == 0, "grading ran: exit 0 whatever the score"
+    data = json.loads((out / "r.json").read_text())
+    subs = {Path(s["path"]).name: s for s in data["submissions"]}
+    assert set(subs) == {"ada", "bob"}
+    lesson1 = {t["item"]: t for t in subs["ada"]["tests"] if t["notebook"] == NB1 and t["device"] == "cpu"}
+    for test in subs["ada"]["tests"]:
+        assert {"item", "notebook", "device", "status", "score", "max_score", "message"} <= set(test)
+        assert test["status"] in {"passed", "failed", "error", "timeout", "skipped"}
+    assert all(t["status"] == "passed" for t in lesson1.values())
+    assert subs["ada"]["score"] == 7.0 and subs["ada"]["max_score"] == 43.0
+    assert subs["bob"]["score"] == pytest.approx(6 + 1 / 3, abs=1e-3)
+    missing = [t for t in subs["ada"]["tests"] if t["notebook"] != NB1 and t["device"] == "cpu"]
+    assert missing and all(t["status"] == "failed" and "not found" in t["message"] for t in missing)
+    cuda = [t for t in subs["ada"]["tests"] if t["device"] == "cuda"]
+    assert cuda and all(t["status"] == "skipped" and t["max_score"] == 0 and "GPU not exercised" in t["message"]
+                        for t in cuda)
+    assert subs["ada"]["gpu"] == "not exercised"
+    rows = list(csv.DictReader((out / "g.csv").open()))
+    assert {r["submission"]: round(float(r["score"]), 2) for r in rows} == {"ada": 7.0, "bob": 6.33}
+    gradescope = json.loads((out / "results.json").read_text())
+    assert gradescope["score"] == subs["ada"]["score"] and gradescope["tests"]
+    assert ET.parse(out / "j.xml").getroot().iter("testcase")
+    assert "2/2" in capsys.readouterr().out  # the progress line of a batch
+
+
+def test_does_the_cli_refuse_a_path_that_does_not_exist(tmp_path: Path):
+    assert main(["grade", str(tmp_path / "nope")]) == 2
+
+
+def test_do_fresh_seeds_make_hard_coded_outputs_fail(tmp_path: Path):
+    """An answer that returns the values printed for one seed fails on the next run's inputs."""
+    from autograder.grading import grade_notebook
+    from autograder.runner import default_bwrap
+    from autograder.sandbox import Limits
+    from exercises.catalogue import ITEMS
+
+    case = ITEMS["attention_scores"].cases(11, "float64")[1]
+    frozen = case.inputs["x"] @ case.inputs["x"].transpose(-2, -1)
+    code = ("import torch\nFROZEN = torch.tensor(" + repr(frozen.tolist()) + ", dtype=torch.float64)\n"
+            "def attention_scores(inputs):\n    return FROZEN.to(inputs.dtype)\n")
+    path = write_submission(tmp_path, NB1, {"attention_scores": code})
+    rows = [r for r in grade_notebook(NB1, path, 12, ["cpu"], Limits(call_timeout=20), default_bwrap()).outcomes
+            if r.item == "attention_scores" and r.device == "cpu"]
+    assert all(r.score == 0 for r in rows)
+
+
+def test_does_the_perfect_example_score_full_marks_and_the_release_zero(tmp_path: Path):
+    code = main(["grade", str(EXAMPLES / "perfect"), str(EXAMPLES / "empty"), "--json", str(tmp_path / "r.json"), "-q"])
+    assert code == 0
+    subs = {Path(s["path"]).name: s for s in json.loads((tmp_path / "r.json").read_text())["submissions"]}
+    assert subs["perfect"]["score"] == subs["perfect"]["max_score"] == 43
+    assert subs["empty"]["score"] == 0
+    not_done = [t for t in subs["empty"]["tests"] if t["device"] == "cpu"]
+    assert all("not implemented" in t["message"] for t in not_done), [t["message"] for t in not_done][:3]
+
+
+def test_is_a_failed_dependency_isolated(tmp_path: Path):
+    """MultiHeadAttention that calls a broken split_heads earns its points, with a message saying so."""
+    from autograder.grading import grade_notebook
+    from autograder.runner import default_bwrap
+    from autograder.sandbox import Limits
+
+    nb5 = "05_multi_head_attention.ipynb"
+    bad_split = "def split_heads(x, num_heads):\n    b, n, d = x.shape\n    return x.view(b, num_heads, n, d // num_heads)\n"
+    bad_causal = answers_from_source(nb5)["causal_attention_from_lesson_4"].replace(
+        "torch.softmax(", "0.5 * torch.softmax(")
+    path = write_submission(tmp_path, nb5, {"split_heads": bad_split, "causal_attention_from_lesson_4": bad_causal})
+    result = grade_notebook(nb5, path, 4, ["cpu"], Limits(call_timeout=20), default_bwrap())
+    rows = {(r.item, r.variant): r for r in result.outcomes if r.device == "cpu"}
+    assert rows[("split_heads", "float64")].status == "failed"
+    for item in ("MultiHeadAttention", "MultiHeadAttentionWrapper"):
+        row = rows[(item, "float64")]
+        assert row.status == "passed" and row.score == row.max_score, row.message
+        assert "correct once" in row.message
+    assert "`split_heads`" in rows[("MultiHeadAttention", "float64")].message
+    assert "`CausalAttention`" in rows[("MultiHeadAttentionWrapper", "float64")].message
