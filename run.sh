@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The course's two commands; each sets itself up on a fresh machine (a .venv in this folder).
+#
+#   bash run.sh main   regenerate release/ from source/, grade the bundled example submissions,
+#                      print their scores (reports in reports/)
+#   bash run.sh test   run the whole test suite (CPU; GPU tests report "GPU not exercised")
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PYTHON=${PYTHON:-python3}
+VENV=.venv
+
+setup() {
+  if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    echo "error: Python >= 3.11 is required (nbgrader 0.9.6); set PYTHON=/path/to/python3.11" >&2
+    exit 2
+  fi
+  local stamp="$VENV/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+  if [ ! -f "$stamp" ]; then
+    echo "== setting up $VENV (one time)"
+    "$PYTHON" -m venv "$VENV"
+    "$VENV/bin/python" -m pip install --quiet --upgrade pip
+    "$VENV/bin/python" -m pip install --quiet -e ".[dev]"
+    # the python3 kernel nbgrader runs notebooks in: this environment's, which has the course installed
+    "$VENV/bin/python" -m ipykernel install --sys-prefix --name python3 >/dev/null
+    rm -f "$VENV"/.installed-*
+    touch "$stamp"
+  fi
+  if ! command -v bwrap >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      echo "== installing bubblewrap (full isolation of student code)"
+      (apt-get install -y -qq bubblewrap >/dev/null 2>&1 || { apt-get update -qq >/dev/null 2>&1 &&
+        apt-get install -y -qq bubblewrap >/dev/null 2>&1; }) ||
+        echo "   could not install bubblewrap: grading runs with reduced isolation (the report says so)"
+    else
+      echo "   note: bubblewrap is not installed; grading runs with reduced isolation (the report says so)"
+    fi
+  fi
+  export PATH="$PWD/$VENV/bin:$PATH"
+}
+
+case "${1:-}" in
+  main)
+    setup
+    echo "== regenerating release/ from source/ with nbgrader"
+    python scripts/release.py
+    echo "== grading the example submissions in examples/submissions/"
+    mkdir -p reports
+    python -m autograder grade examples/submissions --json reports/examples.json --csv reports/grades.csv \
+      --junit reports/junit.xml -q
+    echo "== reports: reports/examples.json, reports/grades.csv, reports/junit.xml"
+    ;;
+  test)
+    setup
+    shift
+    python -m pytest "$@"
+    ;;
+  *)
+    echo "usage: bash run.sh main | bash run.sh test [pytest args]" >&2
+    exit 2
+    ;;
+esac
