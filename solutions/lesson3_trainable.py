@@ -64,9 +64,7 @@ def transfer_weights(sa_v2: SelfAttention_v2, sa_v1: SelfAttention_v1) -> None:
     names = ("W_query", "W_key", "W_value")
     for name in names:
         if getattr(sa_v2, name).bias is not None:
-            raise ValueError(
-                f"sa_v2.{name} has a bias (qkv_bias=True); SelfAttention_v1 has no bias to copy it into"
-            )
+            raise ValueError(f"sa_v2.{name} has a bias (qkv_bias=True); SelfAttention_v1 has no bias to copy it into")
     with torch.no_grad():
         for name in names:
             getattr(sa_v1, name).copy_(getattr(sa_v2, name).weight.T)  # (d_out, d_in) -> (d_in, d_out)

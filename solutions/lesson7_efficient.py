@@ -5,9 +5,7 @@ from __future__ import annotations
 import torch
 
 
-def sliding_window_mask(
-    num_tokens: int, window_size: int, device: torch.device | str | None = None
-) -> torch.Tensor:
+def sliding_window_mask(num_tokens: int, window_size: int, device: torch.device | str | None = None) -> torch.Tensor:
     """Causal, local ``(n, n)`` boolean mask: query ``i`` may attend key ``j`` iff ``0 <= i - j < window``.
 
     ``window`` is ``window_size``, the number of most recent tokens (itself included) a query sees.

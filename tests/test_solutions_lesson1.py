@@ -127,9 +127,7 @@ def test_does_context_vectors_reproduce_the_book(device):
 @pytest.mark.parametrize("softmax", [S.softmax_naive, S.softmax_stable], ids=["naive", "stable"])
 def test_is_softmax_of_2_1_01_the_books(softmax, device):
     x = torch.tensor([2.0, 1.0, 0.1], device=device)
-    torch.testing.assert_close(
-        softmax(x), torch.tensor([0.6590, 0.2424, 0.0986], device=device), **BOOK_DECIMALS
-    )
+    torch.testing.assert_close(softmax(x), torch.tensor([0.6590, 0.2424, 0.0986], device=device), **BOOK_DECIMALS)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -222,9 +220,7 @@ def test_do_scores_context_and_simple_attention_work_on_batches(batch, dtype, de
         context, w = S.simple_self_attention(x)
         assert context.shape == (*batch, 5, 4) and w.shape == (*batch, 5, 5)
         torch.testing.assert_close(w, weights, **TOL[dtype])
-        torch.testing.assert_close(
-            w.sum(dim=-1), torch.ones(*batch, 5, dtype=dtype, device=device), **TOL[dtype]
-        )
+        torch.testing.assert_close(w.sum(dim=-1), torch.ones(*batch, 5, dtype=dtype, device=device), **TOL[dtype])
         torch.testing.assert_close(context, weights @ x, **TOL[dtype])
 
 

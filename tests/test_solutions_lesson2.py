@@ -145,9 +145,7 @@ def test_do_the_weights_rows_sum_to_one(dtype, device):
     mask = random_mask(gen, (2, 3, 5, 7), device)
     for m in (None, mask):
         _, weights = S.scaled_dot_product_attention(q, k, v, mask=m)
-        torch.testing.assert_close(
-            weights.sum(-1), torch.ones(2, 3, 5, dtype=dtype, device=device), **TOL[dtype]
-        )
+        torch.testing.assert_close(weights.sum(-1), torch.ones(2, 3, 5, dtype=dtype, device=device), **TOL[dtype])
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -49,8 +49,7 @@ def test_are_the_v2_projections_linear_layers():
         layer = getattr(sa, name)
         assert isinstance(layer, nn.Linear) and layer.weight.shape == (2, 3) and layer.bias is None
     assert all(
-        getattr(S.SelfAttention_v2(3, 2, qkv_bias=True), n).bias is not None
-        for n in ("W_query", "W_key", "W_value")
+        getattr(S.SelfAttention_v2(3, 2, qkv_bias=True), n).bias is not None for n in ("W_query", "W_key", "W_value")
     )
 
 
@@ -75,9 +74,7 @@ def test_does_v2_reproduce_the_books_context_vectors(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize(
-    "batch,n,d_in,d_out", [((), 1, 3, 2), ((), 6, 3, 2), ((2,), 5, 4, 7), ((2, 3), 4, 6, 6)]
-)
+@pytest.mark.parametrize("batch,n,d_in,d_out", [((), 1, 3, 2), ((), 6, 3, 2), ((2,), 5, 4, 7), ((2, 3), 4, 6, 6)])
 def test_does_v1_compute_scaled_dot_product_attention(batch, n, d_in, d_out, dtype, device):
     for seed in range(5):
         torch.manual_seed(seed)

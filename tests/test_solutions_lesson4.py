@@ -30,9 +30,7 @@ def randn(gen, *shape, dtype=torch.float64, device="cpu", scale=1.0):
     return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(device=device, dtype=dtype)
 
 
-def make_causal(
-    d_in, d_out, context_length, dropout, qkv_bias=False, seed=0, dtype=torch.float64, device="cpu"
-):
+def make_causal(d_in, d_out, context_length, dropout, qkv_bias=False, seed=0, dtype=torch.float64, device="cpu"):
     torch.manual_seed(seed)
     return S.CausalAttention(d_in, d_out, context_length, dropout, qkv_bias).to(device=device, dtype=dtype)
 
@@ -40,9 +38,7 @@ def make_causal(
 @pytest.mark.parametrize("device", DEVICES)
 def test_is_causal_mask_lower_triangular_and_boolean(device):
     mask = S.causal_mask(4, device=device)
-    expected = torch.tensor(
-        [[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]], dtype=torch.bool, device=device
-    )
+    expected = torch.tensor([[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]], dtype=torch.bool, device=device)
     assert mask.dtype == torch.bool and mask.device.type == torch.device(device).type
     assert torch.equal(mask, expected)
     assert torch.equal(S.causal_mask(1, device=device), torch.ones(1, 1, dtype=torch.bool, device=device))
@@ -58,9 +54,7 @@ def test_are_causal_weights_zero_above_the_diagonal_and_rows_sum_to_one(batch, n
         weights = S.causal_attention_weights(scores)
         assert weights.shape == (*batch, n, n)
         assert (weights.triu(diagonal=1) == 0).all()
-        torch.testing.assert_close(
-            weights.sum(-1), torch.ones(*batch, n, dtype=dtype, device=device), **TOL[dtype]
-        )
+        torch.testing.assert_close(weights.sum(-1), torch.ones(*batch, n, dtype=dtype, device=device), **TOL[dtype])
         # Unscaled: exactly the book's masked softmax of the scores as given.
         masked = scores.masked_fill(~S.causal_mask(n, device=device), float("-inf"))
         torch.testing.assert_close(weights, torch.softmax(masked, dim=-1), **TOL[dtype])
@@ -82,9 +76,7 @@ def test_do_scaled_causal_weights_give_pytorchs_causal_attention(dtype, device):
     gen = torch.Generator().manual_seed(0)
     q, k, v = (randn(gen, 2, 3, 6, 4, dtype=dtype, device=device) for _ in range(3))
     weights = S.causal_attention_weights(q @ k.transpose(-2, -1) / math.sqrt(4))
-    torch.testing.assert_close(
-        weights @ v, F.scaled_dot_product_attention(q, k, v, is_causal=True), **TOL[dtype]
-    )
+    torch.testing.assert_close(weights @ v, F.scaled_dot_product_attention(q, k, v, is_causal=True), **TOL[dtype])
 
 
 def test_does_causal_attention_have_the_books_parts():

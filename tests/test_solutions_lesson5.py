@@ -79,9 +79,7 @@ def torch_multihead(mha):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_does_the_wrapper_concatenate_its_causal_heads(dtype, device):
     for seed in range(3):
-        mw = make(
-            S.MultiHeadAttentionWrapper, 3, 2, 6, 0.0, num_heads=3, seed=seed, dtype=dtype, device=device
-        ).eval()
+        mw = make(S.MultiHeadAttentionWrapper, 3, 2, 6, 0.0, num_heads=3, seed=seed, dtype=dtype, device=device).eval()
         assert isinstance(mw.heads, nn.ModuleList) and len(mw.heads) == 3
         assert all(isinstance(head, S.CausalAttention) for head in mw.heads)
         x = randn(torch.Generator().manual_seed(seed), 2, 6, 3, dtype=dtype, device=device)
@@ -89,9 +87,7 @@ def test_does_the_wrapper_concatenate_its_causal_heads(dtype, device):
         assert out.shape == (2, 6, 6)
         torch.testing.assert_close(out, torch.cat([head(x) for head in mw.heads], dim=-1), **TOL[dtype])
         head = mw.heads[1]
-        expected = F.scaled_dot_product_attention(
-            head.W_query(x), head.W_key(x), head.W_value(x), is_causal=True
-        )
+        expected = F.scaled_dot_product_attention(head.W_query(x), head.W_key(x), head.W_value(x), is_causal=True)
         torch.testing.assert_close(out[..., 2:4], expected, **TOL[dtype])
 
 
@@ -323,9 +319,7 @@ def test_does_gpt2_small_attention_have_2360064_parameters():
     mha = S.MultiHeadAttention(768, 768, 1024, 0.0, num_heads=12, qkv_bias=False)
     assert S.count_parameters(mha) == 2_360_064
     assert isinstance(S.count_parameters(mha), int)
-    assert (
-        S.count_parameters(S.MultiHeadAttention(768, 768, 16, 0.0, 12, qkv_bias=True)) == 2_360_064 + 3 * 768
-    )
+    assert S.count_parameters(S.MultiHeadAttention(768, 768, 16, 0.0, 12, qkv_bias=True)) == 2_360_064 + 3 * 768
 
 
 def test_does_count_parameters_skip_frozen_parameters_and_buffers():

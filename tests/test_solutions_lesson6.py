@@ -52,9 +52,7 @@ def test_does_toy_self_attention_have_the_documented_parts():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_is_toy_self_attention_scaled_non_causal_attention(dtype, device):
     model = toy_model(dtype=dtype, device=device)
-    x = torch.randn(3, 5, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(
-        device, dtype
-    )
+    x = torch.randn(3, 5, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(device, dtype)
     output, weights = model(x)
     assert output.shape == (3, 5, 8) and weights.shape == (3, 5, 5)
     q, k, v = model.W_query(x), model.W_key(x), model.W_value(x)

@@ -71,12 +71,8 @@ def test_is_the_sliding_window_mask_causal_and_local(n, window, device):
 def test_does_a_wide_window_equal_the_causal_mask(device):
     for n in (1, 5, 8):
         for window in (n, n + 1, 100):
-            assert torch.equal(
-                S.sliding_window_mask(n, window, device=device), S.causal_mask(n, device=device)
-            )
-    assert torch.equal(
-        S.sliding_window_mask(5, 1, device=device), torch.eye(5, dtype=torch.bool, device=device)
-    )
+            assert torch.equal(S.sliding_window_mask(n, window, device=device), S.causal_mask(n, device=device))
+    assert torch.equal(S.sliding_window_mask(5, 1, device=device), torch.eye(5, dtype=torch.bool, device=device))
     expected = torch.tensor([[1, 0, 0, 0], [1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 1, 1]], dtype=torch.bool)
     assert torch.equal(S.sliding_window_mask(4, 2, device=device), expected.to(device))
 
@@ -94,9 +90,7 @@ def test_is_windowed_attention_blind_outside_the_window(device):
     gen = torch.Generator().manual_seed(0)
     q, k, v = qkv(gen, (2,), n, n, 4, 5, torch.float64, device)
     out, weights = S.scaled_dot_product_attention(q, k, v, mask=mask)
-    torch.testing.assert_close(
-        out, F.scaled_dot_product_attention(q, k, v, attn_mask=mask), **TOL[torch.float64]
-    )
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, attn_mask=mask), **TOL[torch.float64])
     for j in range(n):  # change token j's key and value: only queries j .. j + window - 1 notice
         k2, v2 = k.clone(), v.clone()
         k2[:, j] += 1.0
@@ -123,9 +117,7 @@ def test_does_online_softmax_equal_exact_attention(shape, causal, dtype, device)
         for block_size in BLOCK_SIZES:
             out = S.online_softmax_attention(q, k, v, block_size=block_size, causal=causal)
             assert out.shape == (*batch, n_q, d_v)
-            torch.testing.assert_close(
-                out, expected, **TOL[dtype], msg=lambda m, b=block_size: f"block {b}: {m}"
-            )
+            torch.testing.assert_close(out, expected, **TOL[dtype], msg=lambda m, b=block_size: f"block {b}: {m}")
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -134,9 +126,7 @@ def test_does_online_softmax_use_the_default_block_of_64(causal, device):
     gen = torch.Generator().manual_seed(0)
     q, k, v = qkv(gen, (2,), 150, 150, 8, 8, torch.float64, device)
     expected = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-    torch.testing.assert_close(
-        S.online_softmax_attention(q, k, v, causal=causal), expected, **TOL[torch.float64]
-    )
+    torch.testing.assert_close(S.online_softmax_attention(q, k, v, causal=causal), expected, **TOL[torch.float64])
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -166,9 +156,21 @@ def test_are_fully_masked_blocks_harmless(device):
     # More keys than queries, causal: the trailing keys are never seen.
     q, k, v = qkv(gen, (2,), 3, 11, 4, 4, torch.float64, device)
     out = S.online_softmax_attention(q, k, v, block_size=2, causal=True)
-    torch.testing.assert_close(
-        out, F.scaled_dot_product_attention(q, k, v, is_causal=True), **TOL[torch.float64]
-    )
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, is_causal=True), **TOL[torch.float64])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_is_a_block_of_only_minus_inf_scores_harmless(device):
+    # Keys at -inf make every score of the first block -inf, so the running maximum is still -inf
+    # after it: exp(-inf - (-inf)) would be NaN without the safe maximum. (With top-left causal
+    # masking this cannot happen through the mask alone: every query sees key 0.)
+    q = torch.tensor([[1.0], [2.0], [0.5]], dtype=torch.float64, device=device)
+    k = torch.tensor([[float("-inf")], [float("-inf")], [0.5], [1.0]], dtype=torch.float64, device=device)
+    v = torch.tensor([[7.0, 7.0], [9.0, 9.0], [1.0, 2.0], [3.0, 4.0]], dtype=torch.float64, device=device)
+    out = S.online_softmax_attention(q, k, v, block_size=2)
+    assert not torch.isnan(out).any()
+    expected = torch.softmax(q @ k[2:].T, dim=-1) @ v[2:]  # attention over the two finite keys
+    torch.testing.assert_close(out, expected, **TOL[torch.float64])
 
 
 class ShapeRecorder(TorchFunctionMode):

@@ -87,3 +87,45 @@ def test_are_the_classes_modules():
     ):
         assert issubclass(getattr(S, name), torch.nn.Module), name
 
+
+def test_does_nothing_fall_back_to_the_default_device():
+    """Run everything on PyTorch's "meta" device: a tensor created without the input's device lands
+    on the CPU and makes the call fail or return a CPU tensor, even on a machine without a GPU."""
+    meta = torch.device("meta")
+
+    def t(*shape):
+        return torch.empty(*shape, device=meta)
+
+    outputs = {
+        "attention_scores_loop": S.attention_scores_loop(t(4, 3)),
+        "attention_scores": S.attention_scores(t(2, 4, 3)),
+        "softmax_naive": S.softmax_naive(t(2, 4)),
+        "softmax_stable": S.softmax_stable(t(2, 4), dim=0),
+        "context_vectors": S.context_vectors(t(2, 4, 4), t(2, 4, 3)),
+        "simple_self_attention": S.simple_self_attention(t(2, 4, 3))[0],
+        "project_qkv": S.project_qkv(t(4, 3), t(3, 2), t(3, 2), t(3, 5))[2],
+        "scaled_dot_product_attention": S.scaled_dot_product_attention(
+            t(2, 4, 3), t(2, 6, 3), t(2, 6, 5), mask=torch.ones(4, 6, dtype=torch.bool, device=meta)
+        )[0],
+        "causal_mask": S.causal_mask(4, device=meta),
+        "causal_attention_weights": S.causal_attention_weights(t(2, 4, 4)),
+        "split_heads": S.split_heads(t(2, 4, 6), 3),
+        "merge_heads": S.merge_heads(t(2, 3, 4, 2)),
+        "sliding_window_mask": S.sliding_window_mask(5, 2, device=meta),
+        "online_softmax_attention": S.online_softmax_attention(t(2, 5, 3), t(2, 7, 3), t(2, 7, 4), 3, True),
+        "toy_dataset": S.toy_dataset(device=meta)[1],
+    }
+    modules = {
+        "SelfAttention_v1": S.SelfAttention_v1(3, 2),
+        "SelfAttention_v2": S.SelfAttention_v2(3, 2),
+        "CausalAttention": S.CausalAttention(3, 2, 6, 0.5),
+        "MultiHeadAttentionWrapper": S.MultiHeadAttentionWrapper(3, 2, 6, 0.5, 2),
+        "MultiHeadAttention": S.MultiHeadAttention(3, 4, 6, 0.5, 2),
+        "ToySelfAttention": S.ToySelfAttention(3),
+    }
+    for name, module in modules.items():
+        for train in (False, True):
+            out = module.to(meta).train(train)(t(2, 5, 3))
+            outputs[f"{name}(train={train})"] = out[0] if isinstance(out, tuple) else out
+    for name, out in outputs.items():
+        assert out.device == meta, name
