@@ -18,22 +18,12 @@ each carries its points as ``user_properties`` (so ``--junitxml`` records them).
 
 from __future__ import annotations
 
-import json
-import os
-import secrets
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from autograder import report
-from autograder.grading import GPU_NOT_EXERCISED, NotebookResult, TestOutcome, available_devices, grade_notebook
-from autograder.intake import find_notebooks
-from autograder.runner import default_bwrap
-from autograder.sandbox import Limits, become_subreaper
-from exercises.catalogue import NOTEBOOKS, items_in
-
 MANIFEST_SUFFIX = ".selfattn.json"
+SESSION_KEY = pytest.StashKey["object"]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -52,169 +42,30 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="notebooks graded at once, each in its own worker (default: up to 2, by CPU count)")
 
 
-class GradingSession:
-    """State shared by every item of one pytest run: options, seed, the notebook results so far."""
-
-    def __init__(self, config: pytest.Config):
-        self.config = config
-        opt = config.getoption
-        self.seed = opt("--selfattn-seed") if opt("--selfattn-seed") is not None else secrets.randbits(31)
-        self.limits = Limits(call_timeout=opt("--selfattn-call-timeout"), cell_timeout=opt("--selfattn-cell-timeout"),
-                             memory_bytes=opt("--selfattn-memory-mib") << 20)
-        present = available_devices()
-        wanted = opt("--selfattn-device") or present
-        self.devices = [d for d in wanted if d in present]
-        self.use_bwrap = None if opt("--selfattn-no-bwrap") else default_bwrap()
-        self.jobs = max(1, opt("--selfattn-jobs") or min(2, os.cpu_count() or 1))
-        self.pool = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="selfattn-grade")
-        self.futures: dict[tuple[str, str], Future] = {}
-        self.submissions: list[report.SubmissionReport] = []
-        self.current: dict[str, report.SubmissionReport] = {}
-        self.done = 0
-        become_subreaper()
-
-    def start_submission(self, submission: Path, notebooks: dict[str, Path], source_dir: Path | None) -> None:
-        """Queue every notebook of ``submission``; items then wait for their own notebook only."""
-        for notebook in NOTEBOOKS:
-            key = (str(submission), notebook)
-            if key not in self.futures:
-                self.futures[key] = self.pool.submit(grade_notebook, notebook, notebooks.get(notebook), self.seed,
-                                                     self.devices, self.limits, self.use_bwrap, source_dir)
-
-    def notebook_result(self, submission: Path, notebook: str) -> NotebookResult:
-        key = (str(submission), notebook)
-        result = self.futures[key].result()
-        sub = self.current[str(submission)]
-        if result not in sub.notebooks:
-            sub.add(result)
-            if len(sub.notebooks) == len(NOTEBOOKS):
-                self.done += 1
-                sub.notebooks.sort(key=lambda nb: NOTEBOOKS.index(nb.notebook))
-                self.progress(sub)
-        return result
-
-    def progress(self, sub: report.SubmissionReport) -> None:
-        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None and len(self.submissions) > 1:
-            width = 30
-            filled = int(width * self.done / len(self.submissions))
-            reporter.write_line(f"[{'#' * filled}{'.' * (width - filled)}] {self.done}/{len(self.submissions)} "
-                                f"{Path(sub.path).name}: {sub.score:g}/{sub.max_score:g} "
-                                f"({sum(nb.seconds for nb in sub.notebooks):.1f} s)")
-
-
-_session_key = pytest.StashKey[GradingSession]()
-
-
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "selfattn_points(points): points of a graded item (set by the grader)")
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector):
     if file_path.name.endswith(MANIFEST_SUFFIX):
+        from autograder.collect import Manifest  # heavy (torch): only when there is something to grade
+
         return Manifest.from_parent(parent, path=file_path)
     return None
 
 
-def _session(config: pytest.Config) -> GradingSession:
-    if _session_key not in config.stash:
-        config.stash[_session_key] = GradingSession(config)
-    return config.stash[_session_key]
-
-
-class Manifest(pytest.File):
-    """``{"submissions": [paths], "source": optional source dir}``: one collector per submission."""
-
-    def collect(self):
-        data = json.loads(self.path.read_text(encoding="utf-8"))
-        source = Path(data["source"]) if data.get("source") else None
-        session = _session(self.config)
-        for raw in data["submissions"]:
-            path = Path(raw)
-            session.current[str(path)] = report.SubmissionReport(str(path), session.seed, session.devices,
-                                                                 "bubblewrap" if session.use_bwrap else "rlimits")
-            session.submissions.append(session.current[str(path)])
-            yield SubmissionCollector.from_parent(self, name=path.name or str(path), submission=path, source=source)
-
-
-class SubmissionCollector(pytest.Collector):
-    def __init__(self, *, submission: Path, source: Path | None, **kwargs):
-        super().__init__(**kwargs)
-        self.submission, self.source = submission, source
-
-    def collect(self):
-        found = find_notebooks(self.submission, NOTEBOOKS)
-        _session(self.config).start_submission(self.submission, found, self.source)
-        for notebook in NOTEBOOKS:
-            yield NotebookCollector.from_parent(self, name=notebook, submission=self.submission,
-                                                notebook_path=found.get(notebook), source=self.source)
-
-
-class NotebookCollector(pytest.Collector):
-    def __init__(self, *, submission: Path, notebook_path: Path | None, source: Path | None, **kwargs):
-        super().__init__(**kwargs)
-        self.submission, self.notebook_path, self.source = submission, notebook_path, source
-
-    def result(self) -> NotebookResult:
-        return _session(self.config).notebook_result(self.submission, self.name)
-
-    def collect(self):
-        session = _session(self.config)
-        for item in items_in(self.name):
-            for device in ["cpu", "cuda"]:
-                if device not in session.devices:
-                    if device == "cuda":
-                        yield GradedItem.from_parent(self, name=f"{item.name}[cuda]", graded=item.name,
-                                                     device=device, variant=None)
-                    continue
-                for variant in item.variants(device):
-                    label = f"{device}-{variant}" if variant else device
-                    yield GradedItem.from_parent(self, name=f"{item.name}[{label}]", graded=item.name,
-                                                 device=device, variant=variant)
-
-
-class GradeFailure(Exception):
-    """Raised by a graded item that lost points; its text is the student's message."""
-
-
-class GradedItem(pytest.Item):
-    def __init__(self, *, graded: str, device: str, variant: str | None, **kwargs):
-        super().__init__(**kwargs)
-        self.graded, self.device, self.variant = graded, device, variant
-
-    def outcome(self) -> TestOutcome:
-        for row in self.parent.result().outcomes:
-            if (row.item, row.device, row.variant) == (self.graded, self.device, self.variant):
-                return row
-        raise LookupError(f"no outcome for {self.name}")
-
-    def runtest(self) -> None:
-        row = self.outcome()
-        self.user_properties += [("score", row.score), ("max_score", row.max_score), ("status", row.status)]
-        if row.status == "skipped":
-            pytest.skip(row.message or GPU_NOT_EXERCISED)
-        if row.status != "passed":
-            raise GradeFailure(f"[{row.status}] {row.message}")
-
-    def repr_failure(self, excinfo, style=None):
-        if isinstance(excinfo.value, GradeFailure):
-            return str(excinfo.value)
-        return super().repr_failure(excinfo, style)
-
-    def reportinfo(self):
-        return self.path, None, f"{self.parent.name}::{self.name}"
-
-
 def pytest_unconfigure(config: pytest.Config) -> None:
-    session = config.stash.get(_session_key, None)
+    session = config.stash.get(SESSION_KEY, None)
     if session is not None:
         session.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
-    session = config.stash.get(_session_key, None)
+    session = config.stash.get(SESSION_KEY, None)
     if session is None or not session.submissions:
         return
+    from autograder import report
+
     for sub in session.submissions:
         terminalreporter.write_line("")
         for line in report.table(sub).splitlines():
