@@ -177,9 +177,11 @@ def gradient_case(name: str, build_steps: list[dict[str, Any]], call_fn: str, ar
                "out": "y"}]
     steps += [{"op": "backward", "var": "y", "weights": "grad_weights"}]
     for k in arg_keys:
-        steps += [{"op": "grad", "var": f"leaf_{k}", "out": f"g_{k}"}, {"op": "output", "key": f"grad_{k}", "var": f"g_{k}"}]
+        steps += [{"op": "grad", "var": f"leaf_{k}", "out": f"g_{k}"},
+                  {"op": "output", "key": f"grad_{k}", "var": f"g_{k}"}]
     if params_of:
-        steps += [{"op": "param_grads", "obj": params_of, "out": "gp"}, {"op": "output", "key": "grad_params", "var": "gp"}]
+        steps += [{"op": "param_grads", "obj": params_of, "out": "gp"},
+                  {"op": "output", "key": "grad_params", "var": "gp"}]
     return Case(name, steps, inputs, checks=(gradients_present,))
 
 

@@ -65,7 +65,8 @@ def value_mismatch(
         return Mismatch(
             key, "values",
             f"`{key}`: {len(wrong)} of {expected.numel()} entries are wrong; the first is at "
-            f"{describe_index(first, expected.shape, dims)}: expected {bool(expected[first])}, got {bool(actual[first])}",
+            f"{describe_index(first, expected.shape, dims)}: expected {bool(expected[first])}, "
+            f"got {bool(actual[first])}",
             {"index": first, "count": len(wrong)},
         )
     a, e = actual.double(), expected.double()
@@ -153,7 +154,8 @@ def compare_outputs(
             if found:
                 problems.append(found)
         elif kind == "Tensor":
-            found = tensor_mismatch(key, student, reference, expected_device, dims.get(key) or dims.get(key.split(".")[0]))
+            key_dims = dims.get(key) or dims.get(key.split(".")[0])
+            found = tensor_mismatch(key, student, reference, expected_device, key_dims)
             if found:
                 problems.append(found)
     return problems

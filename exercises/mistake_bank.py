@@ -82,8 +82,11 @@ def _causal_mask_of(module: Any, n: int, how: str) -> torch.Tensor | None:
     return mask.tril(-1) if how == "diagonal_hidden" else mask
 
 
-def _dropout(module: Any, always: bool):
-    return (lambda w: F.dropout(w, module.dropout.p, training=True)) if always else module.dropout
+def _dropout(module: Any, mode: str):
+    """The dropout on the weights: ``right`` (the module's), ``always`` (even in eval mode) or ``never``."""
+    if mode == "always":
+        return lambda w: F.dropout(w, module.dropout.p, training=True)
+    return None if mode == "never" else module.dropout
 
 
 def _self_attention_v1(**knobs: Any):
@@ -105,13 +108,13 @@ def _self_attention_v2(ignore_bias: bool = False, **knobs: Any):
     return {"SelfAttention_v2": SelfAttention_v2}
 
 
-def _causal_attention(mask: str = "cut", dropout_always: bool = False, **knobs: Any):
+def _causal_attention(mask: str = "cut", dropout: str = "right", **knobs: Any):
     class CausalAttention(solutions.CausalAttention):
         def forward(self, x):
             kw = dict(knobs, scale=_scale_for(knobs.get("scale"), x, self))
             q, k, v = self.W_query(x), self.W_key(x), self.W_value(x)
             m = _causal_mask_of(self, x.shape[1], mask)
-            return attend(q, k, v, m, dropout=_dropout(self, dropout_always), **kw)[0]
+            return attend(q, k, v, m, dropout=_dropout(self, dropout), **kw)[0]
     return {"CausalAttention": CausalAttention}
 
 
@@ -131,13 +134,13 @@ def _merge_no_transpose(x: torch.Tensor) -> torch.Tensor:
 
 
 def _multi_head_attention(split=solutions.split_heads, merge=solutions.merge_heads, out_proj: bool = True,
-                          dropout_always: bool = False, **knobs: Any):
+                          dropout: str = "right", **knobs: Any):
     class MultiHeadAttention(solutions.MultiHeadAttention):
         def forward(self, x):
             kw = dict(knobs, scale=_scale_for(knobs.get("scale"), x, self))
             q, k, v = (split(lin(x), self.num_heads) for lin in (self.W_query, self.W_key, self.W_value))
             mask = self.mask[:x.shape[1], :x.shape[1]]
-            context = merge(attend(q, k, v, mask, dropout=_dropout(self, dropout_always), **kw)[0])
+            context = merge(attend(q, k, v, mask, dropout=_dropout(self, dropout), **kw)[0])
             return self.out_proj(context) if out_proj else context
     return {"MultiHeadAttention": MultiHeadAttention}
 
@@ -382,6 +385,12 @@ def _v2_dim():
     return _self_attention_v2(dim=-2)
 
 
+QKV_BIAS_NOT_USED = r"missing \[[^\]]*\.bias'"
+error_hint("SelfAttention_v2", "qkv_bias_not_passed", QKV_BIAS_NOT_USED,
+           "the layers have no bias even when qkv_bias=True: the argument is not passed on to nn.Linear",
+           "nn.Linear(d_in, d_out, bias=qkv_bias) for each of W_query, W_key and W_value")
+
+
 def _transfer(pairs: dict[str, str], reshape: bool = False):
     def transfer_weights(sa_v2, sa_v1):
         with torch.no_grad():
@@ -510,7 +519,14 @@ def _weights_scaled():
          "that ignores the module's mode)",
          "use self.dropout = nn.Dropout(dropout) and call self.dropout(attn_weights)")
 def _ca_dropout_eval():
-    return _causal_attention(dropout_always=True)
+    return _causal_attention(dropout="always")
+
+
+@mistake("CausalAttention", "dropout_never_applied",
+         "the dropout layer is created but never applied, so train() mode gives the same output every time",
+         "in forward: attn_weights = self.dropout(attn_weights), after the softmax")
+def _ca_dropout_never():
+    return _causal_attention(dropout="never")
 
 
 @mistake("CausalAttention", "no_scaling",
@@ -556,8 +572,8 @@ def _ca_no_diag():
     return _causal_attention(mask="diagonal_hidden")
 
 
-MASK_NOT_CUT = (r"size of tensor a \((\d+)\) must match the size of tensor b \((\d+)\)|"
-                r"shape mismatch.*mask|mask.*shape mismatch")
+MASK_NOT_CUT = (r"size of tensor a \(\d+\) must match the size of tensor b \(\d+\)|"
+                r"doesn't match the broadcast shape")
 error_hint("CausalAttention", "mask_not_cut_to_sequence_length", MASK_NOT_CUT,
            "the (context_length, context_length) mask is used whole, so a sequence shorter than "
            "context_length cannot be masked (shape mismatch)",
@@ -586,6 +602,15 @@ def _wrapper_axis():
          "call each head: [head(x) for head in self.heads]")
 def _wrapper_first():
     return _wrapper(first_only=True)
+
+
+error_hint("MultiHeadAttentionWrapper", "same_head_repeated", r"missing \['heads\.1\.",
+           "the ModuleList holds one CausalAttention num_heads times ([head] * num_heads), so all heads share "
+           "one set of weights",
+           "create a new head per iteration: nn.ModuleList([CausalAttention(...) for _ in range(num_heads)])")
+error_hint("MultiHeadAttentionWrapper", "qkv_bias_not_passed", QKV_BIAS_NOT_USED,
+           "the heads have no bias even when qkv_bias=True: the argument is not passed on to CausalAttention",
+           "CausalAttention(d_in, d_out, context_length, dropout, qkv_bias)")
 
 
 @mistake("split_heads", "no_transpose",
@@ -649,7 +674,14 @@ def _mha_head_dim():
          "dropout is applied even in eval() mode (F.dropout without training=self.training)",
          "use self.dropout = nn.Dropout(dropout) and call self.dropout(attn_weights)")
 def _mha_dropout():
-    return _multi_head_attention(dropout_always=True)
+    return _multi_head_attention(dropout="always")
+
+
+@mistake("MultiHeadAttention", "dropout_never_applied",
+         "the dropout layer is created but never applied, so train() mode gives the same output every time",
+         "in forward: attn_weights = self.dropout(attn_weights), after the softmax")
+def _mha_dropout_never():
+    return _multi_head_attention(dropout="never")
 
 
 def _raised_nothing(student: Outputs, reference: Outputs) -> bool:
@@ -759,9 +791,8 @@ def _losses_are_tensors(student: Outputs, reference: Outputs) -> bool:
             and student.meta.get("losses.0", {}).get("pytype") == "Tensor")
 
 
-def _returned(kind: str):
+def _returned(key: str, kind: str):
     def predicate(student: Outputs, reference: Outputs) -> bool:
-        key = next(iter(reference.meta))
         return student.meta.get(key, {}).get("pytype") == kind
     return predicate
 
@@ -807,7 +838,7 @@ def _train_tensors():
 
 @mistake("train_self_attention", "returns_nothing",
          "the function returns None: the list of losses is never returned",
-         "end with return losses", predicate=_returned("NoneType"))
+         "end with return losses", predicate=_returned("losses", "NoneType"))
 def _train_none():
     return _train(returns=False)
 
@@ -861,14 +892,14 @@ def _transposed_heatmap(student: Outputs, reference: Outputs) -> bool:
 
 @mistake("plot_attention", "returns_nothing",
          "the function returns None (plt.show() or no return statement)",
-         "create fig, ax = plt.subplots() and end with return fig", predicate=_returned("NoneType"))
+         "create fig, ax = plt.subplots() and end with return fig", predicate=_returned("fig", "NoneType"))
 def _plot_none():
     return _plot(returns="none")
 
 
 @mistake("plot_attention", "returns_axes",
          "the function returns the Axes, not the Figure",
-         "return fig (from fig, ax = plt.subplots()), not ax", predicate=_returned("Axes"))
+         "return fig (from fig, ax = plt.subplots()), not ax", predicate=_returned("fig", "Axes"))
 def _plot_axes():
     return _plot(returns="ax")
 
@@ -1003,3 +1034,66 @@ def _online_diag():
          "loop for start in range(0, n_k, block_size) with end = min(start + block_size, n_k)")
 def _online_partial():
     return _online(drop_partial_block=True)
+
+
+# --- known mistakes that no current case detects (listed in docs/CHECKS.md; tests/test_mistake_bank.py
+# checks that each really passes every case, so this list cannot go stale silently) --------------------------
+
+UNDETECTED: list[tuple[str, str, str]] = [
+    ("CausalAttention", "dropout_on_output",
+     "dropout on the context vectors instead of the weights still makes two train() passes differ and is off in "
+     "eval(); the train-mode case is judged by those two invariants only"),
+    ("MultiHeadAttention", "dropout_on_output",
+     "as for CausalAttention: dropout on the merged context (or after out_proj) passes the train-mode invariants"),
+    ("count_parameters", "counts_buffers",
+     "no case's module has a buffer; adding module.buffers() to the trainable parameters changes nothing there "
+     "(counting via state_dict() is caught, because it counts the frozen parameter too)"),
+    ("causal_mask", "device_ignored",
+     "a mask always made on the CPU is only caught where a GPU is present (the device check)"),
+    ("sliding_window_mask", "device_ignored",
+     "a mask always made on the CPU is only caught where a GPU is present (the device check)"),
+    ("online_softmax_attention", "causal_aligned_bottom_right",
+     "every causal case has n_q == n_k, where top-left and bottom-right causal alignment agree"),
+]
+
+
+def undetected_variants() -> dict[tuple[str, str], dict[str, Any]]:
+    """Buggy variants for :data:`UNDETECTED`, keyed ``(item, name)`` (the suite checks they pass today)."""
+    class CausalDropOut(solutions.CausalAttention):
+        def forward(self, x):
+            n = x.shape[1]
+            q, k, v = self.W_query(x), self.W_key(x), self.W_value(x)
+            return self.dropout(attend(q, k, v, self.mask[:n, :n])[0])
+
+    class MultiHeadDropOut(solutions.MultiHeadAttention):
+        def forward(self, x):
+            n = x.shape[1]
+            q, k, v = (solutions.split_heads(lin(x), self.num_heads)
+                       for lin in (self.W_query, self.W_key, self.W_value))
+            return self.dropout(self.out_proj(solutions.merge_heads(attend(q, k, v, self.mask[:n, :n])[0])))
+
+    def count_with_buffers(module):
+        return solutions.count_parameters(module) + sum(b.numel() for b in module.buffers())
+
+    def causal_mask_cpu(num_tokens, device=None):
+        return solutions.causal_mask(num_tokens)
+
+    def sliding_cpu(num_tokens, window_size, device=None):
+        return solutions.sliding_window_mask(num_tokens, window_size)
+
+    def online_bottom_right(q, k, v, block_size=64, causal=False):
+        n_q, n_k = q.shape[-2], k.shape[-2]
+        if not causal:
+            return solutions.online_softmax_attention(q, k, v, block_size)
+        i = torch.arange(n_q, device=q.device)[:, None]
+        j = torch.arange(n_k, device=q.device)[None, :]
+        return attend(q, k, v, j <= i + (n_k - n_q))[0]
+
+    return {
+        ("CausalAttention", "dropout_on_output"): {"CausalAttention": CausalDropOut},
+        ("MultiHeadAttention", "dropout_on_output"): {"MultiHeadAttention": MultiHeadDropOut},
+        ("count_parameters", "counts_buffers"): {"count_parameters": count_with_buffers},
+        ("causal_mask", "device_ignored"): {"causal_mask": causal_mask_cpu},
+        ("sliding_window_mask", "device_ignored"): {"sliding_window_mask": sliding_cpu},
+        ("online_softmax_attention", "causal_aligned_bottom_right"): {"online_softmax_attention": online_bottom_right},
+    }
