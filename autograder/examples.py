@@ -40,11 +40,12 @@ __all__ = [
 ASSIGNMENT = "self_attention"
 
 #: The item the ``one_wrong`` student gets wrong, with a classic mistake: the maximum and the sum
-#: are always taken over the last dimension, whatever ``dim`` says. Lesson 1 calls
-#: ``softmax_stable(scores, dim=-1)`` itself (in ``simple_self_attention``), where the mistake does
-#: not show, so exactly this item's points are lost (the visible ``dim=0`` check catches it).
-#: Without the maximum subtracted the mistake would also break ``simple_self_attention``, whose
-#: visible test feeds it large scores.
+#: are always taken over the last dimension, whatever ``dim`` says. The visible ``dim=0`` check
+#: fails, so the test cell errors and the item scores 0 (nbgrader gives an erroring test cell no
+#: points; a hidden check that fails only some cases would give partial credit instead). Lesson 1's
+#: own ``simple_self_attention`` calls ``softmax_stable(scores, dim=-1)``, where the mistake does
+#: not show, so exactly this item's points are lost. (Forgetting to subtract the maximum would also
+#: break ``simple_self_attention``, whose visible test feeds it large scores.)
 ONE_WRONG_ITEM = "softmax_stable"
 
 ONE_WRONG_OVERRIDES: dict[str, str] = {

@@ -25,7 +25,7 @@ from autograder.runner import CallResult, CallSpec, run_plan
 from autograder.sandbox import Limits
 from exercises.catalogue import Case, Item, items_in
 from exercises.judge import judge, reference_outputs
-from exercises.mistakes import diagnose
+from exercises.mistakes import diagnose, explain_error
 
 GPU_NOT_EXERCISED = "GPU not exercised: no CUDA device on the grading machine"
 STATUS_ORDER = ("passed", "failed", "error", "timeout")
@@ -101,7 +101,9 @@ def _call_problem(item: Item, result: CallResult, prepared: PreparedNotebook) ->
         if item.name in prepared.missing_answers:
             cause = f"the answer cell `{item.name}` is missing from the submission"
         return "error", (f"{cause}; " if cause else "") + error.get("message", "")
-    return "error", f"{error.get('type', 'Exception')}: {error.get('message', '')}{where}"
+    text = f"{error.get('type', 'Exception')}: {error.get('message', '')}"
+    hint = explain_error(item.name, text)
+    return "error", f"{text}{where}" + (f" -- likely mistake: {hint}" if hint else "")
 
 
 def grade_notebook(notebook: str, student_path: Path | None, seed: int, devices: list[str], limits: Limits,
@@ -240,7 +242,7 @@ def _judge_variant(item: Item, notebook: str, device: str, dtype: str | None, ro
             continue
         statuses.append("failed")
         if not verdict.passed:
-            mistake = diagnose(item.name, case, result.outputs, device, dtype)
+            mistake = diagnose(item.name, case, result.outputs, device, dtype, reference=reference)
             if mistake:
                 mistakes.append(mistake)
             messages.append(verdict.message + (f" -- likely mistake: {mistake}" if mistake else ""))

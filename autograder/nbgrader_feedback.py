@@ -20,8 +20,12 @@ For every cell that contains a hidden-test region it
   ``ExceptionName: message``: the message the grader wrote (for example the ``AssertionError`` of
   ``exercises.kernel.check``) is kept; the quoted source lines and the frames inside library code
   are gone;
-* drops ``stderr`` stream outputs of that cell unless :attr:`HideHiddenTests.keep_stderr` is set
-  (a warning raised inside the grading code prints the warning's source line on stderr).
+* shortens ``stderr`` stream outputs of that cell (unless :attr:`HideHiddenTests.keep_stderr` is
+  set): a warning raised inside the grading code prints ``path:line: Category: message`` and then
+  the warning's *source line*. Indented lines (quoted code, traceback frames) are dropped and
+  ``path:line: Category: message`` becomes ``Category: message``. The rest stays, because nbgrader
+  scores a test cell with any stderr output as 0 (``nbgrader/utils.py: determine_grade``) and
+  the student must be able to see why.
 
 Answer cells are not touched: the feedback is made from the student's own notebook, and the only
 instructor's secret in it is the hidden tests. A region whose ``END`` line is missing is hidden to
@@ -30,6 +34,7 @@ the end of the cell (fail closed) rather than aborting the whole feedback run.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from nbconvert.filters import strip_ansi
@@ -37,7 +42,9 @@ from nbformat.notebooknode import NotebookNode, from_dict
 from nbgrader.preprocessors import NbGraderPreprocessor
 from traitlets import Bool, Unicode
 
-__all__ = ["HideHiddenTests", "hide_hidden_regions", "short_error"]
+__all__ = ["HideHiddenTests", "hide_hidden_regions", "short_error", "short_stderr"]
+
+_WARNING = re.compile(r"^\S.*?:\d+: (\w+(?:Warning|Error)): (.*)$")
 
 
 def hide_hidden_regions(source: str, begin: str, end: str, placeholder: str) -> tuple[str, int]:
@@ -81,6 +88,17 @@ def short_error(output: NotebookNode) -> NotebookNode:
     return from_dict({"output_type": "error", "ename": ename, "evalue": evalue, "traceback": [line]})
 
 
+def short_stderr(text: str) -> str:
+    """``text`` without indented lines; ``path:line: Category: message`` becomes ``Category: message``."""
+    kept = []
+    for line in text.splitlines():
+        if not line.strip() or line[0].isspace():
+            continue
+        match = _WARNING.match(line)
+        kept.append(f"{match.group(1)}: {match.group(2)}" if match else line)
+    return "".join(x + "\n" for x in kept)
+
+
 class HideHiddenTests(NbGraderPreprocessor):
     """Hide hidden-test source and shorten its tracebacks in feedback (see the module docstring)."""
 
@@ -101,7 +119,7 @@ class HideHiddenTests(NbGraderPreprocessor):
 
     keep_stderr = Bool(
         False,
-        help="Keep stderr stream outputs of cells with hidden tests (they may quote grading code).",
+        help="Keep stderr outputs of cells with hidden tests as they are (else quoted code is removed).",
     ).tag(config=True)
 
     def preprocess_cell(
@@ -119,7 +137,9 @@ class HideHiddenTests(NbGraderPreprocessor):
                 if output.output_type == "error":
                     outputs.append(short_error(output))
                 elif output.output_type == "stream" and output.get("name") == "stderr" and not self.keep_stderr:
-                    continue
+                    text = short_stderr(output.get("text", ""))
+                    if text:
+                        outputs.append(from_dict({"output_type": "stream", "name": "stderr", "text": text}))
                 else:
                     outputs.append(output)
             cell.outputs = outputs

@@ -25,7 +25,7 @@ import torch
 from autograder.worker.program import ProgramError
 from exercises.catalogue import ITEMS
 from exercises.judge import judge, reference_outputs, run_on
-from exercises.mistakes import diagnose
+from exercises.mistakes import diagnose, explain_error
 
 SOURCE = Path(__file__).resolve().parent.parent / "source" / "self_attention"
 
@@ -61,11 +61,13 @@ def _run_case(name: str, namespace: dict[str, Any], case, device: str, dtype: st
         return False, f"case {case.name}: {exc}"
     except Exception as exc:  # noqa: BLE001 - the student's exception is the feedback
         where = traceback.extract_tb(exc.__traceback__)[-1]
-        return False, f"case {case.name}: {type(exc).__name__}: {exc} (line {where.lineno})"
+        text = f"{type(exc).__name__}: {exc}"
+        hint = explain_error(name, text)
+        return False, f"case {case.name}: {text} (line {where.lineno})" + (f" -- likely mistake: {hint}" if hint else "")
     verdict = judge(case, student, reference, device)
     if verdict.passed:
         return True, ""
-    mistake = diagnose(name, case, student, device, dtype)
+    mistake = diagnose(name, case, student, device, dtype, reference=reference)
     return False, verdict.message + (f" -- likely mistake: {mistake}" if mistake else "")
 
 

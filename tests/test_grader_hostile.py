@@ -90,9 +90,11 @@ def test_do_sys_exit_and_os_exit_cost_only_their_items(tmp_path):
         "context_vectors": "import sys\nsys.exit(0)\n",
     })
     assert_only_broken(result, {"softmax_naive": "error", "attention_scores_loop": "error",
-                                "context_vectors": "error", "simple_self_attention": "error"})
+                                "context_vectors": "error"})
     assert "sys.exit" in by_item(result)["softmax_naive"][0].message
     assert "died" in by_item(result)["attention_scores_loop"][0].message
+    # simple_self_attention calls the missing context_vectors: re-graded with a stand-in, it earns its points
+    assert "correct once `context_vectors` is fixed" in by_item(result)["simple_self_attention"][0].message
 
 
 def test_does_patching_the_comparison_functions_earn_nothing(tmp_path):
@@ -174,8 +176,7 @@ def test_is_the_reference_out_of_reach(tmp_path):
     cheat = ("def softmax_stable(x, dim=-1):\n    import importlib\n"
              "    return importlib.import_module('exercises').__name__\n")
     result = grade(tmp_path, {"softmax_naive": code, "softmax_stable": cheat})
-    assert_only_broken(result, {"softmax_naive": "error", "softmax_stable": "error",
-                                "simple_self_attention": "error"})
+    assert_only_broken(result, {"softmax_naive": "error", "softmax_stable": "error"})
     assert "not allowed" in by_item(result)["softmax_naive"][0].message
 
 
@@ -217,7 +218,7 @@ def test_does_reduced_isolation_say_so(tmp_path):
 
 def test_is_a_missing_answer_cell_reported(tmp_path):
     result = grade(tmp_path, {"context_vectors": None})
-    assert_only_broken(result, {"context_vectors": "error", "simple_self_attention": "error"})
+    assert_only_broken(result, {"context_vectors": "error"})
     assert "missing" in by_item(result)["context_vectors"][0].message
 
 
