@@ -63,7 +63,8 @@ def _run_case(name: str, namespace: dict[str, Any], case, device: str, dtype: st
         where = traceback.extract_tb(exc.__traceback__)[-1]
         text = f"{type(exc).__name__}: {exc}"
         hint = explain_error(name, text)
-        return False, f"case {case.name}: {text} (line {where.lineno})" + (f" -- likely mistake: {hint}" if hint else "")
+        suffix = f" -- likely mistake: {hint}" if hint else ""
+        return False, f"case {case.name}: {text} (line {where.lineno}){suffix}"
     verdict = judge(case, student, reference, device)
     if verdict.passed:
         return True, ""

@@ -19,8 +19,8 @@ def answers_from_source(notebook: str) -> dict[str, str]:
     for cell in nb.cells:
         meta = cell.metadata.get("nbgrader", {})
         if meta.get("solution"):
-            out[meta["grade_id"]] = "\n".join(
-                line for line in cell.source.splitlines() if "BEGIN SOLUTION" not in line and "END SOLUTION" not in line)
+            out[meta["grade_id"]] = "\n".join(line for line in cell.source.splitlines()
+                                              if "BEGIN SOLUTION" not in line and "END SOLUTION" not in line)
     return out
 
 

@@ -47,7 +47,8 @@ def assert_only_broken(result, broken: dict[str, str]) -> None:
     for item in ITEMS:
         for row in rows[item]:
             if item in broken:
-                assert row.status == broken[item], f"{row.name}: expected {broken[item]}, got {row.status}: {row.message}"
+                assert row.status == broken[item], \
+                    f"{row.name}: expected {broken[item]}, got {row.status}: {row.message}"
                 assert row.score == 0, f"{row.name} earned {row.score} points it should not"
             else:
                 assert row.status == "passed", f"{row.name} should still pass: {row.message}"

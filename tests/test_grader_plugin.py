@@ -127,7 +127,8 @@ def test_is_a_failed_dependency_isolated(tmp_path: Path):
     from autograder.sandbox import Limits
 
     nb5 = "05_multi_head_attention.ipynb"
-    bad_split = "def split_heads(x, num_heads):\n    b, n, d = x.shape\n    return x.view(b, num_heads, n, d // num_heads)\n"
+    bad_split = ("def split_heads(x, num_heads):\n    b, n, d = x.shape\n"
+                 "    return x.view(b, num_heads, n, d // num_heads)\n")
     bad_causal = answers_from_source(nb5)["causal_attention_from_lesson_4"].replace(
         "torch.softmax(", "0.5 * torch.softmax(")
     path = write_submission(tmp_path, nb5, {"split_heads": bad_split, "causal_attention_from_lesson_4": bad_causal})
