@@ -148,7 +148,8 @@ def run_plan(cells: list[CellSpec], calls: list[CallSpec], limits: sandbox.Limit
                     "skip_cells": sorted(skip_cells), "start_call": remaining[0] if remaining else 1 << 30,
                     "calls": [{"id": c.id, "program": c.program, "device": c.device, "dtype": c.dtype}
                               for c in calls if c.id in remaining],
-                    "drop_privileges": drop, "oracles": oracles or {}}
+                    "drop_privileges": drop, "oracles": oracles or {},
+                    "cuda_memory_fraction": limits.cuda_memory_fraction if cuda else None}
             (workdir / "plan.json").write_text(json.dumps(plan), encoding="utf-8")
             for c in calls:
                 if c.id in remaining:
@@ -294,7 +295,7 @@ def _monitor(workdir: Path, launched: sandbox.Launched, limits: sandbox.Limits, 
             bound = limits.cell_timeout if step[0] == "cell" else limits.call_timeout
             if now - step_started > bound:
                 return False, step, step_started, offset
-            if cuda and _rss_bytes(launched.process.pid) > limits.gpu_rss_bytes:
+            if cuda and sum(_rss_bytes(pid) for pid in sandbox.tagged_pids(launched.tag)) > limits.gpu_rss_bytes:
                 return False, (step[0], step[1], "crashed"), step_started, offset
         time.sleep(POLL_SECONDS)
 

@@ -38,7 +38,8 @@ class Limits:
     cell_timeout: float = 60.0  # seconds per notebook cell (given or answer)
     startup_timeout: float = 60.0  # seconds to import torch and read the plan
     memory_bytes: int = 6 << 30  # address space on CPU (CUDA reserves far more virtual memory: see below)
-    gpu_rss_bytes: int = 8 << 30  # resident memory when CUDA is in use, polled
+    gpu_rss_bytes: int = 8 << 30  # resident host memory when CUDA is in use (polled: RLIMIT_AS breaks CUDA)
+    cuda_memory_fraction: float = 0.5  # of the GPU's memory, set in the worker before student code runs
     processes: int = 256  # RLIMIT_NPROC for the unprivileged worker user
     file_bytes: int = 256 << 20  # RLIMIT_FSIZE: no single file larger
     output_bytes: int = 64 << 10  # stdout+stderr kept for the report; the rest is read and dropped
@@ -72,18 +73,29 @@ def become_subreaper() -> None:
         pass
 
 
-def kill_tagged(tag: str) -> int:
-    """SIGKILL every process whose environment carries this worker's tag; returns how many."""
+def tagged_pids(tag: str) -> list[int]:
+    """Processes whose environment carries this worker's tag (the worker and anything it started)."""
     needle = f"{TAG_VARIABLE}={tag}".encode()
-    killed = 0
+    found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
             if needle in (entry / "environ").read_bytes().split(b"\0"):
-                os.kill(int(entry.name), signal.SIGKILL)
-                killed += 1
-        except (OSError, ProcessLookupError):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def kill_tagged(tag: str) -> int:
+    """SIGKILL every process whose environment carries this worker's tag; returns how many."""
+    killed = 0
+    for pid in tagged_pids(tag):
+        try:
+            os.kill(pid, signal.SIGKILL)
+            killed += 1
+        except (ProcessLookupError, PermissionError):
             continue
     return killed
 

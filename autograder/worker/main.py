@@ -248,6 +248,9 @@ def main() -> None:
     if plan.get("drop_privileges", True):
         _drop_privileges()
     _install_recorders()
+    fraction = plan.get("cuda_memory_fraction")
+    if fraction and torch.cuda.is_available():  # a GPU bound CUDA tolerates, unlike an address-space limit
+        torch.cuda.set_per_process_memory_fraction(float(fraction))
     emit(event="ready", pid=os.getpid(), uid=os.getuid())
     namespace: dict = {"__name__": "__main__", "__builtins__": builtins}
     sys.stdin = io.StringIO("")
