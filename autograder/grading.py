@@ -7,6 +7,7 @@ passed. A device that is not present is reported as ``skipped`` and counts for n
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,8 @@ STATUS_ORDER = ("passed", "failed", "error", "timeout")
 @dataclass
 class TestOutcome:
     """One row of the report: an item on one device in one dtype variant."""
+
+    __test__ = False  # not a pytest test class, despite the name
 
     item: str
     notebook: str
@@ -102,8 +105,20 @@ def _call_problem(item: Item, result: CallResult, prepared: PreparedNotebook) ->
             cause = f"the answer cell `{item.name}` is missing from the submission"
         return "error", (f"{cause}; " if cause else "") + error.get("message", "")
     text = f"{error.get('type', 'Exception')}: {error.get('message', '')}"
-    hint = explain_error(item.name, text)
+    hint = explain_error(item.name, text) or device_hint(text)
     return "error", f"{text}{where}" + (f" -- likely mistake: {hint}" if hint else "")
+
+
+DEVICE_FAULT = re.compile(r"Expected all tensors to be on the same device|expected .*device|device type cuda|"
+                          r"found at least two devices|is on cpu, but expected|Input type \(.*\) and weight type")
+
+
+def device_hint(error_text: str) -> str | None:
+    """The GPU-specific fault behind a device-mismatch error: a tensor made on the CPU inside the code."""
+    if DEVICE_FAULT.search(error_text):
+        return ("a tensor created inside your code is on the CPU while the inputs are on the GPU: register it as a "
+                "buffer (self.register_buffer) so .to(device) moves it, or create it with device=x.device")
+    return None
 
 
 def grade_notebook(notebook: str, student_path: Path | None, seed: int, devices: list[str], limits: Limits,

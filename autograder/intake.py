@@ -209,7 +209,10 @@ def find_notebooks(path: Path, names: tuple[str, ...]) -> dict[str, Path]:
 def expand_batch(path: Path, names: tuple[str, ...]) -> list[Path]:
     """A folder that holds notebooks (directly or one level down) is one submission; otherwise, when its
     sub-folders are submissions, it is a batch and each sub-folder is one student."""
-    if path.is_file() or find_notebooks(path, names):
+    if path.is_file() or any(path.glob("*.ipynb")):
+        return [path]
+    parents = {nb.parent for nb in path.glob("*/*.ipynb") if nb.name in names}
+    if len(parents) == 1:  # one assignment folder (nbgrader's <student>/<assignment>/): one submission
         return [path]
     students = [p for p in sorted(path.iterdir()) if p.is_dir() and not p.name.startswith(".")]
     return students if students else [path]
