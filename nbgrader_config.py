@@ -1,0 +1,58 @@
+"""nbgrader settings of the self-attention course (nbgrader 0.9).
+
+nbgrader reads this file from the directory it is started in. The course root is the directory of
+this file, so the same file works in the repository and in a copy of the course elsewhere (the
+test suite copies it with ``source/`` into a temporary directory and runs the real nbgrader there).
+
+    nbgrader generate_assignment self_attention --force   # source/ -> release/ (or scripts/release.py)
+    nbgrader autograde self_attention                      # submitted/<student>/self_attention/
+    nbgrader generate_feedback self_attention              # feedback/, hidden tests hidden
+    nbgrader export                                        # grades.csv
+
+Run nbgrader from the project's environment (activated): when it creates the gradebook it runs the
+``alembic`` executable found on PATH (nbgrader/api.py, get_alembic_version).
+"""
+
+import os
+import sys
+
+from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor
+from nbgrader.preprocessors import GetGrades
+
+COURSE_ROOT = os.path.dirname(os.path.abspath(__file__))
+if COURSE_ROOT not in sys.path:  # the course's own packages, when the project is not pip-installed
+    sys.path.append(COURSE_ROOT)
+
+from autograder.nbgrader_feedback import HideHiddenTests  # noqa: E402
+
+c = get_config()  # noqa: F821 (provided by traitlets when it loads this file)
+
+# --- course and directories -------------------------------------------------------------------
+c.CourseDirectory.course_id = "self-attention"
+c.CourseDirectory.root = COURSE_ROOT
+c.CourseDirectory.source_directory = "source"
+c.CourseDirectory.release_directory = "release"
+# submitted/, autograded/ and feedback/ keep nbgrader's defaults.
+c.CourseDirectory.db_url = "sqlite:///" + os.path.join(COURSE_ROOT, "gradebook.db")
+
+# --- generate_assignment ----------------------------------------------------------------------
+# An answer cell's solution region becomes this stub, so a released notebook fails every test with
+# NotImplementedError and nothing else.
+c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
+
+# --- autograde --------------------------------------------------------------------------------
+# Seconds per cell (nbgrader's default is 30). The whole notebook runs in the `python3` kernel of
+# the environment that runs nbgrader: jupyter_client replaces a kernelspec argv of "python" by
+# sys.executable, so the kernel imports the installed `exercises` and `solutions` packages.
+c.Execute.timeout = 120
+c.Execute.kernel_name = "python3"
+# Execute.allow_errors is fixed to True by nbgrader 0.9 (not configurable; see
+# nbgrader/preprocessors/execute.py): a failing cell is recorded and the notebook goes on.
+# A test cell that a student deleted is put back from the gradebook, so it still runs and is
+# scored (nbgrader 0.9 option; nbgrader/preprocessors/overwritecells.py).
+c.OverwriteCells.add_missing_cells = True
+
+# --- feedback ---------------------------------------------------------------------------------
+# nbgrader's chain is [GetGrades, CSSHTMLHeaderPreprocessor]; HideHiddenTests runs before the HTML
+# export and removes hidden-test source and its tracebacks from what students receive.
+c.GenerateFeedback.preprocessors = [GetGrades, HideHiddenTests, CSSHTMLHeaderPreprocessor]

@@ -1,0 +1,212 @@
+"""Regenerate ``release/`` from ``source/`` with the real nbgrader, reproducibly.
+
+    python scripts/release.py            # rewrite release/self_attention/ from source/
+    python scripts/release.py --check    # exit 1, with a summary, when release/ is out of sync
+
+Both modes run ``nbgrader generate_assignment self_attention --force`` in a *temporary* copy of the
+course (``nbgrader_config.py`` and ``source/``), so the course's own gradebook is never touched,
+and then check that nbgrader really wrote one release notebook per source notebook (its exit status
+alone is not trusted).
+
+What nbgrader makes volatile, found by regenerating twice (also from notebooks without cell ids):
+nothing. Cell checksums are md5 sums of the cell's source and nbgrader metadata
+(``nbgrader/utils.py: compute_checksum``), cell ids are copied from the source, and
+``ClearOutput`` empties outputs. The release is nevertheless normalised, and the comparison
+normalises both sides, so a ``release/`` written by a plain ``nbgrader generate_assignment`` run
+also counts as in sync: code cells lose outputs and execution counts, and the file is written in
+nbformat's canonical layout (one-space indent, sorted keys, trailing newline). Other files that
+nbgrader copies from ``source/self_attention/`` are compared byte for byte.
+
+nbgrader's gradebook runs the ``alembic`` executable from ``PATH`` when it creates a database
+(``nbgrader/api.py: get_alembic_version``); :func:`nbgrader_env` puts this interpreter's ``bin``
+directory first on ``PATH`` so that works from an environment that is not activated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import nbformat
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSIGNMENT = "self_attention"
+CONFIG = "nbgrader_config.py"
+
+
+def nbgrader_env() -> dict[str, str]:
+    """The environment for an nbgrader subprocess: this interpreter's ``bin`` first on ``PATH``."""
+    env = dict(os.environ)
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    return env
+
+
+def run_nbgrader(args: list[str], course_root: Path, timeout: float = 1800) -> subprocess.CompletedProcess:
+    """Run ``python -m nbgrader ARGS`` with ``cwd = course_root``; the output is captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "nbgrader", *args],
+        cwd=course_root,
+        env=nbgrader_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def prepare_course(dest: Path, root: Path = ROOT) -> Path:
+    """Copy ``nbgrader_config.py`` and ``source/`` of ``root`` to the new course root ``dest``."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(root / CONFIG, dest / CONFIG)
+    shutil.copytree(
+        root / "source", dest / "source", ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__")
+    )
+    return dest
+
+
+def generate_assignment(course_root: Path) -> Path:
+    """Run ``nbgrader generate_assignment`` in ``course_root``; return its ``release/<assignment>``.
+
+    Raises ``RuntimeError`` (with nbgrader's output) unless every source notebook has a release
+    notebook that nbformat can read and that contains no solution or hidden-test delimiter.
+    """
+    course_root = Path(course_root)
+    proc = run_nbgrader(["generate_assignment", ASSIGNMENT, "--force"], course_root)
+    source = course_root / "source" / ASSIGNMENT
+    release = course_root / "release" / ASSIGNMENT
+    problems = []
+    notebooks = sorted(p.name for p in source.glob("*.ipynb"))
+    if not notebooks:
+        problems.append(f"no notebooks in {source}")
+    for name in notebooks:
+        path = release / name
+        if not path.is_file():
+            problems.append(f"nbgrader wrote no {path.relative_to(course_root)}")
+            continue
+        try:
+            nb = nbformat.read(path, as_version=4)
+        except Exception as exc:  # noqa: BLE001 - reported with nbgrader's log below
+            problems.append(f"{path.name} is not a readable notebook: {exc}")
+            continue
+        text = "\n".join(cell.source for cell in nb.cells)
+        for marker in ("BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN TESTS", "END HIDDEN TESTS"):
+            if marker in text:
+                problems.append(f"{path.name} still contains {marker!r}")
+    if problems or proc.returncode != 0:
+        raise RuntimeError(
+            f"nbgrader generate_assignment (exit status {proc.returncode}) failed:\n  "
+            + "\n  ".join(problems or ["non-zero exit status"])
+            + "\n--- nbgrader output ---\n"
+            + proc.stdout[-4000:]
+            + proc.stderr[-8000:]
+        )
+    return release
+
+
+def normalise_notebook(text: str) -> str:
+    """A release notebook's text without what may vary: outputs and execution counts, layout."""
+    nb = nbformat.reads(text, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs = []
+            cell.execution_count = None
+    out = nbformat.writes(nb)
+    return out if out.endswith("\n") else out + "\n"
+
+
+def read_release(folder: Path) -> dict[str, bytes]:
+    """``{relative path: normalised content}`` of every file under ``folder``."""
+    folder = Path(folder)
+    files: dict[str, bytes] = {}
+    if not folder.is_dir():
+        return files
+    for path in sorted(folder.rglob("*")):
+        if not path.is_file() or ".ipynb_checkpoints" in path.parts or "__pycache__" in path.parts:
+            continue
+        data = path.read_bytes()
+        if path.suffix == ".ipynb":
+            data = normalise_notebook(data.decode("utf-8")).encode("utf-8")
+        files[path.relative_to(folder).as_posix()] = data
+    return files
+
+
+def regenerate(root: Path = ROOT) -> dict[str, bytes]:
+    """The normalised release of ``root``'s ``source/``, generated in a temporary course root."""
+    with tempfile.TemporaryDirectory(prefix="selfattn-release-") as tmp:
+        course = prepare_course(Path(tmp) / "course", root)
+        return read_release(generate_assignment(course))
+
+
+def compare(expected: dict[str, bytes], actual: dict[str, bytes], max_lines: int = 40) -> list[str]:
+    """Differences between two ``read_release`` results, as readable lines (empty: in sync)."""
+    lines: list[str] = []
+    for name in sorted(set(expected) | set(actual)):
+        if name not in actual:
+            lines.append(f"missing from the committed release: {name}")
+        elif name not in expected:
+            lines.append(f"in the committed release but not generated from source: {name}")
+        elif expected[name] != actual[name]:
+            lines.append(f"differs: {name}")
+            try:
+                diff = difflib.unified_diff(
+                    actual[name].decode().splitlines(),
+                    expected[name].decode().splitlines(),
+                    f"committed/{name}",
+                    f"generated/{name}",
+                    lineterm="",
+                    n=1,
+                )
+                shown = list(diff)
+            except UnicodeDecodeError:
+                shown = ["(binary file)"]
+            lines += ["    " + x for x in shown[:max_lines]]
+            if len(shown) > max_lines:
+                lines.append(f"    ... {len(shown) - max_lines} more diff lines")
+    return lines
+
+
+def write_release(files: dict[str, bytes], folder: Path) -> None:
+    """Make ``folder`` hold exactly ``files``."""
+    folder = Path(folder)
+    if folder.exists():
+        shutil.rmtree(folder)
+    for name, data in files.items():
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="compare with the committed release/ instead")
+    parser.add_argument("--root", type=Path, default=ROOT, help="course root (default: this repository)")
+    args = parser.parse_args(argv)
+    root = args.root.resolve()
+    committed = root / "release" / ASSIGNMENT
+    try:
+        generated = regenerate(root)
+    except RuntimeError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if args.check:
+        problems = compare(generated, read_release(committed))
+        if problems:
+            print(f"release/{ASSIGNMENT} is out of sync with source/{ASSIGNMENT}:", file=sys.stderr)
+            print("\n".join(problems), file=sys.stderr)
+            print("run: python scripts/release.py", file=sys.stderr)
+            return 1
+        print(f"release/{ASSIGNMENT} is in sync with source/{ASSIGNMENT} ({len(generated)} files)")
+        return 0
+    write_release(generated, committed)
+    print(f"wrote {len(generated)} files to {committed.relative_to(root)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,575 @@
+"""The nbgrader side of the course, with the real nbgrader (no mocks).
+
+Fast tests read the committed files: no solution or hidden test leaks into ``release/``, the bundled
+example submissions are in sync, the course configuration is what nbgrader needs, and the feedback
+preprocessor hides hidden tests. Slow tests copy ``nbgrader_config.py`` and ``source/`` into a
+temporary course root (the config computes its root from its own location) and run nbgrader there:
+``generate_assignment`` (== the committed release), the Validator on every source and release
+notebook, and ``autograde`` / ``generate_feedback`` / ``export`` for three students.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbconvert.filters import strip_ansi
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
+from traitlets.config.loader import PyFileConfigLoader
+
+from autograder.examples import (
+    ASSIGNMENT,
+    ONE_WRONG_ITEM,
+    STUDENTS,
+    answer_cells,
+    build_students,
+    build_submission,
+    strip_solution_delimiters,
+)
+from autograder.nbgrader_feedback import HideHiddenTests
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCE = ROOT / "source" / ASSIGNMENT
+RELEASE = ROOT / "release" / ASSIGNMENT
+JOBS = max(1, min(2, os.cpu_count() or 1))  # notebooks run side by side (CI runners have 2 cores)
+
+SOLUTION = ("BEGIN SOLUTION", "END SOLUTION")
+HIDDEN = ("BEGIN HIDDEN TESTS", "END HIDDEN TESTS")
+MIN_CHARS = 12  # a secret line shorter than this (without spaces) is too generic to call a leak
+
+
+def _load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"_selfattn_script_{name}", ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+release_script = _load_script("release")
+examples_script = _load_script("make_examples")
+
+
+# --- reading notebooks --------------------------------------------------------------------------
+
+
+def nbgrader_meta(cell) -> dict:
+    return cell.get("metadata", {}).get("nbgrader", {})
+
+
+def read_notebooks(folder: Path) -> dict[str, nbformat.NotebookNode]:
+    return {p.name: nbformat.read(p, as_version=4) for p in sorted(folder.glob("*.ipynb"))}
+
+
+def split_regions(source: str, delimiters: tuple[str, str]) -> tuple[list[str], list[str]]:
+    """(lines outside, lines inside) the delimited regions; delimiter lines belong to neither."""
+    begin, end = delimiters
+    outside, inside, within = [], [], False
+    for line in source.split("\n"):
+        if begin in line:
+            within = True
+        elif end in line:
+            within = False
+        else:
+            (inside if within else outside).append(line)
+    return outside, inside
+
+
+def secret_and_visible(notebooks) -> tuple[dict[str, set[str]], str]:
+    """Secret lines by kind (``solution``, ``hidden``) and the text a release may legitimately show.
+
+    The visible text is every cell of every source notebook with both kinds of region removed, plus
+    nbgrader's code stub. A secret line counts only when it has at least ``MIN_CHARS`` non-space
+    characters and does not occur in the visible text (``import torch`` inside a solution is no leak).
+    """
+    secrets: dict[str, set[str]] = {"solution": set(), "hidden": set()}
+    visible = ["# YOUR CODE HERE\nraise NotImplementedError()"]
+    for nb in notebooks.values():
+        for cell in nb.cells:
+            outside, solution = split_regions(cell.source, SOLUTION)
+            outside, hidden = split_regions("\n".join(outside), HIDDEN)
+            _, hidden_in_solution = split_regions("\n".join(solution), HIDDEN)
+            visible.append("\n".join(outside))
+            secrets["solution"] |= {x.strip() for x in solution}
+            secrets["hidden"] |= {x.strip() for x in hidden + hidden_in_solution}
+    text = "\n".join(visible)
+    for kind, lines in secrets.items():
+        secrets[kind] = {x for x in lines if len(re.sub(r"\s", "", x)) >= MIN_CHARS and x not in text}
+    return secrets, text
+
+
+def notebook_text(nb) -> str:
+    """Everything a notebook shows or carries: sources, outputs, metadata."""
+    parts = [json.dumps(nb.metadata)]
+    for cell in nb.cells:
+        parts += [cell.source, json.dumps(cell.get("metadata", {}))]
+        for output in cell.get("outputs", []):
+            parts.append(json.dumps(output, ensure_ascii=False))
+            parts += output.get("traceback", [])
+            parts.append(str(output.get("text", "")))
+            parts += [str(v) for v in output.get("data", {}).values()]
+    return "\n".join(parts)
+
+
+def html_text(path: Path) -> str:
+    """The text of an HTML page as a reader sees it (tags dropped, entities decoded)."""
+    raw = path.read_text(encoding="utf-8")
+    raw = re.sub(r"<(script|style)\b.*?</\1>", "", raw, flags=re.S | re.I)
+    return html.unescape(re.sub(r"<[^>]+>", "", raw))
+
+
+def leaks(secret: set[str], text: str) -> list[str]:
+    return sorted(line for line in secret if line in text)
+
+
+def points(notebooks) -> dict[str, float]:
+    """``{test cell grade_id: points}`` over all notebooks."""
+    return {
+        nbgrader_meta(c)["grade_id"]: float(nbgrader_meta(c).get("points", 0))
+        for nb in notebooks.values()
+        for c in nb.cells
+        if nbgrader_meta(c).get("grade")
+    }
+
+
+def require_course() -> dict[str, nbformat.NotebookNode]:
+    sources = read_notebooks(SOURCE)
+    assert sources, f"no source notebooks in {SOURCE}"
+    assert RELEASE.is_dir(), "release/ does not exist: run python scripts/release.py"
+    return sources
+
+
+# --- fast: configuration ------------------------------------------------------------------------
+
+
+def test_config_resolves_to_its_own_directory_and_hides_hidden_tests(tmp_path):
+    from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor
+    from nbgrader.converters import GenerateFeedback
+    from nbgrader.coursedir import CourseDirectory
+    from nbgrader.preprocessors import Execute, GetGrades, OverwriteCells
+
+    (tmp_path / "nbgrader_config.py").write_bytes((ROOT / "nbgrader_config.py").read_bytes())
+    config = PyFileConfigLoader("nbgrader_config.py", path=str(tmp_path)).load_config()
+    coursedir = CourseDirectory(config=config)
+    assert coursedir.root == str(tmp_path)
+    assert coursedir.course_id == "self-attention"
+    assert (coursedir.source_directory, coursedir.release_directory) == ("source", "release")
+    assert coursedir.db_url == f"sqlite:///{tmp_path / 'gradebook.db'}"
+    assert "add_missing_cells" in OverwriteCells.class_traits(config=True)
+    assert OverwriteCells(config=config).add_missing_cells is True
+    execute = Execute(config=config)
+    assert execute.timeout >= 60 and execute.allow_errors is True
+    feedback = GenerateFeedback(coursedir=coursedir, config=config)
+    chain = list(feedback.preprocessors)
+    assert chain == [GetGrades, HideHiddenTests, CSSHTMLHeaderPreprocessor]
+
+
+def test_kernel_is_this_environment():
+    """nbgrader runs notebooks in the `python3` kernel; it must resolve to this interpreter, which
+    can import `exercises` and `solutions` (the hidden tests need them)."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    spec = KernelSpecManager().get_kernel_spec("python3")
+    exe = spec.argv[0]
+    # jupyter_client replaces a bare "python"/"python3"/"python3.X" by sys.executable
+    # (jupyter_client/manager.py, format_kernel_cmd).
+    bare = {"python", f"python{sys.version_info[0]}", "python{}.{}".format(*sys.version_info[:2])}
+    assert exe in bare or Path(exe).resolve() == Path(sys.executable).resolve(), (
+        f"the python3 kernelspec in {spec.resource_dir} runs {spec.argv}, not this environment's python: "
+        f"run `{sys.executable} -m ipykernel install --sys-prefix` and remove the other kernelspec"
+    )
+    subprocess.run([sys.executable, "-c", "import exercises.kernel, solutions"], check=True)
+
+
+# --- fast: the feedback preprocessor on its own ---------------------------------------------------
+
+
+def _feedback_notebook():
+    test_meta = {"nbgrader": {"grade": True, "solution": False, "locked": True, "grade_id": "test_f",
+                              "points": 2, "schema_version": 3, "task": False}}
+    error = new_output(
+        "error",
+        ename="AssertionError",
+        evalue="f: 1 hidden check(s) failed: expected shape (2, 3)",
+        traceback=[
+            "\x1b[31m-------\x1b[39m",
+            "\x1b[31mAssertionError\x1b[39m   Traceback (most recent call last)",
+            "Cell In[4], line 4\n      2 ### BEGIN HIDDEN TESTS\n      3 from exercises.kernel import check\n"
+            "----> 4 check(\"f\", globals())",
+            "File /site-packages/exercises/kernel.py:55, in check(name, namespace)\n"
+            "     54 if failures:\n---> 55     raise AssertionError(...)",
+            "\x1b[31mAssertionError\x1b[39m: f: 1 hidden check(s) failed: expected shape (2, 3)",
+        ],
+    )
+    test = new_code_cell(
+        "assert f(1) == 2\n    ### BEGIN HIDDEN TESTS\n    from exercises.kernel import check\n"
+        "    check(\"f\", globals())\n    ### END HIDDEN TESTS\nprint('done')",
+        metadata=test_meta,
+        outputs=[
+            new_output("stream", name="stdout", text="visible ok\n"),
+            new_output("stream", name="stderr",
+                       text="/x/exercises/kernel.py:12: UserWarning: be careful\n  warn(secret_warning_line)\n"),
+            error,
+        ],
+    )
+    answer = new_code_cell(
+        "def f(x):\n    return 2 * x  # the student's own answer stays",
+        metadata={"nbgrader": {"grade": False, "solution": True, "locked": False, "grade_id": "f"}},
+        outputs=[new_output("error", ename="ValueError", evalue="v", traceback=["tb line kept"])],
+    )
+    unterminated = new_code_cell("x = 1\n### BEGIN HIDDEN TESTS\nsecret_tail()\n", metadata=test_meta)
+    markdown = new_markdown_cell("Notes about `f`.")
+    return new_notebook(cells=[markdown, answer, test, unterminated])
+
+
+def test_hide_hidden_tests_preprocessor():
+    nb = _feedback_notebook()
+    out, _ = HideHiddenTests().preprocess(nb, {})
+    markdown, answer, test, unterminated = out.cells
+    placeholder = HideHiddenTests().placeholder
+    assert test.source == f"assert f(1) == 2\n    {placeholder}\nprint('done')"
+    error = [o for o in test.outputs if o.output_type == "error"]
+    assert len(error) == 1
+    assert error[0].traceback == ["AssertionError: f: 1 hidden check(s) failed: expected shape (2, 3)"]
+    assert error[0].ename == "AssertionError"
+    streams = [(o.name, o.text) for o in test.outputs if o.output_type == "stream"]
+    assert streams == [("stdout", "visible ok\n"), ("stderr", "UserWarning: be careful\n")]
+    shown = json.dumps(out)
+    for secret in ("exercises", 'check("f"', "HIDDEN TESTS", "secret_warning_line", "Traceback", "secret_tail"):
+        assert secret not in shown, secret
+    assert markdown.source == "Notes about `f`."
+    # untouched: answer cells (the student's own work and its traceback) and markdown
+    assert answer.source == "def f(x):\n    return 2 * x  # the student's own answer stays"
+    assert answer.outputs[0].traceback == ["tb line kept"]
+    assert unterminated.source == f"x = 1\n{placeholder}"  # fail closed: hidden to the end
+    # traitlets are configurable
+    custom, _ = HideHiddenTests(placeholder="# hidden", keep_stderr=True).preprocess(_feedback_notebook(), {})
+    assert "# hidden" in custom.cells[2].source
+    assert "secret_warning_line" in json.dumps(custom.cells[2].outputs)
+
+
+def test_hide_hidden_tests_timeout_message_is_kept():
+    from autograder.nbgrader_feedback import short_error
+
+    timeout = new_output("error", ename="CellTimeoutError", evalue="",
+                         traceback=["\x1b[0;31mCellTimeoutError\x1b[0m: No reply from kernel before timeout"])
+    assert short_error(timeout).traceback == ["CellTimeoutError: No reply from kernel before timeout"]
+
+
+# --- fast: what is committed --------------------------------------------------------------------
+
+
+def test_source_and_release_have_the_same_notebooks():
+    sources = require_course()
+    assert sorted(sources) == sorted(p.name for p in RELEASE.glob("*.ipynb"))
+
+
+def test_no_solution_or_hidden_test_in_release():
+    sources = require_course()
+    secrets, _ = secret_and_visible(sources)
+    assert secrets["solution"] and secrets["hidden"], "the filter left nothing to look for"
+    parts = [notebook_text(nb) for nb in read_notebooks(RELEASE).values()]
+    parts += [p.read_text(errors="replace") for p in RELEASE.rglob("*") if p.is_file() and p.suffix != ".ipynb"]
+    text = "\n".join(parts)
+    for marker in (*SOLUTION, *HIDDEN, "exercises.kernel"):
+        assert marker not in text, f"{marker!r} in release/"
+    assert leaks(secrets["solution"], text) == [], "solution lines in release/"
+    assert leaks(secrets["hidden"], text) == [], "hidden-test lines in release/"
+
+
+def test_examples_are_in_sync():
+    require_course()
+    assert examples_script.committed_files(), "examples/submissions/ is empty: run python scripts/make_examples.py"
+    assert examples_script.out_of_sync() == [], "run python scripts/make_examples.py"
+
+
+def test_build_submission_fills_answers_from_source():
+    sources = require_course()
+    for name, source in sources.items():
+        release = nbformat.read(RELEASE / name, as_version=4)
+        built = build_submission(source, release, {})
+        assert len(built.cells) == len(release.cells)
+        answers = answer_cells(source)
+        for cell, original in zip(built.cells, release.cells, strict=True):
+            meta = nbgrader_meta(cell)
+            assert cell.metadata == original.metadata
+            if meta.get("solution"):
+                assert cell.source == strip_solution_delimiters(answers[meta["grade_id"]].source)
+                assert "SOLUTION" not in cell.source
+            else:
+                assert cell.source == original.source
+
+
+# --- slow: the real nbgrader in a temporary course root -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def course(tmp_path_factory):
+    """A temporary course root (config + source/) after ``nbgrader generate_assignment``."""
+    require_course()
+    root = release_script.prepare_course(tmp_path_factory.mktemp("course"))
+    start = time.perf_counter()
+    release_script.generate_assignment(root)
+    print(f"\n[timing] generate_assignment: {time.perf_counter() - start:.1f}s")
+    return root
+
+
+@pytest.mark.slow
+def test_release_regenerated_from_source_equals_committed(course):
+    generated = release_script.read_release(course / "release" / ASSIGNMENT)
+    committed = release_script.read_release(RELEASE)
+    assert release_script.compare(generated, committed) == [], "run python scripts/release.py"
+
+
+_VALIDATE = r"""
+import json, sys
+from traitlets.config.loader import PyFileConfigLoader
+from nbgrader.validator import Validator
+root, validate_all, paths = sys.argv[1], sys.argv[2] == "1", sys.argv[3:]
+config = PyFileConfigLoader("nbgrader_config.py", path=root).load_config()
+results = {path: Validator(config=config, validate_all=validate_all).validate(path) for path in paths}
+print("@@RESULT@@" + json.dumps(results))
+"""
+
+
+def validate(course: Path, paths: list[Path], validate_all: bool) -> dict[str, dict]:
+    """``Validator.validate`` of each notebook, by file name; ``JOBS`` subprocesses (it chdirs).
+
+    ``validate`` returns ``{}`` when every graded cell passes; otherwise ``failed`` (a list with the
+    cell's ``source`` and ``raw_error``), ``changed`` (locked cells edited; then ``failed`` is not
+    reported at all) or ``type_changed`` (nbgrader/validator.py, ``validate``). ``nbgrader validate``
+    on the command line prints the same and exits 0 either way.
+    """
+
+    def run(chunk: list[Path]) -> dict:
+        proc = subprocess.run(
+            [sys.executable, "-c", _VALIDATE, str(course), "1" if validate_all else "0", *map(str, chunk)],
+            capture_output=True, text=True, env=release_script.nbgrader_env(), timeout=1200,
+        )
+        marker = proc.stdout.rfind("@@RESULT@@")
+        assert proc.returncode == 0 and marker >= 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+        return json.loads(proc.stdout[marker + len("@@RESULT@@"):])
+
+    chunks = [paths[i::JOBS] for i in range(JOBS) if paths[i::JOBS]]
+    with ThreadPoolExecutor(JOBS) as pool:
+        merged = {Path(k).name: v for result in pool.map(run, chunks) for k, v in result.items()}
+    assert sorted(merged) == sorted(p.name for p in paths)
+    return merged
+
+
+@pytest.mark.slow
+def test_source_notebooks_pass_their_own_tests(course):
+    """Every cell of every source notebook runs without an error or stderr output, hidden tests included."""
+    paths = sorted((course / "source" / ASSIGNMENT).glob("*.ipynb"))
+    start = time.perf_counter()
+    results = validate(course, paths, validate_all=True)
+    print(f"\n[timing] validate {len(paths)} source notebooks: {time.perf_counter() - start:.1f}s")
+    failures = {
+        name: [strip_ansi(cell["raw_error"])[-1500:] for cell in result.get("failed", [])] or result
+        for name, result in results.items()
+        if result
+    }
+    assert failures == {}
+
+
+@pytest.mark.slow
+def test_release_notebooks_fail_with_not_implemented_error_only(course):
+    sources = read_notebooks(course / "source" / ASSIGNMENT)
+    paths = sorted((course / "release" / ASSIGNMENT).glob("*.ipynb"))
+    start = time.perf_counter()
+    results = validate(course, paths, validate_all=False)
+    print(f"\n[timing] validate {len(paths)} release notebooks: {time.perf_counter() - start:.1f}s")
+    for name, result in results.items():
+        assert set(result) == {"failed"}, (name, result)
+        tests = [c for c in sources[name].cells if nbgrader_meta(c).get("grade")]
+        assert len(result["failed"]) == len(tests), (name, [c["source"][:80] for c in result["failed"]])
+        for cell in result["failed"]:
+            lines = [x for x in strip_ansi(cell["raw_error"]).splitlines() if x.strip()]
+            assert lines and re.match(r"NotImplementedError\b", lines[-1]), (name, lines[-12:])
+            names = set(re.findall(r"^(\w+(?:Error|Exception|Warning))\b", "\n".join(lines), flags=re.M))
+            assert names == {"NotImplementedError"}, (name, names, lines[-12:])
+
+
+def autograde(course: Path, student: str) -> subprocess.CompletedProcess:
+    """``nbgrader autograde`` of one student; retried once if the shared sqlite gradebook was busy."""
+    proc = release_script.run_nbgrader(["autograde", ASSIGNMENT, "--student", student], course)
+    if proc.returncode != 0 and "database is locked" in proc.stdout + proc.stderr:
+        proc = release_script.run_nbgrader(["autograde", ASSIGNMENT, "--student", student, "--force"], course)
+    return proc
+
+
+@pytest.fixture(scope="module")
+def graded(course):
+    """Three students submitted, autograded (``JOBS`` at a time), given feedback, exported to ``grades.csv``."""
+    students = build_students(course / "source" / ASSIGNMENT, course / "release" / ASSIGNMENT, STUDENTS)
+    for student, files in students.items():
+        for name, text in files.items():
+            path = course / "submitted" / student / ASSIGNMENT / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+    start = time.perf_counter()
+    with ThreadPoolExecutor(JOBS) as pool:
+        procs = dict(zip(students, pool.map(lambda s: autograde(course, s), students), strict=True))
+    print(f"\n[timing] nbgrader autograde, {len(students)} students: {time.perf_counter() - start:.1f}s")
+    for student, proc in procs.items():
+        assert proc.returncode == 0, f"autograde {student} failed:\n{proc.stdout[-3000:]}{proc.stderr[-8000:]}"
+    for command in (["generate_feedback", ASSIGNMENT], ["export", "--to", "grades.csv"]):
+        start = time.perf_counter()
+        proc = release_script.run_nbgrader(command, course)
+        print(f"\n[timing] nbgrader {command[0]}: {time.perf_counter() - start:.1f}s")
+        assert proc.returncode == 0, f"nbgrader {command[0]} failed:\n{proc.stdout[-3000:]}{proc.stderr[-8000:]}"
+    return course
+
+
+@pytest.mark.slow
+def test_autograde_scores(graded):
+    from nbgrader.api import Gradebook
+
+    sources = read_notebooks(graded / "source" / ASSIGNMENT)
+    item_points = points(sources)
+    total = sum(item_points.values())
+    assert total > 0
+    assert f"test_{ONE_WRONG_ITEM}" in item_points
+
+    with open(graded / "grades.csv", newline="") as f:
+        rows = {row["student_id"]: row for row in csv.DictReader(f)}
+    assert set(rows) == set(STUDENTS)
+    for row in rows.values():
+        assert float(row["max_score"]) == total
+    expected_total = {"perfect": total, "empty": 0.0, "one_wrong": total - item_points[f"test_{ONE_WRONG_ITEM}"]}
+
+    config = PyFileConfigLoader("nbgrader_config.py", path=str(graded)).load_config()
+    lost: dict[str, dict[str, float]] = {}
+    with Gradebook(config.CourseDirectory.db_url, config.CourseDirectory.course_id) as gb:
+        for student in STUDENTS:
+            lost[student] = {}
+            for name in sources:
+                notebook = gb.find_submission_notebook(Path(name).stem, ASSIGNMENT, student)
+                for grade in notebook.grades:
+                    if grade.score != grade.max_score:
+                        lost[student][grade.name] = grade.max_score - grade.score
+    assert lost["perfect"] == {}
+    assert lost["empty"] == item_points
+    assert lost["one_wrong"] == {f"test_{ONE_WRONG_ITEM}": item_points[f"test_{ONE_WRONG_ITEM}"]}
+    assert {s: float(r["score"]) for s, r in rows.items()} == expected_total
+
+
+@pytest.mark.slow
+def test_feedback_shows_no_hidden_test_and_no_solution(graded):
+    sources = read_notebooks(graded / "source" / ASSIGNMENT)
+    secrets, _ = secret_and_visible(sources)
+    placeholder = HideHiddenTests().placeholder
+    assert secrets["hidden"]
+    feedback = graded / "feedback"
+    pages = {(s, name): feedback / s / ASSIGNMENT / (Path(name).stem + ".html") for s in STUDENTS for name in sources}
+    missing = [str(p) for p in pages.values() if not p.is_file()]
+    assert missing == []
+    texts = {key: html_text(path) for key, path in pages.items()}
+
+    for (student, name), text in texts.items():
+        where = f"feedback of {student}/{name}"
+        assert leaks(secrets["hidden"], text) == [], f"hidden-test lines in the {where}"
+        for secret in (*HIDDEN, "exercises.kernel", "import check"):
+            assert secret not in text, f"{secret!r} in the {where}"
+        assert not re.search(r"exercises[/\\]\w+\.py", text), f"a grading-library frame in the {where}"
+        n_tests = sum(1 for c in sources[name].cells if HIDDEN[0] in c.source)
+        assert text.count(placeholder) == n_tests, where
+    for name in sources:
+        text = texts[("empty", name)]
+        assert leaks(secrets["solution"], text) == [], f"solution lines in the feedback of the release ({name})"
+        assert "NotImplementedError" in text
+
+    # positive controls: the extraction does find code lines (a student's own answers) and messages
+    perfect = "\n".join(texts[("perfect", name)] for name in sources)
+    own = secrets["solution"] & {x.strip() for x in perfect.splitlines()}
+    assert own, "the perfect student's answers are not visible in their feedback: text extraction broken?"
+    # one_wrong's test cell errors: the feedback shows the exception and its message
+    wrong = next(name for name, nb in sources.items() if ONE_WRONG_ITEM in answer_cells(nb))
+    autograded = nbformat.read(graded / "autograded" / "one_wrong" / ASSIGNMENT / wrong, as_version=4)
+    (cell,) = [c for c in autograded.cells if nbgrader_meta(c).get("grade_id") == f"test_{ONE_WRONG_ITEM}"]
+    (error,) = [o for o in cell.outputs if o.output_type == "error"]
+    assert f"{error.ename}: {error.evalue}" in texts[("one_wrong", wrong)]
+
+
+# --- slow: a failing hidden test, end to end, in a fixture course ---------------------------------
+
+
+def _fixture_course(root: Path) -> Path:
+    """A one-notebook course whose hidden tests fail inside library code and print a warning."""
+
+    def meta(grade_id: str, **kw) -> dict:
+        return {"nbgrader": {"grade": False, "solution": False, "locked": False, "grade_id": grade_id,
+                             "schema_version": 3, "task": False, **kw}}
+
+    def test(item: str, visible: str, hidden: str) -> nbformat.NotebookNode:
+        source = f"{visible}\n### BEGIN HIDDEN TESTS\n{hidden}\n### END HIDDEN TESTS"
+        return new_code_cell(source, metadata=meta(f"test_{item}", grade=True, locked=True, points=1))
+
+    cells = [
+        new_markdown_cell("# Fixture"),
+        new_code_cell("import json\nimport warnings", metadata=meta("given_imports", locked=True)),
+        new_code_cell("def double(x):\n    ### BEGIN SOLUTION\n    return 2 * x\n    ### END SOLUTION",
+                      metadata=meta("double", solution=True)),
+        # passes its visible test, then the hidden test fails deep inside the json module
+        test("double", "assert double(1) == 2",
+             'warnings.warn("the hidden test warns")\njson.loads("{secret_hidden_payload")'),
+        new_code_cell("def add(a, b):\n    ### BEGIN SOLUTION\n    return a + b\n    ### END SOLUTION",
+                      metadata=meta("add", solution=True)),
+        # the visible test right before the hidden region fails: the traceback quotes nearby lines
+        test("add", 'assert add(1, 2) == 3, "add(1, 2) should be 3"',
+             'assert add(20, 22) == 42, "secret_context_line"'),
+    ]
+    nb = new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                            "language": "python"}})
+    (root / "source" / ASSIGNMENT).mkdir(parents=True)
+    nbformat.write(nb, root / "source" / ASSIGNMENT / "01_fixture.ipynb")
+    (root / "nbgrader_config.py").write_bytes((ROOT / "nbgrader_config.py").read_bytes())
+    return root
+
+
+@pytest.mark.slow
+def test_feedback_of_failing_hidden_tests_in_a_fixture_course(tmp_path):
+    root = _fixture_course(tmp_path / "fixture")
+    release = release_script.generate_assignment(root)
+    source = nbformat.read(root / "source" / ASSIGNMENT / "01_fixture.ipynb", as_version=4)
+    student = build_submission(source, nbformat.read(release / "01_fixture.ipynb", as_version=4),
+                               {"add": "def add(a, b):\n    return a - b"})
+    (root / "submitted" / "s1" / ASSIGNMENT).mkdir(parents=True)
+    nbformat.write(student, root / "submitted" / "s1" / ASSIGNMENT / "01_fixture.ipynb")
+    for command in (["autograde", ASSIGNMENT], ["generate_feedback", ASSIGNMENT]):
+        proc = release_script.run_nbgrader(command, root)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+
+    secrets, _ = secret_and_visible({"01_fixture.ipynb": source})
+    hidden = secrets["hidden"] | {'warnings.warn("the hidden test warns")'}
+    autograded = nbformat.read(root / "autograded" / "s1" / ASSIGNMENT / "01_fixture.ipynb", as_version=4)
+    outputs = strip_ansi("\n".join(
+        "\n".join(o.get("traceback", [])) + str(o.get("text", ""))
+        for c in autograded.cells
+        for o in c.get("outputs", [])
+    ))
+    # positive controls: the outputs in nbgrader's autograded notebook do quote the hidden tests (IPython
+    # shows the lines around the failing one, so even a failing *visible* check quotes the hidden test
+    # below it) and the library frames; so does its feedback without HideHiddenTests.
+    assert 'json.loads("{secret_hidden_payload")' in outputs and "decoder.py" in outputs
+    assert 'warnings.warn("the hidden test warns")' in outputs and "secret_context_line" in outputs
+
+    text = html_text(root / "feedback" / "s1" / ASSIGNMENT / "01_fixture.html")
+    assert leaks(hidden, text) == []
+    for secret in ("secret_hidden_payload", "secret_context_line", "decoder.py", *HIDDEN):
+        assert secret not in text, secret
+    assert text.count(HideHiddenTests().placeholder) == 2
+    assert "JSONDecodeError: Expecting property name enclosed in double quotes" in text
+    assert "UserWarning: the hidden test warns" in text  # why the cell scored 0 stays visible
+    assert "AssertionError: add(1, 2) should be 3" in text
+    assert "(Score: 0.0 / 2.0)" in text
