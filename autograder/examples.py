@@ -39,21 +39,28 @@ __all__ = [
 
 ASSIGNMENT = "self_attention"
 
-#: The item the ``one_wrong`` student gets wrong, with a classic mistake: the maximum and the sum
-#: are always taken over the last dimension, whatever ``dim`` says. The visible ``dim=0`` check
-#: fails, so the test cell errors and the item scores 0 (nbgrader gives an erroring test cell no
-#: points; a hidden check that fails only some cases would give partial credit instead). Lesson 1's
-#: own ``simple_self_attention`` calls ``softmax_stable(scores, dim=-1)``, where the mistake does
-#: not show, so exactly this item's points are lost. (Forgetting to subtract the maximum would also
-#: break ``simple_self_attention``, whose visible test feeds it large scores.)
-ONE_WRONG_ITEM = "softmax_stable"
+#: The item the ``one_wrong`` student gets wrong, with a classic mistake: the training loop never
+#: calls ``optimizer.step()``, so the loss never falls. The item has one hidden case and a visible
+#: check that the loss falls, so both graders give it 0 and nothing else changes: no other item
+#: calls ``train_self_attention``. (A mistake that fails only some hidden cases would earn partial
+#: credit from the pytest grader while nbgrader, seeing the visible check fail, gives 0; the
+#: example is chosen so the two graders can be compared exactly.)
+ONE_WRONG_ITEM = "train_self_attention"
 
 ONE_WRONG_OVERRIDES: dict[str, str] = {
-    ONE_WRONG_ITEM: '''def softmax_stable(x, dim=-1):
-    """Numerically stable softmax (this student always normalises over the last dimension)."""
-    x_max = x.amax(dim=-1, keepdim=True)
-    exp_x = torch.exp(x - x_max)
-    return exp_x / exp_x.sum(dim=-1, keepdim=True)
+    ONE_WRONG_ITEM: '''def train_self_attention(model, inputs, targets, steps, lr):
+    """Train model to map inputs to targets with a mean-squared-error loss (this student forgot to step)."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    losses = []
+    for _ in range(steps):
+        optimizer.zero_grad()
+        result = model(inputs)
+        output = result[0] if isinstance(result, (tuple, list)) else result
+        loss = F.mse_loss(output, targets)
+        losses.append(loss.item())
+        loss.backward()
+    return losses
 ''',
 }
 

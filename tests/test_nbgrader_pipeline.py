@@ -573,3 +573,18 @@ def test_feedback_of_failing_hidden_tests_in_a_fixture_course(tmp_path):
     assert "UserWarning: the hidden test warns" in text  # why the cell scored 0 stays visible
     assert "AssertionError: add(1, 2) should be 3" in text
     assert "(Score: 0.0 / 2.0)" in text
+
+
+@pytest.mark.slow
+def test_pytest_grader_and_nbgrader_give_the_same_scores(graded, tmp_path):
+    """The bundled example submissions score the same from `nbgrader autograde` and the pytest grader."""
+    from autograder.cli import main
+
+    with open(graded / "grades.csv", newline="") as f:
+        nbgrader_scores = {row["student_id"]: float(row["score"]) for row in csv.DictReader(f)}
+    report = tmp_path / "report.json"
+    assert main(["grade", str(ROOT / "examples" / "submissions"), "--json", str(report), "-q"]) == 0
+    subs = json.loads(report.read_text())["submissions"]
+    pytest_scores = {Path(s["path"]).name: s["score"] for s in subs}
+    assert pytest_scores == pytest.approx(nbgrader_scores, abs=1e-6)
+    assert {s["max_score"] for s in subs} == {sum(points(read_notebooks(graded / "source" / ASSIGNMENT)).values())}
