@@ -209,10 +209,12 @@ def find_notebooks(path: Path, names: tuple[str, ...]) -> dict[str, Path]:
 def expand_batch(path: Path, names: tuple[str, ...]) -> list[Path]:
     """A folder that holds notebooks (directly or one level down) is one submission; otherwise, when its
     sub-folders are submissions, it is a batch and each sub-folder is one student."""
-    if path.is_file() or any(path.glob("*.ipynb")):
-        return [path]
-    parents = {nb.parent for nb in path.glob("*/*.ipynb") if nb.name in names}
-    if len(parents) == 1:  # one assignment folder (nbgrader's <student>/<assignment>/): one submission
+    if path.is_file() or any(p.name in names for p in path.glob("*.ipynb")):
         return [path]
     students = [p for p in sorted(path.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+    # One sub-folder with notebooks is the assignment folder of one student (<student>/<assignment>/);
+    # several are several students. (A batch of a single student reads as that student: the same.)
+    with_notebooks = [p for p in students if find_notebooks(p, names)]
+    if len(with_notebooks) <= 1 and any(p.name in names for p in path.glob("*/*.ipynb")):
+        return [path]
     return students if students else [path]
