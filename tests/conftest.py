@@ -27,3 +27,12 @@ def pytest_collection_modifyitems(config, items):
 def pytest_terminal_summary(terminalreporter):
     if not CUDA_AVAILABLE:
         terminalreporter.write_line("GPU not exercised: no CUDA device; every needs_cuda test was skipped.")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """The suite's tensors are tiny: one intra-op thread is faster, and much faster on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

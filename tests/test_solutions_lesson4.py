@@ -5,29 +5,14 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from tensor_helpers import DEVICES, randn
 from torch import nn
 
 import solutions as S
 
-needs_cuda = pytest.mark.needs_cuda
-DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
 DTYPES = [torch.float32, torch.float64, torch.bfloat16]
 TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=1e-5, atol=1e-5)}
 LOOSE = dict(rtol=5e-2, atol=5e-2)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These tensors are tiny: one intra-op thread is faster, and much faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def randn(gen, *shape, dtype=torch.float64, device="cpu", scale=1.0):
-    """Seeded normal tensor, drawn on the CPU so every device sees the same values."""
-    return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(device=device, dtype=dtype)
 
 
 def make_causal(d_in, d_out, context_length, dropout, qkv_bias=False, seed=0, dtype=torch.float64, device="cpu"):

@@ -6,23 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
+from tensor_helpers import DEVICES
 from torch import nn
 
 import solutions as S
 
-needs_cuda = pytest.mark.needs_cuda
-DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
 DTYPES = [torch.float32, torch.float64, torch.bfloat16]
 TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=1e-5, atol=1e-5)}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These tensors are tiny: one intra-op thread is faster, and much faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def toy_model(seed=0, dtype=torch.float32, device="cpu"):

@@ -5,12 +5,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from tensor_helpers import DEVICES, randn
 from torch.overrides import TorchFunctionMode
 
 import solutions as S
 
-needs_cuda = pytest.mark.needs_cuda
-DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
 DTYPES = [torch.float32, torch.float64, torch.bfloat16]
 TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=1e-5, atol=1e-5)}
 LOOSE = dict(rtol=5e-2, atol=5e-2)
@@ -26,20 +25,6 @@ SHAPES = [
     ((3,), 1, 9, 2, 3),
 ]
 SHAPE_IDS = ["-".join(map(str, (*b, nq, nk, d, dv))) for b, nq, nk, d, dv in SHAPES]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These tensors are tiny: one intra-op thread is faster, and much faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def randn(gen, *shape, dtype=torch.float64, device="cpu", scale=1.0):
-    """Seeded normal tensor, drawn on the CPU so every device sees the same values."""
-    return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(device=device, dtype=dtype)
 
 
 def qkv(gen, batch, n_q, n_k, d, d_v, dtype, device, scale=1.0):
