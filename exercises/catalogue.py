@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from exercises.compare import Outputs, value_mismatch
+from exercises.tolerances import tolerance
 
 Check = Callable[[Outputs, Outputs], "str | None"]
 
@@ -252,8 +253,12 @@ def _softmax_cases(fn: str, large: bool) -> Callable:
             Case("vector_dim0", call(fn, T("x"), dim=L(0)), {"x": rand(gen, 5, dtype=dtype)}, {"out": ("entry",)}),
         ]
         if large:
-            cases.append(Case("large_1000", call(fn, T("x")), {"x": rand(gen, 3, 5, dtype=dtype) * 1000},
-                              {"out": QK}, (rows_sum_to_one("out"),)))
+            # random rows of size ~1000, then one row of large positive and one of large negative values:
+            # without the per-row maximum the first overflows (inf / inf) and the second underflows (0 / 0)
+            fixed = torch.tensor([[1000.0, 999.0, 998.0, 997.0, 996.0],
+                                  [-1000.0, -1001.0, -1002.0, -1003.0, -1004.0]], dtype=torch.float64).to(dtype)
+            big = torch.cat([rand(gen, 3, 5, dtype=dtype) * 1000, fixed])
+            cases.append(Case("large_1000", call(fn, T("x")), {"x": big}, {"out": QK}, (rows_sum_to_one("out"),)))
             x = rand(gen, 4, 6, dtype=dtype)
             x[0, 2] = float("-inf")
             x[1, :5] = float("-inf")
@@ -364,7 +369,8 @@ def _sa_v2(gen, dtype):
 
 def _transfer(gen, dtype):
     cases = []
-    for d_in, d_out, shape in [(3, 2, (6, 3)), (5, 4, (2, 4, 5))]:
+    # d_in == d_out: a copy without the transpose fits, so only the values show it
+    for d_in, d_out, shape in [(3, 2, (6, 3)), (5, 4, (2, 4, 5)), (4, 4, (2, 5, 4))]:
         params = reference_params("SelfAttention_v2", {"d_in": d_in, "d_out": d_out}, gen, dtype)
         program = build_module("SelfAttention_v2", {"d_in": d_in, "d_out": d_out}, params, var="v2") + [
             {"op": "seed", "value": 1234},
@@ -422,17 +428,95 @@ def _causal_leak_case(cls: str, kwargs: dict[str, Any], gen, dtype, b: int, n: i
                 (prefix_unchanged("out", "out_future", upto, "outputs"),))
 
 
+DROPOUT_P = 0.5  # the train-mode cases' dropout rate: kept values are scaled by 1 / (1 - p) = 2
+
+
+class _KeepMask(torch.nn.Module):
+    """Stands in for ``nn.Dropout``: multiplies by a fixed keep-mask already scaled by ``1 / (1 - p)``."""
+
+    def __init__(self, keep: torch.Tensor):
+        super().__init__()
+        self.keep = keep
+
+    def forward(self, weights: torch.Tensor) -> torch.Tensor:
+        return weights * self.keep
+
+
+def weight_dropout_outcomes(cls: str, kwargs: dict[str, Any], params: dict[str, torch.Tensor],
+                            x: torch.Tensor, prefix: str = "p.") -> torch.Tensor:
+    """Every output that dropping attention weights can give, in float64: ``(combinations, n, d_out)``.
+
+    ``x`` is one sequence ``(1, n, d_in)``. The reference module runs once per combination of kept keys
+    (per head), with its dropout replaced by that fixed keep-mask; query row ``i`` depends only on the
+    keys ``j <= i``, so row ``i`` of the result, over all combinations, lists every possible row ``i``.
+    """
+    import solutions
+
+    module = getattr(solutions, cls)(**kwargs).double()
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            p.copy_(params[prefix + name])
+    n, heads = x.shape[-2], kwargs.get("num_heads", 1)
+    bits = heads * n
+    keep = (torch.arange(2**bits)[:, None] >> torch.arange(bits)) & 1  # (2**bits, h * n)
+    keep = keep.to(torch.float64).view(-1, heads, 1, n) / (1 - kwargs["dropout"])  # key j of head h kept
+    module.dropout = _KeepMask(keep if cls == "MultiHeadAttention" else keep[:, 0])
+    with torch.no_grad():
+        return module(x.double().expand(len(keep), -1, -1))
+
+
+def dropped_attention_weights(cls: str, kwargs: dict[str, Any], params: dict[str, torch.Tensor],
+                              x: torch.Tensor) -> Check:
+    """In train() mode each output row must be one of those that dropping attention weights gives.
+
+    Dropout on the output (or the context vectors, the values, the scores) gives rows that no choice of
+    dropped weights explains. Judged only when the two passes differ and the eval() output is right
+    (other checks report those).
+    """
+    outcomes: list[torch.Tensor] = []
+
+    def check(student: Outputs, reference: Outputs) -> str | None:
+        ev, ref_ev = student.tensor("eval_out"), reference.tensor("eval_out")
+        runs = [student.tensor("train_a"), student.tensor("train_b")]
+        if ev is None or ref_ev is None or any(t is None or t.shape != ref_ev.shape for t in runs):
+            return None
+        if torch.equal(runs[0], runs[1]) or value_mismatch("eval_out", ev, ref_ev) is not None:
+            return None
+        if not outcomes:
+            outcomes.append(weight_dropout_outcomes(cls, kwargs, params, x))
+        rtol, atol = tolerance(ref_ev.dtype)
+        possible = outcomes[0]
+        for key, run in zip(("train_a", "train_b"), runs, strict=True):
+            got = run[0].double()  # (n, d_out)
+            found = ((possible - got).abs() <= atol + rtol * possible.abs()).all(-1).any(0)  # (n,)
+            if not bool(found.all()):
+                row = int((~found).nonzero()[0, 0])
+                return (f"in train() mode, row {row} of `{key}` is not what dropout on the attention weights "
+                        "gives (the values weighted by the attention weights, some weights zeroed and the others "
+                        "scaled by 1/(1-p)): apply self.dropout to the attention weights, after the softmax, "
+                        "not to the output (nor to the context vectors, the values or the scores)")
+        return None
+    return check
+
+
 def _dropout_case(cls: str, kwargs: dict[str, Any], gen, dtype) -> Case:
-    """Training mode: dropout must act (two passes differ) and keep the expectation (mean ~ eval output)."""
+    """Training mode: dropout must act (two passes differ) on the attention weights (float32 and float64).
+
+    The module's parameters come back as ``params`` (for the mistakes' predicates).
+    """
     params = reference_params(cls, kwargs, gen, dtype)
     x = rand(gen, 1, 5, kwargs["d_in"], dtype=dtype)
-    program = build_module(cls, kwargs, params) + forward("m", T("x"), out="eval_out") + [
-        {"op": "mode", "obj": "m", "train": True}] + forward("m", T("x"), out="train_a") + \
-        forward("m", T("x"), out="train_b")
+    program = build_module(cls, kwargs, params) + [{"op": "params", "obj": "m", "out": "loaded"},
+                                                   {"op": "output", "key": "params", "var": "loaded"}] + \
+        forward("m", T("x"), out="eval_out") + [{"op": "mode", "obj": "m", "train": True}] + \
+        forward("m", T("x"), out="train_a") + forward("m", T("x"), out="train_b")
     message = (f"{cls} in train() mode with dropout={kwargs['dropout']} gave the same output twice: apply "
                "self.dropout to the attention weights in forward")
-    return Case("dropout_in_train_mode", program, {**params, "x": x}, {"eval_out": ("batch",) + QF},
-                (outputs_differ("train_a", "train_b", message),), compare=False)
+    checks: tuple[Check, ...] = (outputs_differ("train_a", "train_b", message),)
+    if dtype in (torch.float64, torch.float32):  # half precision: too coarse to tell the outcomes apart
+        checks += (dropped_attention_weights(cls, kwargs, params, x),)
+    return Case("dropout_in_train_mode", program, {**params, "x": x}, {"eval_out": ("batch",) + QF}, checks,
+                compare=False)
 
 
 def _eval_matches(key: str) -> Check:
@@ -456,7 +540,7 @@ def _causal_attention(gen, dtype):
         ("single_token", base, (1, 1, 4)),
     ], gen, dtype)
     cases.append(_causal_leak_case(cls, base, gen, dtype, 2, 7, 3))
-    dropout = _dropout_case(cls, {**base, "dropout": 0.5}, gen, dtype)
+    dropout = _dropout_case(cls, {**base, "dropout": DROPOUT_P}, gen, dtype)
     dropout.checks = dropout.checks + (_eval_matches("eval_out"),)
     cases.append(dropout)
     return cases + _module_invariants(cls, base, gen, dtype)
@@ -543,7 +627,7 @@ def _mha(gen, dtype):
         ("eval_ignores_dropout", {**base, "dropout": 0.5}, (1, 4, 6)),
     ], gen, dtype)
     cases.append(_causal_leak_case(cls, base, gen, dtype, 2, 7, 4))
-    dropout = _dropout_case(cls, {**base, "dropout": 0.5}, gen, dtype)
+    dropout = _dropout_case(cls, {**base, "dropout": DROPOUT_P}, gen, dtype)
     dropout.checks = dropout.checks + (_eval_matches("eval_out"),)
     cases.append(dropout)
     bad = {"d_in": 6, "d_out": 7, "context_length": 4, "dropout": 0.0, "num_heads": 2}
@@ -574,6 +658,13 @@ def _count(gen, dtype):
         module_case("gpt2_small_attention_shapes", gpt2_like),
         module_case("frozen_parameters_excluded", gpt2_like + [{"op": "freeze", "obj": "m", "names": ["1.bias"]}]),
         module_case("embedding", [{"op": "new", "cls": "torch.nn.Embedding", "args": [L(50), L(7)], "out": "m"}]),
+        # BatchNorm1d: 2 * 10 parameters and 21 buffer values (running mean and variance, batch count); with
+        # the frozen bias, counting buffers (201), frozen parameters (190) or the state_dict (211) all differ (180)
+        module_case("buffers_excluded", [
+            {"op": "new", "cls": "torch.nn.Linear", "args": [L(16), L(10)], "out": "lin"},
+            {"op": "new", "cls": "torch.nn.BatchNorm1d", "args": [L(10)], "out": "bn"},
+            {"op": "new", "cls": "torch.nn.Sequential", "args": [V("lin"), V("bn")], "out": "m"},
+            {"op": "freeze", "obj": "m", "names": ["0.bias"]}]),
     ]
 
 
@@ -681,6 +772,8 @@ def _online(gen, dtype):
         ("causal", (2, 2), 12, 12, 8, 8, 5, True),
         ("causal_block_1", (1,), 6, 6, 4, 4, 1, True),
         ("nq_ne_nk", (3,), 5, 11, 4, 2, 4, False),
+        ("causal_nq_lt_nk", (2,), 5, 11, 4, 3, 3, True),  # top-left: query i sees keys j <= i
+        ("causal_nq_gt_nk", (2,), 9, 4, 4, 3, 2, True),
         ("block_larger_than_n", (), 7, 7, 4, 4, 64, True),
         ("single_token", (), 1, 1, 3, 3, 2, False),
     ]:

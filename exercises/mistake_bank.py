@@ -14,8 +14,10 @@ import torch
 import torch.nn.functional as F
 
 import solutions
+from exercises.catalogue import DROPOUT_P
 from exercises.compare import Outputs
 from exercises.mistakes import error_hint, mistake
+from exercises.tolerances import tolerance
 
 NEG_INF = float("-inf")
 
@@ -83,10 +85,13 @@ def _causal_mask_of(module: Any, n: int, how: str) -> torch.Tensor | None:
 
 
 def _dropout(module: Any, mode: str):
-    """The dropout on the weights: ``right`` (the module's), ``always`` (even in eval mode) or ``never``."""
+    """The dropout on the weights: ``right`` (the module's), ``always`` (even in eval mode) or ``never``.
+
+    Any other mode (``output``, ``context``) puts the dropout somewhere else, so the weights get none.
+    """
     if mode == "always":
         return lambda w: F.dropout(w, module.dropout.p, training=True)
-    return None if mode == "never" else module.dropout
+    return module.dropout if mode == "right" else None
 
 
 def _self_attention_v1(**knobs: Any):
@@ -114,7 +119,8 @@ def _causal_attention(mask: str = "cut", dropout: str = "right", **knobs: Any):
             kw = dict(knobs, scale=_scale_for(knobs.get("scale"), x, self))
             q, k, v = self.W_query(x), self.W_key(x), self.W_value(x)
             m = _causal_mask_of(self, x.shape[1], mask)
-            return attend(q, k, v, m, dropout=_dropout(self, dropout), **kw)[0]
+            context = attend(q, k, v, m, dropout=_dropout(self, dropout), **kw)[0]
+            return self.dropout(context) if dropout == "output" else context
     return {"CausalAttention": CausalAttention}
 
 
@@ -141,7 +147,10 @@ def _multi_head_attention(split=solutions.split_heads, merge=solutions.merge_hea
             q, k, v = (split(lin(x), self.num_heads) for lin in (self.W_query, self.W_key, self.W_value))
             mask = self.mask[:x.shape[1], :x.shape[1]]
             context = merge(attend(q, k, v, mask, dropout=_dropout(self, dropout), **kw)[0])
-            return self.out_proj(context) if out_proj else context
+            if dropout == "context":
+                context = self.dropout(context)
+            out = self.out_proj(context) if out_proj else context
+            return self.dropout(out) if dropout == "output" else out
     return {"MultiHeadAttention": MultiHeadAttention}
 
 
@@ -391,23 +400,32 @@ error_hint("SelfAttention_v2", "qkv_bias_not_passed", QKV_BIAS_NOT_USED,
            "nn.Linear(d_in, d_out, bias=qkv_bias) for each of W_query, W_key and W_value")
 
 
-def _transfer(pairs: dict[str, str], reshape: bool = False):
+def _transfer(pairs: dict[str, str], how: str = "transpose"):
+    """Copy ``sa_v2``'s weights: ``transpose`` (right), ``reshape`` or ``as_is`` (raises unless d_in == d_out)."""
     def transfer_weights(sa_v2, sa_v1):
         with torch.no_grad():
             for dst, src in pairs.items():
                 w = getattr(sa_v2, src).weight
-                getattr(sa_v1, dst).copy_(w.reshape(w.shape[::-1]) if reshape else w.T)
+                getattr(sa_v1, dst).copy_({"transpose": w.T, "reshape": w.reshape(w.shape[::-1]), "as_is": w}[how])
     return {"transfer_weights": transfer_weights}
 
 
 QKV = {"W_query": "W_query", "W_key": "W_key", "W_value": "W_value"}
 
 
+@mistake("transfer_weights", "copied_without_transpose",
+         "the weights are copied without the transpose: nn.Linear stores (d_out, d_in) and SelfAttention_v1 "
+         "needs (d_in, d_out); when d_in == d_out the copy fits, but every projection is transposed",
+         "copy sa_v2.W_query.weight.T (and the same for W_key and W_value)")
+def _transfer_as_is():
+    return _transfer(QKV, how="as_is")
+
+
 @mistake("transfer_weights", "reshaped_instead_of_transposed",
          "the (d_out, d_in) weights are reshaped to (d_in, d_out) instead of transposed, which scrambles them",
          "nn.Linear computes x @ weight.T: copy weight.T")
 def _transfer_reshape():
-    return _transfer(QKV, reshape=True)
+    return _transfer(QKV, how="reshape")
 
 
 @mistake("transfer_weights", "query_key_swapped",
@@ -432,6 +450,57 @@ error_hint("transfer_weights", "copied_without_transpose",
 
 
 # --- lesson 4: causal attention ---------------------------------------------------------------------------
+
+def _dropped_entrywise(runs: list[torch.Tensor], base: torch.Tensor, zero_tol: float, kept_tol: torch.Tensor) -> bool:
+    """Every entry of every run is 0 or ``base / (1 - p)`` (entrywise dropout of ``base``), and some row
+    holds both a dropped and a kept entry (which dropout of the attention weights never gives)."""
+    scale = 1 / (1 - DROPOUT_P)
+    mixed = False
+    for run in runs:
+        zero = run.abs() <= zero_tol
+        kept = (run - scale * base).abs() <= kept_tol
+        if not bool((zero | kept).all()):
+            return False
+        mixed = mixed or bool(((zero & ~kept).any(-1) & (kept & ~zero).any(-1)).any())
+    return mixed
+
+
+def _train_runs(student: Outputs, reference: Outputs) -> tuple[torch.Tensor, list[torch.Tensor]] | None:
+    """The right eval() output and the student's two train() outputs of the dropout case, in float64."""
+    ev, ref_ev = student.tensor("eval_out"), reference.tensor("eval_out")
+    runs = [student.tensor("train_a"), student.tensor("train_b")]
+    if ev is None or ref_ev is None or any(t is None or t.shape != ref_ev.shape for t in (ev, *runs)):
+        return None
+    if ev.dtype != ref_ev.dtype or not torch.allclose(ev, ref_ev, *tolerance(ref_ev.dtype)):
+        return None
+    return ref_ev.double(), [t.double() for t in runs]
+
+
+def _dropout_on_output(student: Outputs, reference: Outputs) -> bool:
+    """The train() outputs are the eval() output with single entries zeroed and the rest scaled by 1/(1-p)."""
+    found = _train_runs(student, reference)
+    if found is None:
+        return False
+    base, runs = found
+    rtol, atol = tolerance(reference.tensors["eval_out"].dtype)
+    return _dropped_entrywise(runs, base, 0.0, 2 * (atol + rtol * base.abs()) / (1 - DROPOUT_P))
+
+
+def _dropout_on_context(student: Outputs, reference: Outputs) -> bool:
+    """Undo out_proj: the context vectors behind the train() outputs are dropped entry by entry."""
+    found = _train_runs(student, reference)
+    weight, bias = reference.tensor("params.out_proj.weight"), reference.tensor("params.out_proj.bias")
+    if found is None or weight is None or bias is None:
+        return False
+    weight, bias = weight.double(), bias.double()
+
+    def context(out: torch.Tensor) -> torch.Tensor:  # out = context @ weight.T + bias
+        return torch.linalg.solve(weight, (out - bias).transpose(-2, -1)).transpose(-2, -1)
+
+    base, runs = found
+    tol = 1e-3 * float(base.abs().max())  # solving amplifies rounding: a loose, scale-aware tolerance
+    return _dropped_entrywise([context(run) for run in runs], context(base), tol, torch.tensor(tol))
+
 
 def _mask(diagonal: int = 0, upper: bool = False, dtype: torch.dtype = torch.bool):
     def causal_mask(num_tokens, device=None):
@@ -527,6 +596,15 @@ def _ca_dropout_eval():
          "in forward: attn_weights = self.dropout(attn_weights), after the softmax")
 def _ca_dropout_never():
     return _causal_attention(dropout="never")
+
+
+@mistake("CausalAttention", "dropout_on_output",
+         "dropout is applied to the output (the context vectors) instead of the attention weights: in train() "
+         "mode single output entries are zeroed, which dropping attention weights never does",
+         "apply self.dropout to the attention weights, after the softmax: attn_weights = self.dropout(attn_weights), "
+         "then return attn_weights @ values", predicate=_dropout_on_output)
+def _ca_dropout_output():
+    return _causal_attention(dropout="output")
 
 
 @mistake("CausalAttention", "no_scaling",
@@ -684,6 +762,25 @@ def _mha_dropout_never():
     return _multi_head_attention(dropout="never")
 
 
+@mistake("MultiHeadAttention", "dropout_on_output",
+         "dropout is applied to the output (after out_proj) instead of the attention weights: in train() mode "
+         "single output entries are zeroed",
+         "apply self.dropout to the attention weights, after the softmax and before the product with the values; "
+         "return self.out_proj(context_vec) as it is", predicate=_dropout_on_output)
+def _mha_dropout_output():
+    return _multi_head_attention(dropout="output")
+
+
+@mistake("MultiHeadAttention", "dropout_on_context",
+         "dropout is applied to the merged context vectors (before out_proj) instead of the attention weights: in "
+         "train() mode single context entries are zeroed",
+         "apply self.dropout to the attention weights (b, h, n, n), after the softmax: "
+         "attn_weights = self.dropout(attn_weights), then context_vec = attn_weights @ values",
+         predicate=_dropout_on_context)
+def _mha_dropout_context():
+    return _multi_head_attention(dropout="context")
+
+
 def _raised_nothing(student: Outputs, reference: Outputs) -> bool:
     return student.meta.get("raised", {}).get("value") == ""
 
@@ -709,18 +806,26 @@ error_hint("MultiHeadAttention", "head_dim_from_d_in", r"shape '\[[\d, ]+\]' is 
 
 @mistake("count_parameters", "counts_frozen_parameters",
          "parameters with requires_grad=False are counted too",
-         "count only trainable ones: sum(p.numel() for p in module.parameters() if p.requires_grad)",
-         same_as=("counts_state_dict",))
+         "count only trainable ones: sum(p.numel() for p in module.parameters() if p.requires_grad)")
 def _count_frozen():
     return {"count_parameters": lambda module: sum(p.numel() for p in module.parameters())}
 
 
 @mistake("count_parameters", "counts_state_dict",
          "everything in state_dict() is counted: buffers (such as a causal mask) and frozen parameters too",
-         "count module.parameters() with requires_grad, not state_dict() entries",
-         same_as=("counts_frozen_parameters",))
+         "count module.parameters() with requires_grad, not state_dict() entries")
 def _count_state():
     return {"count_parameters": lambda module: sum(t.numel() for t in module.state_dict().values())}
+
+
+@mistake("count_parameters", "counts_buffers",
+         "buffers (module.buffers(): BatchNorm's running statistics, a registered causal mask) are counted as if "
+         "they were parameters",
+         "buffers are not trained: count only sum(p.numel() for p in module.parameters() if p.requires_grad)")
+def _count_buffers():
+    def count_parameters(module):
+        return solutions.count_parameters(module) + sum(b.numel() for b in module.buffers())
+    return {"count_parameters": count_parameters}
 
 
 @mistake("count_parameters", "counts_tensors_not_elements",
@@ -965,7 +1070,7 @@ def _window_ignored():
 
 
 def _online(*, rescale_sum: bool = True, rescale_acc: bool = True, use_causal: bool = True, scale: bool = True,
-            hide_diagonal: bool = False, drop_partial_block: bool = False):
+            hide_diagonal: bool = False, drop_partial_block: bool = False, bottom_right: bool = False):
     def online_softmax_attention(q, k, v, block_size=64, causal=False):
         causal = causal and use_causal
         n_q, d = q.shape[-2:]
@@ -974,7 +1079,7 @@ def _online(*, rescale_sum: bool = True, rescale_acc: bool = True, use_causal: b
         m = q.new_full((*batch, n_q, 1), NEG_INF)
         l = q.new_zeros((*batch, n_q, 1))
         acc = q.new_zeros((*batch, n_q, d_v))
-        query_pos = torch.arange(n_q, device=q.device)[:, None]
+        query_pos = torch.arange(n_q, device=q.device)[:, None] + (n_k - n_q if bottom_right else 0)
         stop = n_k - block_size + 1 if drop_partial_block else n_k
         for start in range(0, stop, block_size):
             end = min(start + block_size, n_k)
@@ -1036,44 +1141,53 @@ def _online_partial():
     return _online(drop_partial_block=True)
 
 
+@mistake("online_softmax_attention", "causal_aligned_bottom_right",
+         "the causal mask is aligned bottom-right (query i sees keys j <= i + n_k - n_q): with n_q != n_k the "
+         "queries see the wrong keys (and with n_q > n_k the first ones none at all, NaN)",
+         "align top-left, like scaled_dot_product_attention(is_causal=True): mask where key position j > "
+         "query position i, with no offset")
+def _online_bottom_right():
+    return _online(bottom_right=True)
+
+
 # --- known mistakes that no current case detects (listed in docs/CHECKS.md; tests/test_mistake_bank.py
 # checks that each really passes every case, so this list cannot go stale silently) --------------------------
 
 UNDETECTED: list[tuple[str, str, str]] = [
-    ("CausalAttention", "dropout_on_output",
-     "dropout on the context vectors instead of the weights still makes two train() passes differ and is off in "
-     "eval(); the train-mode case is judged by those two invariants only"),
-    ("MultiHeadAttention", "dropout_on_output",
-     "as for CausalAttention: dropout on the merged context (or after out_proj) passes the train-mode invariants"),
-    ("count_parameters", "counts_buffers",
-     "no case's module has a buffer; adding module.buffers() to the trainable parameters changes nothing there "
-     "(counting via state_dict() is caught, because it counts the frozen parameter too)"),
+    ("CausalAttention", "dropout_mask_shared_across_batch",
+     "one (n, n) dropout mask broadcast over the batch: the train-mode case has a single sequence, and each of its "
+     "rows is still what dropping attention weights gives"),
+    ("MultiHeadAttention", "dropout_mask_shared_across_heads",
+     "one (n, n) dropout mask broadcast over the batch and the heads: every row is still what dropping attention "
+     "weights gives (the check allows any kept keys per head, identical ones included)"),
     ("causal_mask", "device_ignored",
      "a mask always made on the CPU is only caught where a GPU is present (the device check)"),
     ("sliding_window_mask", "device_ignored",
      "a mask always made on the CPU is only caught where a GPU is present (the device check)"),
-    ("online_softmax_attention", "causal_aligned_bottom_right",
-     "every causal case has n_q == n_k, where top-left and bottom-right causal alignment agree"),
 ]
 
 
 def undetected_variants() -> dict[tuple[str, str], dict[str, Any]]:
     """Buggy variants for :data:`UNDETECTED`, keyed ``(item, name)`` (the suite checks they pass today)."""
-    class CausalDropOut(solutions.CausalAttention):
+    def shared_dropout(module, n: int):
+        if not module.training:
+            return None
+        keep = torch.rand(n, n, device=module.mask.device) >= module.dropout.p
+        return lambda w: w * keep / (1 - module.dropout.p)
+
+    class CausalSharedMask(solutions.CausalAttention):
         def forward(self, x):
             n = x.shape[1]
             q, k, v = self.W_query(x), self.W_key(x), self.W_value(x)
-            return self.dropout(attend(q, k, v, self.mask[:n, :n])[0])
+            return attend(q, k, v, self.mask[:n, :n], dropout=shared_dropout(self, n))[0]
 
-    class MultiHeadDropOut(solutions.MultiHeadAttention):
+    class MultiHeadSharedMask(solutions.MultiHeadAttention):
         def forward(self, x):
             n = x.shape[1]
             q, k, v = (solutions.split_heads(lin(x), self.num_heads)
                        for lin in (self.W_query, self.W_key, self.W_value))
-            return self.dropout(self.out_proj(solutions.merge_heads(attend(q, k, v, self.mask[:n, :n])[0])))
-
-    def count_with_buffers(module):
-        return solutions.count_parameters(module) + sum(b.numel() for b in module.buffers())
+            context = attend(q, k, v, self.mask[:n, :n], dropout=shared_dropout(self, n))[0]
+            return self.out_proj(solutions.merge_heads(context))
 
     def causal_mask_cpu(num_tokens, device=None):
         return solutions.causal_mask(num_tokens)
@@ -1081,19 +1195,9 @@ def undetected_variants() -> dict[tuple[str, str], dict[str, Any]]:
     def sliding_cpu(num_tokens, window_size, device=None):
         return solutions.sliding_window_mask(num_tokens, window_size)
 
-    def online_bottom_right(q, k, v, block_size=64, causal=False):
-        n_q, n_k = q.shape[-2], k.shape[-2]
-        if not causal:
-            return solutions.online_softmax_attention(q, k, v, block_size)
-        i = torch.arange(n_q, device=q.device)[:, None]
-        j = torch.arange(n_k, device=q.device)[None, :]
-        return attend(q, k, v, j <= i + (n_k - n_q))[0]
-
     return {
-        ("CausalAttention", "dropout_on_output"): {"CausalAttention": CausalDropOut},
-        ("MultiHeadAttention", "dropout_on_output"): {"MultiHeadAttention": MultiHeadDropOut},
-        ("count_parameters", "counts_buffers"): {"count_parameters": count_with_buffers},
+        ("CausalAttention", "dropout_mask_shared_across_batch"): {"CausalAttention": CausalSharedMask},
+        ("MultiHeadAttention", "dropout_mask_shared_across_heads"): {"MultiHeadAttention": MultiHeadSharedMask},
         ("causal_mask", "device_ignored"): {"causal_mask": causal_mask_cpu},
         ("sliding_window_mask", "device_ignored"): {"sliding_window_mask": sliding_cpu},
-        ("online_softmax_attention", "causal_aligned_bottom_right"): {"online_softmax_attention": online_bottom_right},
     }

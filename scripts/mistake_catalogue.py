@@ -25,6 +25,7 @@ CHECK_NAMES = {
     "prefix_unchanged": "no causal leak: earlier outputs unchanged when later tokens change",
     "outputs_differ": "dropout acts in train() mode: two passes differ",
     "_eval_matches": "eval() output equals the reference's (dropout off)",
+    "dropped_attention_weights": "train() output rows are what dropping attention weights gives (float32/float64)",
     "gradients_present": "gradients reach every input and parameter",
     "permutation_case": "permuting the tokens permutes the outputs",
     "_heads_independent": "heads are independent (head 0's weights leave head 1's columns alone)",
