@@ -27,6 +27,7 @@ from autograder.sandbox import Limits
 from exercises.catalogue import Case, Item, items_in
 from exercises.judge import judge, reference_outputs
 from exercises.mistakes import diagnose, explain_error
+from exercises.rules import RECORDED, forbidden_message
 
 GPU_NOT_EXERCISED = "GPU not exercised: no CUDA device on the grading machine"
 STATUS_ORDER = ("passed", "failed", "error", "timeout")
@@ -147,7 +148,7 @@ def grade_notebook(notebook: str, student_path: Path | None, seed: int, devices:
                     call_id = len(calls)
                     calls.append(CallSpec(call_id, case.program, case.inputs, device, dtype, group=item.name))
                     plan.append((item, device, dtype, case, call_id))
-    run = run_plan(prepared.cells, calls, limits, cuda="cuda" in devices, use_bwrap=use_bwrap)
+    run = run_plan(prepared.cells, calls, limits, cuda="cuda" in devices, use_bwrap=use_bwrap, record=RECORDED)
     notes = list(prepared.notes)
     for spec, cell in zip(prepared.cells, run.cells, strict=True):
         if cell.status in ("timeout", "crashed"):
@@ -227,22 +228,10 @@ def _isolate_failures(items: list[Item], notebook: str, devices: list[str], plan
     return result
 
 
-def _forbidden_message(item: Item, static: set[str], used: set[str]) -> str | None:
-    families = {name.rsplit(".", 1)[-1].replace("log_softmax", "softmax") for name in item.forbidden}
-    families = {"MultiheadAttention" if f == "multi_head_attention_forward" else f for f in families}
-    hit_static = sorted(static & families)
-    hit_runtime = sorted(u for u in used if u in item.forbidden)
-    if not hit_static and not hit_runtime:
-        return None
-    what = ", ".join(hit_runtime or hit_static)
-    return (f"`{item.name}` may not use {what}: this exercise is about building that mechanism yourself "
-            f"(detected {'while running' if hit_runtime else 'in the answer cell'})")
-
-
 def _judge_variant(item: Item, notebook: str, device: str, dtype: str | None, rows: list[tuple[Case, CallResult]],
                    share: float, prepared: PreparedNotebook, static: set[str]) -> TestOutcome:
     used = {u for _, result in rows for u in result.used}
-    forbidden = _forbidden_message(item, static, used) if item.forbidden else None
+    forbidden = forbidden_message(item.name, item.forbidden, static, used) if item.forbidden else None
     passed, messages, statuses, mistakes = 0, [], ["passed"], []
     for case, result in rows:
         if result.status != "ok" or result.outputs is None:

@@ -17,6 +17,7 @@ from pathlib import Path
 import nbformat
 
 from autograder.runner import CellSpec
+from exercises.rules import FAMILY
 
 MAX_NOTEBOOK_BYTES = 8 << 20
 MAX_CELLS = 400
@@ -169,17 +170,10 @@ def prepare(source: SourceNotebook, student_cells: list[dict]) -> PreparedNotebo
     return prepared
 
 
-FORBIDDEN_ATTRS = {
-    "softmax": "softmax", "log_softmax": "softmax",
-    "scaled_dot_product_attention": "scaled_dot_product_attention",
-    "MultiheadAttention": "MultiheadAttention", "multi_head_attention_forward": "MultiheadAttention",
-}
-
-
 def static_forbidden_calls(code: str) -> set[str]:
     """Names of built-ins the code refers to (``torch.softmax``, ``x.softmax``, ``F.scaled_dot_product_attention``).
 
-    Returns the family names of ``FORBIDDEN_ATTRS``; a syntax error yields nothing (reported elsewhere).
+    Returns the family names of ``exercises.rules.FAMILY``; a syntax error yields nothing (reported elsewhere).
     """
     try:
         tree = parse(code)
@@ -190,8 +184,8 @@ def static_forbidden_calls(code: str) -> set[str]:
         name = node.attr if isinstance(node, ast.Attribute) else node.id if isinstance(node, ast.Name) else None
         if isinstance(node, ast.alias):
             name = node.name.rsplit(".", 1)[-1]
-        if name in FORBIDDEN_ATTRS:
-            found.add(FORBIDDEN_ATTRS[name])
+        if name in FAMILY:
+            found.add(FAMILY[name])
     return found
 
 

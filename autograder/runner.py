@@ -126,7 +126,7 @@ Responder = Callable[[dict[str, Any], dict[str, torch.Tensor]], tuple[dict, dict
 
 def run_plan(cells: list[CellSpec], calls: list[CallSpec], limits: sandbox.Limits, cuda: bool = False,
              use_bwrap: str | None = None, oracles: dict[str, str] | None = None,
-             responder: Responder | None = None) -> RunResult:
+             responder: Responder | None = None, record: tuple[tuple[str, str, str], ...] = ()) -> RunResult:
     """Run every cell then every call in as many fresh workers as it takes; never raises for student faults."""
     started = time.monotonic()
     cell_results = [CellResult("not run") for _ in cells]
@@ -148,7 +148,7 @@ def run_plan(cells: list[CellSpec], calls: list[CallSpec], limits: sandbox.Limit
                     "skip_cells": sorted(skip_cells), "start_call": remaining[0] if remaining else 1 << 30,
                     "calls": [{"id": c.id, "program": c.program, "device": c.device, "dtype": c.dtype}
                               for c in calls if c.id in remaining],
-                    "drop_privileges": drop, "oracles": oracles or {},
+                    "drop_privileges": drop, "oracles": oracles or {}, "record": [list(r) for r in record],
                     "cuda_memory_fraction": limits.cuda_memory_fraction if cuda else None}
             (workdir / "plan.json").write_text(json.dumps(plan), encoding="utf-8")
             for c in calls:

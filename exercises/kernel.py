@@ -13,8 +13,10 @@ Warnings raised by student code are silenced here: nbgrader scores any stderr ou
 
 from __future__ import annotations
 
+import inspect
 import json
 import secrets
+import textwrap
 import traceback
 import warnings
 from pathlib import Path
@@ -26,6 +28,7 @@ from autograder.worker.program import ProgramError
 from exercises.catalogue import ITEMS
 from exercises.judge import judge, reference_outputs, run_on
 from exercises.mistakes import diagnose, explain_error
+from exercises.rules import forbidden_message, recording
 
 SOURCE = Path(__file__).resolve().parent.parent / "source" / "self_attention"
 
@@ -48,10 +51,21 @@ def item_points(name: str) -> float | None:
     return None
 
 
-def _run_case(name: str, namespace: dict[str, Any], case, device: str, dtype: str | None) -> tuple[bool, str]:
+def _static_uses(obj: Any) -> set[str]:
+    """Forbidden built-ins named in the source of the student's function or class (IPython keeps cell sources)."""
+    from autograder.intake import static_forbidden_calls
+
+    try:
+        return static_forbidden_calls(textwrap.dedent(inspect.getsource(obj)))
+    except (OSError, TypeError):
+        return set()
+
+
+def _run_case(name: str, namespace: dict[str, Any], case, device: str, dtype: str | None,
+              used: set[str]) -> tuple[bool, str]:
     reference = reference_outputs(case, device, dtype)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), recording(used):
             warnings.simplefilter("ignore")
             torch.manual_seed(0)
             student = run_on(namespace, case, device, dtype)
@@ -81,17 +95,21 @@ def check(name: str, namespace: dict[str, Any], seed: int | None = None) -> floa
     failures: list[str] = []
     fraction = 0.0
     devs = devices()
+    used: set[str] = set()
     for device in devs:
         variants = item.variants(device)
         for dtype in variants:
             cases = item.cases(seed, dtype)
             passed = 0
             for case in cases:
-                ok, message = _run_case(name, namespace, case, device, dtype)
+                ok, message = _run_case(name, namespace, case, device, dtype, used)
                 passed += ok
                 if not ok:
                     failures.append(f"[{device}-{dtype}] {message}")
             fraction += passed / len(cases) / len(variants) / len(devs)
+    shortcut = forbidden_message(name, item.forbidden, _static_uses(namespace[name]), used) if item.forbidden else None
+    if shortcut:
+        raise AssertionError(shortcut)
     if not failures:
         return None
     shown = failures[:6] + ([f"... and {len(failures) - 6} more"] if len(failures) > 6 else [])

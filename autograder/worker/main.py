@@ -92,19 +92,18 @@ def _record(name: str, fn):
     return wrapper
 
 
-def _install_recorders() -> None:
-    import torch.nn.functional as F
+def _resolve(owner: str):
+    try:
+        return importlib.import_module(owner)
+    except ImportError:
+        module, _, attr = owner.rpartition(".")
+        return getattr(importlib.import_module(module), attr)
 
-    targets = [
-        (torch, "softmax", "torch.softmax"), (torch, "log_softmax", "torch.log_softmax"),
-        (F, "softmax", "torch.nn.functional.softmax"), (F, "log_softmax", "torch.nn.functional.log_softmax"),
-        (torch.special, "softmax", "torch.special.softmax"),
-        (torch.Tensor, "softmax", "torch.Tensor.softmax"), (torch.Tensor, "log_softmax", "torch.log_softmax"),
-        (F, "scaled_dot_product_attention", "torch.nn.functional.scaled_dot_product_attention"),
-        (F, "multi_head_attention_forward", "torch.nn.functional.multi_head_attention_forward"),
-        (torch.nn.MultiheadAttention, "forward", "torch.nn.MultiheadAttention"),
-    ]
-    for owner, attr, name in targets:
+
+def _install_recorders(targets: list) -> None:
+    """Wrap the built-ins the grader names (``exercises.rules.RECORDED``) so each call is recorded."""
+    for owner_path, attr, name in targets:
+        owner = _resolve(owner_path)
         original = getattr(owner, attr, None)
         if original is not None:
             setattr(owner, attr, _record(name, original))
@@ -247,7 +246,7 @@ def main() -> None:
     _isolate_imports()
     if plan.get("drop_privileges", True):
         _drop_privileges()
-    _install_recorders()
+    _install_recorders(plan.get("record", []))
     fraction = plan.get("cuda_memory_fraction")
     if fraction and torch.cuda.is_available():  # a GPU bound CUDA tolerates, unlike an address-space limit
         torch.cuda.set_per_process_memory_fraction(float(fraction))

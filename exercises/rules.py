@@ -1,0 +1,80 @@
+"""Built-ins an item may not call: where they live, how to record calls to them, what to tell the student.
+
+One definition for the three places that enforce the rule: the worker records calls at run time
+(it receives ``RECORDED`` in its plan: it cannot import this package), the grader reads the answer
+cell's syntax tree (``autograder.intake.static_forbidden_calls``), and ``exercises.kernel.check``
+records calls inside the student's kernel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+from collections.abc import Iterator
+
+# (owner, attribute, name reported): the owner is a dotted path to a module or class.
+RECORDED: tuple[tuple[str, str, str], ...] = (
+    ("torch", "softmax", "torch.softmax"),
+    ("torch", "log_softmax", "torch.log_softmax"),
+    ("torch.nn.functional", "softmax", "torch.nn.functional.softmax"),
+    ("torch.nn.functional", "log_softmax", "torch.nn.functional.log_softmax"),
+    ("torch.special", "softmax", "torch.special.softmax"),
+    ("torch.Tensor", "softmax", "torch.Tensor.softmax"),
+    ("torch.Tensor", "log_softmax", "torch.log_softmax"),
+    ("torch.nn.functional", "scaled_dot_product_attention", "torch.nn.functional.scaled_dot_product_attention"),
+    ("torch.nn.functional", "multi_head_attention_forward", "torch.nn.functional.multi_head_attention_forward"),
+    ("torch.nn.MultiheadAttention", "forward", "torch.nn.MultiheadAttention"),
+)
+
+# The family names that ``static_forbidden_calls`` reports for an attribute or name in the code.
+FAMILY = {"softmax": "softmax", "log_softmax": "softmax",
+          "scaled_dot_product_attention": "scaled_dot_product_attention",
+          "MultiheadAttention": "MultiheadAttention", "multi_head_attention_forward": "MultiheadAttention"}
+
+
+def resolve(owner: str):
+    """``"torch.nn.functional"`` -> the module; ``"torch.Tensor"`` -> the class."""
+    try:
+        return importlib.import_module(owner)
+    except ImportError:
+        module, _, attr = owner.rpartition(".")
+        return getattr(importlib.import_module(module), attr)
+
+
+@contextlib.contextmanager
+def recording(used: set[str]) -> Iterator[set[str]]:
+    """Within the block, calls to the built-ins of ``RECORDED`` add their names to ``used``."""
+    originals = []
+    for owner_path, attr, name in RECORDED:
+        owner = resolve(owner_path)
+        original = getattr(owner, attr, None)
+        if original is None:
+            continue
+        own = attr in vars(owner)  # Tensor.softmax is inherited from TensorBase: restore by deleting
+
+        def wrapper(*args, __original=original, __name=name, **kwargs):
+            used.add(__name)
+            return __original(*args, **kwargs)
+
+        setattr(owner, attr, wrapper)
+        originals.append((owner, attr, original if own else None))
+    try:
+        yield used
+    finally:
+        for owner, attr, original in reversed(originals):
+            if original is None:
+                delattr(owner, attr)
+            else:
+                setattr(owner, attr, original)
+
+
+def forbidden_message(item_name: str, forbidden: tuple[str, ...], static: set[str], used: set[str]) -> str | None:
+    """The message for an item that used a built-in it may not call, found statically or at run time."""
+    families = {FAMILY[name.rsplit(".", 1)[-1]] for name in forbidden if name.rsplit(".", 1)[-1] in FAMILY}
+    hit_static = sorted(static & families)
+    hit_runtime = sorted(u for u in used if u in forbidden)
+    if not hit_static and not hit_runtime:
+        return None
+    what = ", ".join(hit_runtime or hit_static)
+    return (f"`{item_name}` may not use {what}: this exercise is about building that mechanism yourself "
+            f"(detected {'while running' if hit_runtime else 'in the answer cell'})")
