@@ -6,6 +6,7 @@ the notebook in a real worker. The other items must still earn their points.
 
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
 
@@ -184,15 +185,29 @@ def test_is_the_reference_out_of_reach(tmp_path):
 @needs_bwrap
 def test_can_the_worker_read_source_or_open_a_socket_under_bubblewrap(tmp_path):
     repo = Path(__file__).resolve().parent.parent
-    code = (f"import socket\nSOURCE = {str(repo / 'source')!r}\n"
-            "def softmax_naive(x, dim=-1):\n"
-            "    import os\n    os.listdir(SOURCE)\n    return x.exp() / x.exp().sum(dim, keepdim=True)\n"
-            "def attention_scores_loop(inputs):\n"
-            "    s = socket.socket()\n    s.settimeout(1)\n    s.connect(('127.0.0.1', 22))\n")
-    result = grade(tmp_path, {"softmax_naive": code, "attention_scores_loop": None})
+    reader = (f"SOURCE = {str(repo / 'source')!r}\n"
+              "def softmax_naive(x, dim=-1):\n"
+              "    import os\n    os.listdir(SOURCE)\n    return x.exp() / x.exp().sum(dim, keepdim=True)\n")
+    listener = socket.socket()  # a server on this machine's loopback that the student tries to reach
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+    talker = ("import socket\n"
+              "def attention_scores_loop(inputs):\n"
+              f"    s = socket.create_connection(('127.0.0.1', {port}), timeout=1)\n"
+              "    s.sendall(b'leak')\n    return inputs\n")
+    try:
+        result = grade(tmp_path, {"softmax_naive": reader, "attention_scores_loop": talker})
+        listener.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            listener.accept()  # nothing ever connected: the worker has no network
+    finally:
+        listener.close()
     rows = by_item(result)
     assert result.isolation == "bubblewrap"
-    assert rows["softmax_naive"][0].status == "error" and "FileNotFoundError" in rows["softmax_naive"][0].message
+    assert_only_broken(result, {"softmax_naive": "error", "attention_scores_loop": "error"})
+    assert "FileNotFoundError" in rows["softmax_naive"][0].message
+    assert "Connection refused" in rows["attention_scores_loop"][0].message
 
 
 def test_is_a_write_to_the_report_path_overwritten(tmp_path):
