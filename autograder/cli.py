@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         (Path(tmp) / "pytest.ini").write_text("[pytest]\n")
         pytest_args = [str(manifest), "-c", str(Path(tmp) / "pytest.ini"), "--rootdir", tmp,
                        "-p", "no:cacheprovider", "-o", "console_output_style=count",
-                       "--tb=line", "-W", "ignore::pytest.PytestAssertRewriteWarning", "-q" if args.quiet else "-rfE"]
+                       "-W", "ignore::pytest.PytestAssertRewriteWarning",
+                       *(["-q", "--tb=no", "-rN"] if args.quiet else ["--tb=line", "-rfE"])]
         options = {"--selfattn-json": args.json, "--selfattn-gradescope": args.gradescope,
                    "--selfattn-csv": args.csv, "--selfattn-seed": args.seed, "--junitxml": args.junit,
                    "--selfattn-call-timeout": args.call_timeout, "--selfattn-cell-timeout": args.cell_timeout,
