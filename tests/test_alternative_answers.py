@@ -25,24 +25,6 @@ SEEDS = (0, 1, 2)
 DEVICE = "cpu"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def close_pyplot_figures():
-    """Answers that plot with pyplot leave figures open; close them after each test."""
-    yield
-    import sys
-
-    if "matplotlib.pyplot" in sys.modules:
-        sys.modules["matplotlib.pyplot"].close("all")
-
-
 def forbidden_used(item: str, source: str) -> set[str]:
     """The forbidden built-ins the answer cell names (the grader's static check)."""
     from autograder.intake import static_forbidden_calls

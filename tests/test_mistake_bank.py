@@ -52,9 +52,7 @@ def skip_absent_accelerator_seeding(mp: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="module", autouse=True)
 def fast_and_memoised():
-    """One thread (tiny tensors) and each variant run once per case for the whole module."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    """Each variant run once per case for the whole module (one thread: see conftest)."""
     memo: dict[tuple, Outputs | None] = {}
     original = mistakes_module.run_variant
 
@@ -68,17 +66,6 @@ def fast_and_memoised():
         mp.setattr(mistakes_module, "run_variant", run_variant)
         skip_absent_accelerator_seeding(mp)
         yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def close_pyplot_figures():
-    """Answers that plot with pyplot leave figures open; close them after each test."""
-    yield
-    import sys
-
-    if "matplotlib.pyplot" in sys.modules:
-        sys.modules["matplotlib.pyplot"].close("all")
 
 
 @functools.cache
