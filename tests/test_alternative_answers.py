@@ -60,3 +60,30 @@ def test_alternative_passes_every_case(path: Path):
                     failures.append(f"seed {seed} {dtype}: {verdict.message}" + (f" -- flagged: {mistake}"
                                                                                   if mistake else ""))
     assert not failures, "\n".join(failures)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("round_", [0, 1, 2])
+def test_do_alternatives_get_full_marks_through_the_sandboxed_grader(tmp_path, round_):
+    """End to end: whole submissions made of alternative answers, graded in the worker, score full marks."""
+    from grader_fixtures import write_submission
+
+    from autograder.grading import grade_notebook
+    from autograder.runner import default_bwrap
+    from autograder.sandbox import Limits
+    from exercises.catalogue import NOTEBOOKS
+
+    by_item: dict[str, list[Path]] = {}
+    for path in ALTERNATIVES:
+        by_item.setdefault(path.stem.split("__")[0], []).append(path)
+    chosen = {item: paths[round_ % len(paths)] for item, paths in by_item.items()}
+    for notebook in NOTEBOOKS:
+        overrides = {item: path.read_text() for item, path in chosen.items() if ITEMS[item].notebook == notebook}
+        if not overrides:
+            continue
+        student = write_submission(tmp_path / notebook.split("_")[0], notebook, overrides)
+        result = grade_notebook(notebook, student, 100 + round_, ["cpu"], Limits(call_timeout=30), default_bwrap())
+        for row in result.outcomes:
+            if row.device == "cpu":
+                label = chosen.get(row.item, "the reference answer")
+                assert row.status == "passed" and row.score == row.max_score, f"{row.name} ({label}): {row.message}"
