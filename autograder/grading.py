@@ -213,17 +213,23 @@ def _isolate_failures(items: list[Item], notebook: str, devices: list[str], plan
     run = run_plan(prepared.cells, again, limits, cuda="cuda" in devices, use_bwrap=use_bwrap, oracles=oracles,
                    responder=OracleResponder(oracles))
     second = _judge_all([i for i in items if i.name in retry], notebook, devices, plan, run.calls, points, prepared)
-    improved = {(o.item, o.device, o.variant): o for o in second if o.status == "passed"}
+    again_by_key = {(o.item, o.device, o.variant): o for o in second}
     result = []
     for o in outcomes:
-        better = improved.get((o.item, o.device, o.variant))
-        if o.status != "passed" and better is not None:
-            names = " and ".join(f"`{d}`" for d in retry[o.item])
-            better.message = (f"correct once {names} is fixed: graded with the reference {names} in its place "
-                              f"(full points here, gradients not re-checked; fix {names} for its own points). "
-                              f"Before: {o.message}")[:2000]
-            result.append(better)
-        else:
+        other = again_by_key.get((o.item, o.device, o.variant))
+        if o.status == "passed" or other is None:
+            result.append(o)
+            continue
+        names = " and ".join(f"`{d}`" for d in retry[o.item])
+        if other.status == "passed":
+            other.message = (f"correct once {names} is fixed: graded with the reference {names} in its place "
+                             f"(full points here, gradients not re-checked; fix {names} for its own points). "
+                             f"Before: {o.message}")[:2000]
+            result.append(other)
+        else:  # wrong on its own too: say what is wrong with the dependency out of the way
+            o.message = (f"wrong on its own as well (graded again with the reference {names} in its place: "
+                         f"{other.message}). As submitted: {o.message}")[:2000]
+            o.mistakes = list(dict.fromkeys(o.mistakes + other.mistakes))
             result.append(o)
     return result
 

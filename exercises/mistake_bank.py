@@ -881,13 +881,15 @@ def _no_zero_grad(student: Outputs, reference: Outputs) -> bool:
 
 def _loss_after_step(student: Outputs, reference: Outputs) -> bool:
     s, r = _losses(student), _losses(reference)
-    return s is not None and r is not None and len(s) == len(r) > 1 and _close(s[:-1], r[1:])
+    # Only the first recorded loss: later ones drift apart between two equally correct float32 models (the
+    # notebook's given class and the reference's), since Adam's first steps follow the gradients' signs.
+    return s is not None and r is not None and len(s) == len(r) > 1 and _close(s[:1], r[1:2])
 
 
 def _other_loss(student: Outputs, reference: Outputs) -> bool:
     s, r = _losses(student), _losses(reference)
     return (s is not None and r is not None and len(s) == len(r) > 1 and bool(torch.isfinite(s).all())
-            and not _close(s[:1], r[:1]) and not _close(s[:-1], r[1:]) and float(s[-1]) < float(s[0]))
+            and not _close(s[:1], r[:1]) and not _close(s[:1], r[1:2]) and float(s[-1]) < float(s[0]))
 
 
 def _losses_are_tensors(student: Outputs, reference: Outputs) -> bool:

@@ -225,3 +225,30 @@ def test_undetected_mistakes_really_pass():
             assert not isinstance(outputs, Exception), f"{item}/{name} raises on {case.name}: {outputs}"
             assert judge(case, outputs, reference, DEVICE).passed, f"{item}/{name} is caught by {case.name}: " \
                 "move it from UNDETECTED into the bank"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("round_", [0, 1, 2])
+def test_are_mistakes_named_through_the_sandboxed_grader(tmp_path, round_):
+    """End to end: submissions with one known mistake in every item, graded in the worker; each item
+    loses points and its message names the mistake of its fixture."""
+    from grader_fixtures import write_submission
+
+    from autograder.grading import grade_notebook
+    from autograder.runner import default_bwrap
+    from autograder.sandbox import Limits
+    from exercises.catalogue import NOTEBOOKS
+
+    by_item: dict[str, list[Path]] = {}
+    for path in sorted((FIXTURES / "mistakes").glob("*.py")):
+        by_item.setdefault(path.stem.split("__")[0], []).append(path)
+    chosen = {item: paths[round_ % len(paths)] for item, paths in by_item.items()}
+    for notebook in NOTEBOOKS:
+        overrides = {item: p.read_text() for item, p in chosen.items() if ITEMS[item].notebook == notebook}
+        student = write_submission(tmp_path / notebook.split("_")[0], notebook, overrides)
+        result = grade_notebook(notebook, student, 200 + round_, ["cpu"], Limits(call_timeout=30), default_bwrap())
+        for item in overrides:
+            rows = [r for r in result.outcomes if r.item == item and r.device == "cpu"]
+            name = chosen[item].stem.split("__")[1]
+            assert sum(r.score for r in rows) < sum(r.max_score for r in rows), f"{item}/{name} earned full marks"
+            assert any(f"({name})" in r.message for r in rows), f"{item}/{name} not named: {rows[0].message}"
