@@ -26,6 +26,7 @@ from autograder import sandbox
 from exercises.compare import Outputs
 
 POLL_SECONDS = 0.02
+MESSAGE_TAIL = 1500  # characters of a worker's output quoted when it dies before its first step
 
 
 @dataclass
@@ -160,8 +161,8 @@ def run_plan(cells: list[CellSpec], calls: list[CallSpec], limits: sandbox.Limit
             isolation = launched.isolation
             drain = _OutputDrain(launched.process.stdout, limits.output_bytes)
             drain.start()
-            finished, step, step_started, offset = _monitor(workdir, launched, limits, cell_results,
-                                                            call_results, cuda, responder)
+            finished, step, step_started = _monitor(workdir, launched, limits, cell_results, call_results, cuda,
+                                                    responder)
             sandbox.terminate(launched)
             drain.join(timeout=5)
             output_parts.append(drain.text())
@@ -207,9 +208,6 @@ def run_plan(cells: list[CellSpec], calls: list[CallSpec], limits: sandbox.Limit
                      time.monotonic() - started)
 
 
-MESSAGE_TAIL = 1500
-
-
 def _why(why: str, limits: sandbox.Limits, what: str) -> str:
     if why == "timeout":
         bound = limits.cell_timeout if what == "cell" else limits.call_timeout
@@ -250,7 +248,7 @@ def _answer_rpc(workdir: Path, n: Any, responder: Responder | None) -> None:
 
 def _monitor(workdir: Path, launched: sandbox.Launched, limits: sandbox.Limits, cell_results: list[CellResult],
              call_results: dict[int, CallResult], cuda: bool, responder: Responder | None = None):
-    """Follow progress events; return ``(finished, step_in_flight, its_start, offset)``."""
+    """Follow progress events; return ``(finished, step_in_flight, its_start)``."""
     progress = workdir / "progress.jsonl"
     offset = 0
     step: tuple[str, int, str] | None = None
@@ -280,23 +278,23 @@ def _monitor(workdir: Path, launched: sandbox.Launched, limits: sandbox.Limits, 
                                                    time.monotonic() - step_started)
                 step = None
             elif kind == "finished":
-                return True, None, step_started, offset
+                return True, None, step_started
         if launched.process.poll() is not None:
             events, offset = _read_events(progress, offset)
             if events:
                 continue
             if step is not None:
                 step = (step[0], step[1], "crashed")
-            return False, step, step_started, offset
+            return False, step, step_started
         now = time.monotonic()
         if not ready and now - launched_at > limits.startup_timeout:
-            return False, None, step_started, offset
+            return False, None, step_started
         if step is not None:
             bound = limits.cell_timeout if step[0] == "cell" else limits.call_timeout
             if now - step_started > bound:
-                return False, step, step_started, offset
+                return False, step, step_started
             if cuda and sum(_rss_bytes(pid) for pid in sandbox.tagged_pids(launched.tag)) > limits.gpu_rss_bytes:
-                return False, (step[0], step[1], "crashed"), step_started, offset
+                return False, (step[0], step[1], "crashed"), step_started
         time.sleep(POLL_SECONDS)
 
 
