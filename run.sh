@@ -48,7 +48,7 @@ case "${1:-}" in
     mkdir -p reports
     python -m autograder grade examples/submissions --json reports/examples.json --csv reports/grades.csv \
       --junit reports/junit.xml -q
-    echo "== grading ran (the 'failed' count above is the points the example students lose: 'empty' is the"
+    echo "== grading ran (the 'failed' count above counts the graded items the example students lost: 'empty' is the"
     echo "   unanswered release, 'one_wrong' has one wrong answer); reports: reports/examples.json,"
     echo "   reports/grades.csv, reports/junit.xml"
     ;;
