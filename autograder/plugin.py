@@ -42,10 +42,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="notebooks graded at once, each in its own worker (default: up to 2, by CPU count)")
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "selfattn_points(points): points of a graded item (set by the grader)")
-
-
 def pytest_collect_file(file_path: Path, parent: pytest.Collector):
     if file_path.name.endswith(MANIFEST_SUFFIX):
         from autograder.collect import Manifest  # heavy (torch): only when there is something to grade

@@ -140,7 +140,7 @@ def table(sub: SubmissionReport) -> str:
             maximum = sum(t.max_score for t in rows)
             lines.append(f"   {item:<30} {cells[0]:<22} {cells[1]:<22} {score:g}/{maximum:g}")
             failures += [f"   - {t.name}: {t.message}" for t in rows if t.status not in ("passed", "skipped")]
-        lines += [f"   note: {nb.notebook}: {note}" for nb_ in [nb] for note in nb_.notes]
+        lines += [f"   note: {nb.notebook}: {note}" for note in nb.notes]
     if failures:
         lines.append("   what to fix:")
         lines += [f[:400] for f in failures]

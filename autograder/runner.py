@@ -26,6 +26,7 @@ from autograder import sandbox
 from exercises.compare import Outputs
 
 POLL_SECONDS = 0.02
+RSS_POLL_SECONDS = 0.5  # finding the worker's processes scans /proc: not on every 20 ms poll
 MESSAGE_TAIL = 1500  # characters of a worker's output quoted when it dies before its first step
 
 
@@ -255,6 +256,7 @@ def _monitor(workdir: Path, launched: sandbox.Launched, limits: sandbox.Limits, 
     step_started = time.monotonic()
     ready = False
     launched_at = time.monotonic()
+    rss_checked = launched_at
     while True:
         events, offset = _read_events(progress, offset)
         for event in events:
@@ -293,8 +295,10 @@ def _monitor(workdir: Path, launched: sandbox.Launched, limits: sandbox.Limits, 
             bound = limits.cell_timeout if step[0] == "cell" else limits.call_timeout
             if now - step_started > bound:
                 return False, step, step_started
-            if cuda and sum(_rss_bytes(pid) for pid in sandbox.tagged_pids(launched.tag)) > limits.gpu_rss_bytes:
-                return False, (step[0], step[1], "crashed"), step_started
+            if cuda and now - rss_checked > RSS_POLL_SECONDS:
+                rss_checked = now
+                if sum(_rss_bytes(pid) for pid in sandbox.tagged_pids(launched.tag)) > limits.gpu_rss_bytes:
+                    return False, (step[0], step[1], "crashed"), step_started
         time.sleep(POLL_SECONDS)
 
 

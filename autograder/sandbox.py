@@ -107,7 +107,7 @@ def _python_roots() -> list[Path]:
     exe = Path(sys.executable)
     roots.add(exe.parent)
     roots.add(exe.resolve().parent)
-    # Only the deepest distinct roots are bound; /usr is bound as a whole anyway.
+    # Nested roots are bound too (harmless); anything under /usr is covered by binding /usr whole.
     return sorted(r for r in roots if not str(r).startswith("/usr/"))
 
 
