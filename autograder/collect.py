@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from autograder import report
-from autograder.grading import GPU_NOT_EXERCISED, NotebookResult, TestOutcome, available_devices, grade_notebook
+from autograder.grading import GPU_NOT_EXERCISED, NotebookResult, TestOutcome, grade_notebook
 from autograder.intake import find_notebooks
 from autograder.plugin import SESSION_KEY
 from autograder.runner import default_bwrap
 from autograder.sandbox import Limits, become_subreaper
-from exercises.catalogue import NOTEBOOKS, items_in
+from exercises.catalogue import NOTEBOOKS, available_devices, items_in
 
 
 class GradingSession:

@@ -12,8 +12,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from autograder.intake import (
     IntakeError,
     PreparedNotebook,
@@ -66,10 +64,6 @@ class NotebookResult:
     output: str = ""
 
 
-def available_devices() -> list[str]:
-    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-
-
 def item_points(item: Item, points: dict[str, float]) -> float:
     return points.get(f"test_{item.name}", 0.0)
 
@@ -84,7 +78,7 @@ def _failed_everywhere(items: list[Item], notebook: str, points: dict[str, float
     for item in items:
         for device in devices:
             variants = item.variants(device)
-            share = item_points(item, points) / len(devices) / len(variants)
+            share = item.share(item_points(item, points), device, devices)
             outcomes += [TestOutcome(item.name, notebook, device, v, status, 0.0, share, message) for v in variants]
     return outcomes
 
@@ -157,31 +151,42 @@ def grade_notebook(notebook: str, student_path: Path | None, seed: int, devices:
             err = cell.error
             notes.append(f"answer cell `{spec.grade_id}` raised {err.get('type')}: {err.get('message', '')[:200]}")
 
-    outcomes = _judge_all(items, notebook, devices, plan, run.calls, source.points, prepared)
-    retried = _isolate_failures(items, notebook, devices, plan, calls, outcomes, source.points, prepared, limits,
-                                use_bwrap)
+    references = ReferenceCache()
+    outcomes = _judge_all(items, notebook, devices, plan, run.calls, source.points, prepared, references)
+    retried = _isolate_failures(items, notebook, devices, plan, calls, outcomes, source.points, prepared, references,
+                                limits, use_bwrap)
     return NotebookResult(notebook, retried + skipped, notes, run.isolation, time.monotonic() - started,
                           run.output)
 
 
+class ReferenceCache(dict):
+    """The reference's outputs per call id: computed once, reused when an item is graded again."""
+
+    def get_for(self, call_id: int, case: Case, device: str, dtype: str | None):
+        if call_id not in self:
+            self[call_id] = reference_outputs(case, device, dtype)
+        return self[call_id]
+
+
 def _judge_all(items: list[Item], notebook: str, devices: list[str], plan, results: dict[int, CallResult],
-               points: dict[str, float], prepared: PreparedNotebook) -> list[TestOutcome]:
+               points: dict[str, float], prepared: PreparedNotebook, references: ReferenceCache) -> list[TestOutcome]:
     outcomes: list[TestOutcome] = []
     for item in items:
         static = static_forbidden_calls(prepared.answer_sources.get(item.name, ""))
         for device in devices:
             variants = item.variants(device)
-            share = item_points(item, points) / len(devices) / len(variants)
+            share = item.share(item_points(item, points), device, devices)
             for dtype in variants:
-                rows = [(case, results[cid]) for it, dev, dt, case, cid in plan
+                rows = [(cid, case, results[cid]) for it, dev, dt, case, cid in plan
                         if it is item and dev == device and dt == dtype and cid in results]
-                outcomes.append(_judge_variant(item, notebook, device, dtype, rows, share, prepared, static))
+                outcomes.append(_judge_variant(item, notebook, device, dtype, rows, share, prepared, static,
+                                               references))
     return outcomes
 
 
 def _isolate_failures(items: list[Item], notebook: str, devices: list[str], plan, calls: list[CallSpec],
                       outcomes: list[TestOutcome], points: dict[str, float], prepared: PreparedNotebook,
-                      limits: Limits, use_bwrap: str | None) -> list[TestOutcome]:
+                      references: ReferenceCache, limits: Limits, use_bwrap: str | None) -> list[TestOutcome]:
     """Grade a failed item again with its failed dependencies replaced by reference stand-ins.
 
     A dependency counts as failed when its own outcome on that device is not ``passed``, or when it is
@@ -212,7 +217,8 @@ def _isolate_failures(items: list[Item], notebook: str, devices: list[str], plan
              if it.name in retry and not any(step["op"] == "backward" for step in c.program)]
     run = run_plan(prepared.cells, again, limits, cuda="cuda" in devices, use_bwrap=use_bwrap, oracles=oracles,
                    responder=OracleResponder(oracles))
-    second = _judge_all([i for i in items if i.name in retry], notebook, devices, plan, run.calls, points, prepared)
+    second = _judge_all([i for i in items if i.name in retry], notebook, devices, plan, run.calls, points, prepared,
+                        references)
     again_by_key = {(o.item, o.device, o.variant): o for o in second}
     result = []
     for o in outcomes:
@@ -234,18 +240,19 @@ def _isolate_failures(items: list[Item], notebook: str, devices: list[str], plan
     return result
 
 
-def _judge_variant(item: Item, notebook: str, device: str, dtype: str | None, rows: list[tuple[Case, CallResult]],
-                   share: float, prepared: PreparedNotebook, static: set[str]) -> TestOutcome:
-    used = {u for _, result in rows for u in result.used}
+def _judge_variant(item: Item, notebook: str, device: str, dtype: str | None,
+                   rows: list[tuple[int, Case, CallResult]], share: float, prepared: PreparedNotebook,
+                   static: set[str], references: ReferenceCache) -> TestOutcome:
+    used = {u for _, _, result in rows for u in result.used}
     forbidden = forbidden_message(item.name, item.forbidden, static, used) if item.forbidden else None
     passed, messages, statuses, mistakes = 0, [], ["passed"], []
-    for case, result in rows:
+    for call_id, case, result in rows:
         if result.status != "ok" or result.outputs is None:
             status, message = _call_problem(item, result, prepared)
             statuses.append(status)
             messages.append(f"case {case.name}: {message}")
             continue
-        reference = reference_outputs(case, device, dtype)
+        reference = references.get_for(call_id, case, device, dtype)
         verdict = judge(case, result.outputs, reference, device)
         if verdict.passed and not forbidden:
             passed += 1

@@ -57,11 +57,20 @@ class Item:
         extra = self.gpu_dtypes if device == "cuda" and self.dtypes == FLOAT_DTYPES else ()
         return tuple(self.dtypes) + tuple(extra)
 
+    def share(self, points: float, device: str, devices: list[str]) -> float:
+        """Points of one dtype variant on ``device``: split equally over devices, then over variants."""
+        return points / len(devices) / len(self.variants(device))
+
     def cases(self, seed: int, dtype: str | None) -> list[Case]:
         """Build the cases for ``dtype`` from ``seed``: same seed, same inputs, on both sides."""
         mixed = zlib.crc32(f"{self.name}/{dtype}".encode()) ^ (seed & 0xFFFFFFFF)
         gen = torch.Generator().manual_seed(mixed)
         return self.build(gen, getattr(torch, dtype) if dtype else None)
+
+
+def available_devices() -> list[str]:
+    """The devices every check runs on: ``cpu``, and ``cuda`` where present."""
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 # --- program building blocks ------------------------------------------------------------------

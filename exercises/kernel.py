@@ -14,41 +14,29 @@ Warnings raised by student code are silenced here: nbgrader scores any stderr ou
 from __future__ import annotations
 
 import inspect
-import json
 import secrets
 import textwrap
 import traceback
 import warnings
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from autograder.worker.program import ProgramError
-from exercises.catalogue import ITEMS
+from exercises.catalogue import ITEMS, available_devices
 from exercises.judge import judge, reference_outputs, run_on
 from exercises.mistakes import diagnose, explain_error
 from exercises.rules import forbidden_message, recording
 
-SOURCE = Path(__file__).resolve().parent.parent / "source" / "self_attention"
-
-
-def devices() -> list[str]:
-    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-
 
 def item_points(name: str) -> float | None:
     """The item's points from its test cell in ``source/`` (one source of truth), if the course is here."""
-    path = SOURCE / ITEMS[name].notebook
+    from autograder.intake import load_source
+
     try:
-        nb = json.loads(path.read_text(encoding="utf-8"))
+        return load_source(ITEMS[name].notebook).points.get(f"test_{name}")
     except (OSError, ValueError):
         return None
-    for cell in nb.get("cells", []):
-        meta = cell.get("metadata", {}).get("nbgrader", {})
-        if meta.get("grade_id") == f"test_{name}" and meta.get("grade"):
-            return float(meta.get("points", 0))
-    return None
 
 
 def _static_uses(obj: Any) -> set[str]:
@@ -94,7 +82,7 @@ def check(name: str, namespace: dict[str, Any], seed: int | None = None) -> floa
     seed = secrets.randbits(31) if seed is None else seed
     failures: list[str] = []
     fraction = 0.0
-    devs = devices()
+    devs = available_devices()
     used: set[str] = set()
     for device in devs:
         variants = item.variants(device)
@@ -106,7 +94,7 @@ def check(name: str, namespace: dict[str, Any], seed: int | None = None) -> floa
                 passed += ok
                 if not ok:
                     failures.append(f"[{device}-{dtype}] {message}")
-            fraction += passed / len(cases) / len(variants) / len(devs)
+            fraction += item.share(1.0, device, devs) * passed / len(cases)
     shortcut = forbidden_message(name, item.forbidden, _static_uses(namespace[name]), used) if item.forbidden else None
     if shortcut:
         raise AssertionError(shortcut)
