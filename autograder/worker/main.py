@@ -93,6 +93,7 @@ def _record(name: str, fn):
 
 
 def _resolve(owner: str):
+    """Twin of ``exercises.rules.resolve``: the worker may not import ``exercises``, so it keeps its own."""
     try:
         return importlib.import_module(owner)
     except ImportError:
