@@ -1,7 +1,8 @@
 """``python -m autograder grade SUBMISSION... [--json PATH]``: grade with the pytest plugin, write reports.
 
 Exit status: 0 when grading ran (whatever the score), 2 when it could not (bad arguments, no
-submission found, an internal error of the grader).
+submission found, the self-check failed, a worker that could not start, an internal error of the
+grader). A submission the grader failed on is never given a score.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     grade.add_argument("--memory-mib", type=int, default=6144, help="worker memory limit on CPU, MiB")
     grade.add_argument("--device", action="append", choices=["cpu", "cuda"], help="only this device (repeatable)")
     grade.add_argument("--no-bwrap", action="store_true", help="do not use bubblewrap")
+    grade.add_argument("--no-canary", action="store_true",
+                       help="skip the self-check that first grades the reference solutions through the worker")
     grade.add_argument("--source", type=Path, help="course source/ folder (default: this repository's)")
     grade.add_argument("-q", "--quiet", action="store_true", help="only the score tables")
     return parser
@@ -67,8 +70,14 @@ def main(argv: list[str] | None = None) -> int:
             pytest_args.append(f"--selfattn-device={device}")
         if args.no_bwrap:
             pytest_args.append("--selfattn-no-bwrap")
+        if args.no_canary:
+            pytest_args.append("--selfattn-no-canary")
         code = pytest.main(pytest_args)
-    return 0 if code in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED) else 2
+    if code in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
+        return 0
+    print("error: could not grade (the grader failed, not the students: see the messages above); exit status 2",
+          file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

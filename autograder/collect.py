@@ -15,7 +15,7 @@ from autograder import report
 from autograder.grading import GPU_NOT_EXERCISED, NotebookResult, TestOutcome, grade_notebook
 from autograder.intake import find_notebooks
 from autograder.plugin import SESSION_KEY
-from autograder.runner import default_bwrap
+from autograder.runner import GraderError, default_bwrap
 from autograder.sandbox import Limits, become_subreaper
 from exercises.catalogue import NOTEBOOKS, available_devices, items_in
 
@@ -39,8 +39,24 @@ class GradingSession:
         self.submissions: list[report.SubmissionReport] = []
         self.current: dict[str, report.SubmissionReport] = {}
         self.done = 0
+        self.canary_wanted = not opt("--selfattn-no-canary")
+        self.canary_seconds: float | None = None
+        self.fatal: str | None = None
         become_subreaper()
         torch.set_num_threads(1)  # tiny reference computations; threads only contend with the workers
+
+    def check_grader(self) -> None:
+        """Grade the reference through the worker once, before any student; stop the run if it loses points."""
+        if not self.canary_wanted or self.canary_seconds is not None:
+            return
+        from autograder.canary import check_grader
+
+        try:
+            self.canary_seconds = check_grader(self.devices, self.limits, self.use_bwrap).seconds
+        except GraderError as exc:
+            self.fatal = f"could not grade: {exc}"
+            raise GraderFault("the grader's self-check failed (the reason is printed at the end); nobody was "
+                              "graded") from None
 
     def start_submission(self, submission: Path, notebooks: dict[str, Path], source_dir: Path | None) -> None:
         """Queue every notebook of ``submission``; items then wait for their own notebook only."""
@@ -51,9 +67,15 @@ class GradingSession:
                                                      self.devices, self.limits, self.use_bwrap, source_dir)
 
     def notebook_result(self, submission: Path, notebook: str) -> NotebookResult:
+        """The graded notebook; ``GraderFault`` when the grader could not grade it (the student is not charged)."""
         key = (str(submission), notebook)
-        result = self.futures[key].result()
         sub = self.current[str(submission)]
+        try:
+            result = self.futures[key].result()
+        except GraderError as exc:
+            if notebook not in sub.grader_errors:
+                sub.grader_errors[notebook] = str(exc)
+            raise GraderFault(f"could not grade {notebook} of {Path(sub.path).name}: {exc}") from None
         if result not in sub.notebooks:
             sub.add(result)
             if len(sub.notebooks) == len(NOTEBOOKS):
@@ -81,10 +103,16 @@ def _session(config: pytest.Config) -> GradingSession:
 class Manifest(pytest.File):
     """``{"submissions": [paths], "source": optional source dir}``: one collector per submission."""
 
+    def repr_failure(self, excinfo, style=None):
+        if isinstance(excinfo.value, GraderFault):
+            return f"[grader error] {excinfo.value}"
+        return super().repr_failure(excinfo, style)
+
     def collect(self):
         data = json.loads(self.path.read_text(encoding="utf-8"))
         source = Path(data["source"]) if data.get("source") else None
         session = _session(self.config)
+        session.check_grader()
         for raw in data["submissions"]:
             path = Path(raw)
             session.current[str(path)] = report.SubmissionReport(str(path), session.seed, session.devices,
@@ -133,6 +161,10 @@ class GradeFailure(Exception):
     """Raised by a graded item that lost points; its text is the student's message."""
 
 
+class GraderFault(Exception):
+    """Raised by a graded item that the grader could not grade: the grader's fault, never a score."""
+
+
 class GradedItem(pytest.Item):
     def __init__(self, *, graded: str, device: str, variant: str | None, **kwargs):
         super().__init__(**kwargs)
@@ -155,6 +187,8 @@ class GradedItem(pytest.Item):
     def repr_failure(self, excinfo, style=None):
         if isinstance(excinfo.value, GradeFailure):
             return str(excinfo.value)
+        if isinstance(excinfo.value, GraderFault):
+            return f"[grader error] {excinfo.value}"
         return super().repr_failure(excinfo, style)
 
     def reportinfo(self):

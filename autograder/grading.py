@@ -89,7 +89,7 @@ def _call_problem(item: Item, result: CallResult, prepared: PreparedNotebook) ->
     where = f" ({error['where']})" if error.get("where") else ""
     if result.status == "timeout":
         return "timeout", error.get("message", "timed out")
-    if result.status in ("crashed", "missing"):
+    if result.status in ("crashed", "missing", "harness"):
         return "error", error.get("message", "the worker died")
     if error.get("type") == "NotImplementedError":
         return "error", (f"not implemented: replace `raise NotImplementedError()` in the answer cell "
@@ -133,15 +133,7 @@ def grade_notebook(notebook: str, student_path: Path | None, seed: int, devices:
         outcomes = _failed_everywhere(items, notebook, source.points, devices, "error", str(exc))
         return NotebookResult(notebook, outcomes + skipped, [str(exc)], "none", time.monotonic() - started)
 
-    plan: list[tuple[Item, str, str | None, Case, int]] = []
-    calls: list[CallSpec] = []
-    for item in items:
-        for device in devices:
-            for dtype in item.variants(device):
-                for case in item.cases(seed, dtype):
-                    call_id = len(calls)
-                    calls.append(CallSpec(call_id, case.program, case.inputs, device, dtype, group=item.name))
-                    plan.append((item, device, dtype, case, call_id))
+    plan, calls = build_calls(items, devices, seed)
     run = run_plan(prepared.cells, calls, limits, cuda="cuda" in devices, use_bwrap=use_bwrap, record=RECORDED)
     notes = list(prepared.notes)
     for spec, cell in zip(prepared.cells, run.cells, strict=True):
@@ -157,6 +149,30 @@ def grade_notebook(notebook: str, student_path: Path | None, seed: int, devices:
                                 limits, use_bwrap)
     return NotebookResult(notebook, retried + skipped, notes, run.isolation, time.monotonic() - started,
                           run.output)
+
+
+Plan = list[tuple[Item, str, "str | None", Case, int]]  # (item, device, dtype, case, call id) per call
+
+
+def build_calls(items: list[Item], devices: list[str], seed: int) -> tuple[Plan, list[CallSpec]]:
+    """Every case of every item, on every device and in every dtype variant: what each call is, and the calls."""
+    plan: Plan = []
+    calls: list[CallSpec] = []
+    for item in items:
+        for device in devices:
+            for dtype in item.variants(device):
+                for case in item.cases(seed, dtype):
+                    call_id = len(calls)
+                    calls.append(CallSpec(call_id, case.program, case.inputs, device, dtype, group=item.name))
+                    plan.append((item, device, dtype, case, call_id))
+    return plan, calls
+
+
+def judge_run(items: list[Item], notebook: str, devices: list[str], plan: Plan, results: dict[int, CallResult],
+              points: dict[str, float], prepared: PreparedNotebook,
+              references: ReferenceCache | None = None) -> list[TestOutcome]:
+    """Judge every call of a finished run against the reference: one outcome per item, device and variant."""
+    return _judge_all(items, notebook, devices, plan, results, points, prepared, references or ReferenceCache())
 
 
 class ReferenceCache(dict):

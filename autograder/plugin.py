@@ -14,6 +14,10 @@ each carries its points as ``user_properties`` (so ``--junitxml`` records them).
   --selfattn-memory-mib M     worker address-space limit on CPU (default 6144)
   --selfattn-device D         grade on these devices only (repeatable: cpu, cuda)
   --selfattn-no-bwrap         do not use bubblewrap even where available
+  --selfattn-no-canary        skip the self-check (the reference graded through the worker first)
+
+A run in which the grader itself failed (the self-check, or a worker that could not start) exits
+with pytest's internal-error status (3); ``python -m autograder`` turns that into 2.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--selfattn-device", action="append", default=None, choices=["cpu", "cuda"],
                     help="grade on this device only (repeatable); default: every available device")
     group.addoption("--selfattn-no-bwrap", action="store_true", help="never use bubblewrap")
+    group.addoption("--selfattn-no-canary", action="store_true",
+                    help="skip the self-check that grades the reference solutions through the worker first")
     group.addoption("--selfattn-jobs", type=int, default=None,
                     help="notebooks graded at once, each in its own worker (default: up to 2, by CPU count)")
 
@@ -56,8 +62,19 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         session.pool.shutdown(wait=True, cancel_futures=True)
 
 
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A run in which the grader could not grade somebody did not grade: exit with an internal error."""
+    grading = session.config.stash.get(SESSION_KEY, None)
+    if grading is not None and (grading.fatal or any(sub.grader_errors for sub in grading.submissions)):
+        session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
     session = config.stash.get(SESSION_KEY, None)
+    if session is not None and session.fatal:
+        terminalreporter.write_line("")
+        for line in session.fatal.splitlines():
+            terminalreporter.write_line(line, red=True)
     if session is None or not session.submissions:
         return
     from autograder import report
@@ -69,6 +86,15 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
     if len(session.submissions) > 1:
         terminalreporter.write_line("")
         terminalreporter.write_line(report.summary(session.submissions))
+    failed = [sub for sub in session.submissions if sub.grader_errors]
+    if failed:
+        terminalreporter.write_line("")
+        terminalreporter.write_line(f"could not grade {len(failed)} submission(s): the grader failed, not the student "
+                                    "(they are left out of the CSV and Gradescope files, listed under `not_graded` "
+                                    "in the JSON):", red=True, bold=True)
+        for sub in failed:
+            for notebook, why in sub.grader_errors.items():
+                terminalreporter.write_line(f"  {Path(sub.path).name} / {notebook}: {why}")
     opt = config.getoption
     if opt("--selfattn-json"):
         report.write_json(session.submissions, Path(opt("--selfattn-json")))

@@ -31,6 +31,7 @@ class SubmissionReport:
     devices: list[str]
     isolation: str
     notebooks: list[NotebookResult] = field(default_factory=list)
+    grader_errors: dict[str, str] = field(default_factory=dict)  # notebook -> why the grader could not grade it
 
     def add(self, result: NotebookResult) -> None:
         self.notebooks.append(result)
@@ -83,12 +84,23 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def graded(subs: list[SubmissionReport]) -> list[SubmissionReport]:
+    """The submissions the grader could grade whole: only these get a score in any report."""
+    return [s for s in subs if not s.grader_errors]
+
+
 def write_json(subs: list[SubmissionReport], path: Path) -> None:
-    _atomic_write(path, json.dumps({"submissions": [s.to_json() for s in subs]}, indent=2) + "\n")
+    """The spec's JSON; submissions the grader failed on are listed under ``not_graded``, with no score."""
+    not_graded = [{"path": s.path, "errors": s.grader_errors} for s in subs if s.grader_errors]
+    _atomic_write(path, json.dumps({"submissions": [s.to_json() for s in graded(subs)],
+                                    **({"not_graded": not_graded} if not_graded else {})}, indent=2) + "\n")
 
 
 def write_gradescope(subs: list[SubmissionReport], path: Path) -> None:
-    """Gradescope's ``results.json`` for the (single) submission graded."""
+    """Gradescope's ``results.json`` for the (single) submission graded; none when the grader failed on it."""
+    subs = graded(subs)
+    if not subs:
+        return  # Gradescope then shows an autograder failure: the truth, rather than a zero
     sub = subs[0]
     tests = [{
         "name": f"{t.notebook} :: {t.name}", "score": t.score, "max_score": t.max_score,
@@ -107,7 +119,7 @@ def write_csv(subs: list[SubmissionReport], path: Path) -> None:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["submission", "score", "max_score", *items])
-    for sub in subs:
+    for sub in graded(subs):
         per_item = {item: round(sum(t.score for t in sub.tests if t.item == item), 3) for item in items}
         writer.writerow([Path(sub.path).name, sub.score, sub.max_score, *(per_item[i] for i in items)])
     _atomic_write(path, buffer.getvalue())
@@ -120,6 +132,9 @@ SYMBOL = {"passed": "ok", "failed": "FAIL", "error": "ERR", "timeout": "TIME", "
 def table(sub: SubmissionReport) -> str:
     """Item x device table with points, then the messages of what failed."""
     devices = ["cpu", "cuda"]
+    if sub.grader_errors:
+        return (f"== {sub.path}: NOT GRADED: the grader failed on "
+                f"{', '.join(sub.grader_errors)} (not the student's fault; see below)")
     lines = [f"== {sub.path}: {sub.score:g} / {sub.max_score:g} points (seed {sub.seed}, "
              f"{sum(nb.seconds for nb in sub.notebooks):.1f} s)"]
     if not sub.gpu_exercised:
@@ -150,5 +165,8 @@ def table(sub: SubmissionReport) -> str:
 def summary(subs: list[SubmissionReport]) -> str:
     lines = [f"{'submission':<30} {'score':>8} {'max':>6}"]
     for sub in subs:
+        if sub.grader_errors:
+            lines.append(f"{Path(sub.path).name:<30} {'not graded (grader error)':>15}")
+            continue
         lines.append(f"{Path(sub.path).name:<30} {sub.score:>8g} {sub.max_score:>6g}")
     return "\n".join(lines)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -28,6 +28,14 @@ from exercises.compare import Outputs
 POLL_SECONDS = 0.02
 RSS_POLL_SECONDS = 0.5  # finding the worker's processes scans /proc: not on every 20 ms poll
 MESSAGE_TAIL = 1500  # characters of a worker's output quoted when it dies before its first step
+
+
+class GraderError(Exception):
+    """The grader could not run student code correctly: not the student's fault, so nobody is graded.
+
+    Raised when the worker fails before any student code has run (start-up, reading its plan and
+    inputs), and when it cannot write or read back outputs even with no student code in it.
+    """
 
 
 @dataclass
@@ -49,7 +57,7 @@ class CallSpec:
 
 @dataclass
 class CallResult:
-    status: str  # ok | exception | program | timeout | crashed | missing
+    status: str  # ok | exception | program | timeout | crashed | missing (outputs unreadable) | harness (unwritable)
     outputs: Outputs | None = None
     error: dict[str, Any] = field(default_factory=dict)
     used: list[str] = field(default_factory=list)
@@ -128,8 +136,14 @@ Responder = Callable[[dict[str, Any], dict[str, torch.Tensor]], tuple[dict, dict
 
 def run_plan(cells: list[CellSpec], calls: list[CallSpec], limits: sandbox.Limits, cuda: bool = False,
              use_bwrap: str | None = None, oracles: dict[str, str] | None = None,
-             responder: Responder | None = None, record: tuple[tuple[str, str, str], ...] = ()) -> RunResult:
-    """Run every cell then every call in as many fresh workers as it takes; never raises for student faults."""
+             responder: Responder | None = None, record: tuple[tuple[str, str, str], ...] = (),
+             verify_harness: bool = True) -> RunResult:
+    """Run every cell then every call in as many fresh workers as it takes.
+
+    Never raises for student faults; raises ``GraderError`` for the grader's own (see there). When a
+    call's outputs could not be written or read back after student code ran, a worker without any
+    student code is tried (``verify_harness``): if it fails too, the fault is the grader's.
+    """
     started = time.monotonic()
     cell_results = [CellResult("not run") for _ in cells]
     call_results: dict[int, CallResult] = {}
@@ -139,7 +153,10 @@ def run_plan(cells: list[CellSpec], calls: list[CallSpec], limits: sandbox.Limit
     restarts = 0
     isolation = "bubblewrap" if use_bwrap else "rlimits"
     drop = sandbox.can_drop_privileges(use_bwrap)
-    root = Path(tempfile.mkdtemp(prefix="selfattn-grade-"))
+    try:
+        root = sandbox.make_grading_root(drop and not use_bwrap)
+    except OSError as exc:
+        raise GraderError(f"could not make the worker's directory: {exc}") from exc
     try:
         for attempt in range(len(cells) + len(calls) + 2):
             if attempt:
@@ -162,11 +179,14 @@ def run_plan(cells: list[CellSpec], calls: list[CallSpec], limits: sandbox.Limit
             isolation = launched.isolation
             drain = _OutputDrain(launched.process.stdout, limits.output_bytes)
             drain.start()
-            finished, step, step_started = _monitor(workdir, launched, limits, cell_results, call_results, cuda,
-                                                    responder)
+            watch = _monitor(workdir, launched, limits, cell_results, call_results, cuda, responder)
             sandbox.terminate(launched)
             drain.join(timeout=5)
             output_parts.append(drain.text())
+            if not watch.ready:  # no student code ran in this worker: whatever stopped it is ours
+                raise GraderError(_startup_failure(launched, drop, cuda, launched.process.returncode,
+                                                   watch.timed_out, limits, drain.text()))
+            finished, step, step_started = watch.finished, watch.step, watch.step_started
             for cid in list(call_results):
                 if call_results[cid].status == "ok" and call_results[cid].outputs is None:
                     outputs = _read_outputs(workdir, cid)
@@ -178,8 +198,8 @@ def run_plan(cells: list[CellSpec], calls: list[CallSpec], limits: sandbox.Limit
             remaining = [cid for cid in remaining if cid not in call_results]
             if finished or (step is None and not remaining):
                 break
-            if step is None:  # died before starting any step (import failure, memory limit at start-up)
-                message = drain.text()[-MESSAGE_TAIL:] or "the worker did not start"
+            if step is None:  # died between steps, after start-up (e.g. a student's thread killed it)
+                message = drain.text()[-MESSAGE_TAIL:] or "the worker stopped between two steps"
                 for cid in remaining:
                     call_results[cid] = CallResult("crashed", error={"type": "WorkerError", "message": message})
                 break
@@ -204,9 +224,53 @@ def run_plan(cells: list[CellSpec], calls: list[CallSpec], limits: sandbox.Limit
     for c in calls:
         call_results.setdefault(c.id, CallResult("crashed", error={
             "type": "WorkerError", "message": "the worker stopped before this call ran"}))
+    unreadable = [cid for cid, r in call_results.items() if r.status in ("missing", "harness")]
+    if unreadable and verify_harness:
+        device = next(c.device for c in calls if c.id == unreadable[0])
+        verify_output_path(limits, cuda, use_bwrap, device, call_results[unreadable[0]].error)
+        for cid in unreadable:  # the worker works without the student's code: their code got in its way
+            error = call_results[cid].error
+            call_results[cid].error = {"type": "WorkerError", "message": (
+                "this call's outputs could not be written or read back after your code ran, although the worker "
+                "manages without it: does your code delete, replace or patch files, `safetensors`, `json` or "
+                f"`open`? ({error.get('type', 'error')}: {str(error.get('message', ''))[:300]})")}
     text = "".join(output_parts)
     return RunResult(cell_results, call_results, isolation, text[:limits.output_bytes * 2], restarts,
                      time.monotonic() - started)
+
+
+def _startup_failure(launched: sandbox.Launched, drop: bool, cuda: bool, returncode: int | None, timed_out: bool,
+                     limits: sandbox.Limits, output: str) -> str:
+    """What a grader error at worker start-up says: the cause as far as known, the configuration, the output."""
+    user = "nobody (privileges dropped)" if drop else f"uid {os.geteuid()} (no privilege drop)"
+    if timed_out:
+        cause = f"the worker did not start within {limits.startup_timeout:g} s"
+    else:
+        cause = f"the worker exited with status {returncode} before running any student code"
+    config = (f"isolation: {launched.isolation}; worker user: {user}; devices: {'cpu and cuda' if cuda else 'cpu'}; "
+              f"memory limit: {limits.memory_bytes >> 20} MiB{' (not applied with CUDA)' if cuda else ''}; "
+              f"python: {sys.executable}")
+    tail = output.strip()[-MESSAGE_TAIL * 2:] or "(no output)"
+    return f"{cause}.\n  {config}\n  the worker's output:\n{tail}"
+
+
+PROBE_PROGRAM = [{"op": "call", "fn": "torch.clone", "args": [{"tensor": "x"}], "out": "y"},
+                 {"op": "output", "key": "out", "var": "y"}]
+
+
+def verify_output_path(limits: sandbox.Limits, cuda: bool, use_bwrap: str | None, device: str,
+                       first_error: dict[str, Any]) -> None:
+    """Run one trivial call in a worker without student code; ``GraderError`` if its outputs do not come back."""
+    probe = CallSpec(0, PROBE_PROGRAM, {"x": torch.arange(6, dtype=torch.float32)}, device, None)
+    run = run_plan([], [probe], limits, cuda, use_bwrap, verify_harness=False)
+    result = run.calls[0]
+    if result.status != "ok" or result.outputs is None or not torch.equal(
+            result.outputs.tensors.get("out", torch.empty(0)), probe.inputs["x"]):
+        detail = result.error.get("traceback") or result.error.get("message") or result.status
+        first = first_error.get("traceback") or first_error.get("message", "")
+        raise GraderError(f"the worker cannot hand back a call's outputs even without student code "
+                          f"(isolation: {run.isolation}; device: {device}).\n  the probe: {detail}\n"
+                          f"  the first failure: {first}\n  the worker's output:\n{run.output[-MESSAGE_TAIL:]}")
 
 
 def _why(why: str, limits: sandbox.Limits, what: str) -> str:
@@ -247,9 +311,20 @@ def _answer_rpc(workdir: Path, n: Any, responder: Responder | None) -> None:
     os.replace(tmp, workdir / f"rpc_{n}_resp.json")
 
 
+@dataclass
+class Watch:
+    """How one worker's run ended, as ``_monitor`` saw it."""
+
+    finished: bool  # the worker said it finished every step
+    ready: bool  # it got through start-up (student code may have run after this, never before)
+    step: tuple[str, int, str] | None  # the step in flight when it stopped: (cell|call, index, timeout|crashed)
+    step_started: float
+    timed_out: bool = False  # start-up ran past ``limits.startup_timeout``
+
+
 def _monitor(workdir: Path, launched: sandbox.Launched, limits: sandbox.Limits, cell_results: list[CellResult],
-             call_results: dict[int, CallResult], cuda: bool, responder: Responder | None = None):
-    """Follow progress events; return ``(finished, step_in_flight, its_start)``."""
+             call_results: dict[int, CallResult], cuda: bool, responder: Responder | None = None) -> Watch:
+    """Follow progress events until the worker finishes, dies, or runs a step past its limit."""
     progress = workdir / "progress.jsonl"
     offset = 0
     step: tuple[str, int, str] | None = None
@@ -275,30 +350,31 @@ def _monitor(workdir: Path, launched: sandbox.Launched, limits: sandbox.Limits, 
                 step, step_started = ("call", event["id"], "timeout"), time.monotonic()
             elif kind == "call_done" and step and step[0] == "call" and event.get("id") == step[1]:
                 status = event.get("status", "exception")
-                call_results[step[1]] = CallResult(status if status in ("ok", "exception", "program") else "exception",
+                call_results[step[1]] = CallResult(status if status in ("ok", "exception", "program", "harness")
+                                                   else "exception",
                                                    None, event.get("error") or {}, list(event.get("used", [])),
                                                    time.monotonic() - step_started)
                 step = None
             elif kind == "finished":
-                return True, None, step_started
+                return Watch(True, ready, None, step_started)
         if launched.process.poll() is not None:
             events, offset = _read_events(progress, offset)
             if events:
                 continue
             if step is not None:
                 step = (step[0], step[1], "crashed")
-            return False, step, step_started
+            return Watch(False, ready, step, step_started)
         now = time.monotonic()
         if not ready and now - launched_at > limits.startup_timeout:
-            return False, None, step_started
+            return Watch(False, False, None, step_started, timed_out=True)
         if step is not None:
             bound = limits.cell_timeout if step[0] == "cell" else limits.call_timeout
             if now - step_started > bound:
-                return False, step, step_started
+                return Watch(False, ready, step, step_started)
             if cuda and now - rss_checked > RSS_POLL_SECONDS:
                 rss_checked = now
                 if sum(_rss_bytes(pid) for pid in sandbox.tagged_pids(launched.tag)) > limits.gpu_rss_bytes:
-                    return False, (step[0], step[1], "crashed"), step_started
+                    return Watch(False, ready, (step[0], step[1], "crashed"), step_started)
         time.sleep(POLL_SECONDS)
 
 

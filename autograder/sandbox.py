@@ -20,6 +20,7 @@ import stat
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -195,12 +196,47 @@ def launch(workdir: Path, limits: Limits, cuda: bool, use_bwrap: str | None) -> 
 
 
 def can_drop_privileges(use_bwrap: str | None) -> bool:
-    """Under bubblewrap the Python tree is re-mounted world-readable; without it, only if it already is."""
+    """Whether the worker can run as ``nobody``: we are root, and ``nobody`` can reach the Python it needs.
+
+    Under bubblewrap the Python tree is re-mounted world-readable; without it, only if the interpreter,
+    the standard library and the site-packages holding torch are already reachable by everyone.
+    """
     if os.geteuid() != 0:
         return False
     if use_bwrap:
         return True
-    return _world_traversable(Path(sysconfig.get_paths()["stdlib"])) and _world_traversable(Path(sys.executable))
+    paths = sysconfig.get_paths()
+    needed = [Path(sys.executable), Path(paths["stdlib"]), Path(paths["purelib"]), Path(paths["platlib"])]
+    return all(_world_traversable(p) for p in needed)
+
+
+# Where a grading directory can live when the worker runs as ``nobody`` without bubblewrap: every
+# folder above it must let others through (a TMPDIR under /root, 0700, does not).
+SHARED_TEMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
+
+
+def make_grading_root(for_other_user: bool) -> Path:
+    """A fresh private directory for one run's worker directories, reachable by the worker's user.
+
+    ``tempfile.mkdtemp`` makes it 0700; when the worker runs as another user (``nobody``, no
+    bubblewrap) that user must traverse it to reach its own directory inside, so it becomes 0711
+    (others may pass through, not list) under a parent that others can traverse too. Under
+    bubblewrap the worker's directory is bind-mounted at /sandbox, so the path above it never matters.
+    """
+    candidates = [None, *SHARED_TEMP_DIRS] if for_other_user else [None]
+    for base in candidates:
+        try:
+            root = Path(tempfile.mkdtemp(prefix="selfattn-grade-", dir=base))
+        except OSError:
+            continue
+        if not for_other_user:
+            return root
+        os.chmod(root, 0o711)
+        if _world_traversable(root):
+            return root
+        shutil.rmtree(root, ignore_errors=True)
+    raise OSError("no temporary directory that the worker's user (nobody) can reach: set TMPDIR to a folder that "
+                  f"others can traverse (tried $TMPDIR, {', '.join(SHARED_TEMP_DIRS)})")
 
 
 def terminate(launched: Launched) -> None:

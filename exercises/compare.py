@@ -37,6 +37,21 @@ class Mismatch:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+def same_device(actual: str, expected: str) -> bool:
+    """Whether a tensor on ``actual`` (as ``str(tensor.device)`` says, e.g. ``cuda:0``) is on ``expected``.
+
+    Devices are compared as devices, not as strings: the grader asks for a device *type* (``cuda``),
+    while a tensor always reports its index (``cuda:0``). An index in ``expected`` must match too.
+    """
+    try:
+        got, want = torch.device(actual), torch.device(expected)
+    except (RuntimeError, TypeError):  # not a device name at all (e.g. missing metadata)
+        return False
+    if got.type != want.type:
+        return False
+    return want.index is None or got.index == want.index
+
+
 def describe_index(index: Sequence[int], shape: Sequence[int], dims: Sequence[str] | None) -> str:
     """``(1, 0, 3, 2)`` with dims ``(batch, head, query, key)`` -> ``batch 1, head 0, query row 3, key column 2``."""
     if not dims:
@@ -49,11 +64,28 @@ def describe_index(index: Sequence[int], shape: Sequence[int], dims: Sequence[st
     return ", ".join(f"{pretty.get(n, n)} {i}" for n, i in zip(names, index, strict=False))
 
 
+def number_dtype(meta: dict[str, Any]) -> torch.dtype:
+    """The dtype that the Python numbers of an output were computed in (float64 when not recorded).
+
+    Read from the *reference's* metadata: the grader's own run says what the numbers were computed
+    in; the student's side cannot loosen its tolerance by claiming a coarser dtype.
+    """
+    name = meta.get("computed_in")
+    dtype = getattr(torch, name, None) if isinstance(name, str) else None
+    return dtype if isinstance(dtype, torch.dtype) and dtype.is_floating_point else torch.float64
+
+
 def value_mismatch(
-    key: str, actual: torch.Tensor, expected: torch.Tensor, dims: Sequence[str] | None = None
+    key: str, actual: torch.Tensor, expected: torch.Tensor, dims: Sequence[str] | None = None,
+    computed_in: torch.dtype | None = None,
 ) -> Mismatch | None:
-    """Compare values with the per-dtype tolerance; locate and describe the largest error."""
-    rtol, atol = tolerance(expected.dtype)
+    """Compare values with the per-dtype tolerance; locate and describe the largest error.
+
+    The tolerance is that of ``computed_in`` when given (numbers computed in float32 but carried as
+    float64, see ``number_dtype``), else that of ``expected``'s own dtype.
+    """
+    judged_as = computed_in or expected.dtype
+    rtol, atol = tolerance(judged_as)
     same_kind = actual.shape == expected.shape and actual.dtype == expected.dtype
     if same_kind and expected.is_floating_point() and torch.allclose(actual, expected, rtol=rtol, atol=atol,
                                                                      equal_nan=True):
@@ -81,7 +113,8 @@ def value_mismatch(
     n_bad = int((abs_err > atol + rtol * e.abs()).sum())
     msg = (
         f"`{key}`: {n_bad} of {expected.numel()} values differ beyond rtol={rtol:g}, atol={atol:g} "
-        f"({expected.dtype}); largest absolute error {float(abs_err.max()):.3g} "
+        f"({judged_as}{'' if judged_as == expected.dtype else ' computation'}); "
+        f"largest absolute error {float(abs_err.max()):.3g} "
         f"(relative {float(rel_err.reshape(-1)[flat]):.3g}) at {describe_index(index, expected.shape, dims)}"
     )
     return Mismatch(key, "values", msg, {"index": index, "max_abs": float(abs_err.max()), "count": n_bad})
@@ -109,7 +142,7 @@ def tensor_mismatch(
     if actual.dtype != expected.dtype:
         return Mismatch(key, "dtype", f"`{key}` should have dtype {expected.dtype} (the input's dtype), got "
                         f"{actual.dtype}: create new tensors with `dtype=x.dtype` or use `torch.*_like`")
-    if ref_meta.get("pytype") == "Tensor" and meta.get("device") != expected_device:
+    if ref_meta.get("pytype") == "Tensor" and not same_device(str(meta.get("device")), expected_device):
         return Mismatch(key, "device", f"`{key}` is on {meta.get('device')}, expected {expected_device}: a tensor "
                         "made inside your code is on the wrong device; register it as a buffer or use `x.device`")
     if actual.is_floating_point() and not bool(torch.isfinite(actual).all()) and bool(torch.isfinite(expected).all()):
@@ -139,7 +172,8 @@ def compare_outputs(
                     f"{got.get('pytype')}" + (f" of length {got['length']}" if "length" in got else "")))
                 continue
             if ref_meta.get("numbers"):
-                found = value_mismatch(key, student.tensors[key], reference.tensors[key], None) \
+                found = value_mismatch(key, student.tensors[key], reference.tensors[key], None,
+                                       number_dtype(ref_meta)) \
                     if key in student.tensors else Mismatch(key, "type", f"`{key}` should hold numbers")
                 if found:
                     problems.append(found)
@@ -151,7 +185,7 @@ def compare_outputs(
                 continue
             actual, expected = student.tensors[key], reference.tensors[key]
             if kind == "float" or got.get("pytype") == "float":
-                found = value_mismatch(key, actual.double(), expected.double(), None)
+                found = value_mismatch(key, actual.double(), expected.double(), None, number_dtype(ref_meta))
             else:
                 found = None if int(actual) == int(expected) else Mismatch(
                     key, "values", f"`{key}` should be {int(expected)}, got {int(actual)}")

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from autograder.worker.program import run_program, serialise_outputs
+from autograder.worker.program import compute_dtype, run_program, serialise_outputs
 from exercises.catalogue import Case
 from exercises.compare import Outputs, compare_outputs
 
@@ -35,7 +35,7 @@ def reference_namespace() -> dict[str, Any]:
 def run_on(namespace: dict[str, Any], case: Case, device: str, dtype: str | None) -> Outputs:
     """Run ``case``'s program against ``namespace`` and serialise its outputs."""
     raw = run_program(case.program, namespace, case.inputs, device, dtype)
-    return Outputs(*serialise_outputs(raw))
+    return Outputs(*serialise_outputs(raw, compute_dtype(dtype, case.inputs)))
 
 
 # The reference and the known-mistake variants seed torch's global generator; notebooks are graded in

@@ -22,6 +22,8 @@ import traceback
 WORKDIR = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else ".")
 BLOCKED = ("solutions", "exercises", "autograder")
 MESSAGE_CAP = 600
+HARNESS_TRACE_CAP = 4000
+HARNESS_EXIT = 70  # EX_SOFTWARE: the worker's own start-up failed (the grader reports it, never the student)
 NOBODY = 65534
 
 # Heavy imports happen before privileges are dropped and before student code can interfere.
@@ -219,44 +221,73 @@ def install_oracles(plan: dict, namespace: dict) -> None:
         namespace[name] = class_oracle(name) if kind == "class" else function_oracle(name)
 
 
-def run_calls(plan: dict, namespace: dict) -> None:
+def describe_harness(exc: BaseException) -> dict:
+    """A failure of this file's own work (not of student code): type, message and the whole traceback."""
+    text = "".join(traceback.format_exception(exc))
+    return {"type": type(exc).__name__, "message": str(exc)[:MESSAGE_CAP], "traceback": text[-HARNESS_TRACE_CAP:]}
+
+
+def write_outputs(call_id: int, tensors: dict, meta: dict) -> None:
+    save_file(tensors, os.path.join(WORKDIR, f"out_{call_id}.safetensors"))
+    with open(os.path.join(WORKDIR, f"out_{call_id}.json"), "w", encoding="utf-8") as fh:
+        json.dump(meta, fh)
+
+
+def run_calls(plan: dict, namespace: dict, inputs_by_id: dict[int, dict]) -> None:
     for call in plan["calls"]:
         if call["id"] < plan.get("start_call", 0):
             continue
         emit(event="call_start", id=call["id"])
-        inputs = load_file(os.path.join(WORKDIR, f"in_{call['id']}.safetensors"))
+        inputs = inputs_by_id[call["id"]]
         USED.clear()
         try:
             torch.manual_seed(0)
             raw = program.run_program(call["program"], namespace, inputs, call["device"], call["dtype"])
             if call["device"].startswith("cuda"):
                 torch.cuda.synchronize()
-            tensors, meta = program.serialise_outputs(raw)
-            save_file(tensors, os.path.join(WORKDIR, f"out_{call['id']}.safetensors"))
-            with open(os.path.join(WORKDIR, f"out_{call['id']}.json"), "w", encoding="utf-8") as fh:
-                json.dump(meta, fh)
-            emit(event="call_done", id=call["id"], status="ok", used=sorted(USED))
+            tensors, meta = program.serialise_outputs(raw, program.compute_dtype(call["dtype"], inputs))
         except BaseException as exc:  # noqa: BLE001
             kind = "program" if isinstance(exc, program.ProgramError) else "exception"
             emit(event="call_done", id=call["id"], status=kind, error=describe(exc), used=sorted(USED))
+            continue
+        try:
+            write_outputs(call["id"], tensors, meta)
+        except BaseException as exc:  # noqa: BLE001 - the grader decides whose fault this is (runner.py)
+            emit(event="call_done", id=call["id"], status="harness", error=describe_harness(exc), used=sorted(USED))
+            continue
+        emit(event="call_done", id=call["id"], status="ok", used=sorted(USED))
 
 
-def main() -> None:
-    with open(os.path.join(WORKDIR, "plan.json"), encoding="utf-8") as fh:
-        plan = json.load(fh)
+def start(plan: dict) -> dict[int, dict]:
+    """Everything before student code runs; returns every call's inputs, read now while nothing can interfere."""
     _isolate_imports()
     if plan.get("drop_privileges", True):
         _drop_privileges()
+    # Read back what we can reach as the user we now are: a grader fault shows here, before any student code.
+    inputs_by_id = {call["id"]: load_file(os.path.join(WORKDIR, f"in_{call['id']}.safetensors"))
+                    for call in plan["calls"] if call["id"] >= plan.get("start_call", 0)}
     _install_recorders(plan.get("record", []))
     fraction = plan.get("cuda_memory_fraction")
     if fraction and torch.cuda.is_available():  # a GPU bound CUDA tolerates, unlike an address-space limit
         torch.cuda.set_per_process_memory_fraction(float(fraction))
+    return inputs_by_id
+
+
+def main() -> None:
+    try:
+        with open(os.path.join(WORKDIR, "plan.json"), encoding="utf-8") as fh:
+            plan = json.load(fh)
+        inputs_by_id = start(plan)
+    except BaseException:  # noqa: BLE001 - no student code has run: this is the grader's fault, say so
+        traceback.print_exc(file=sys.stdout)
+        sys.stdout.flush()
+        os._exit(HARNESS_EXIT)
     emit(event="ready", pid=os.getpid(), uid=os.getuid())
     namespace: dict = {"__name__": "__main__", "__builtins__": builtins}
     sys.stdin = io.StringIO("")
     run_cells(plan, namespace)
     install_oracles(plan, namespace)
-    run_calls(plan, namespace)
+    run_calls(plan, namespace, inputs_by_id)
     emit(event="finished")
     sys.stdout.flush()
     os._exit(0)  # skip interpreter teardown: a student's atexit hook or daemon thread cannot delay us

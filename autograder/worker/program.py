@@ -176,8 +176,26 @@ def _figure_probe(fig: Any, key: str, tensors: dict[str, torch.Tensor], meta: di
     meta[key] = {"pytype": "Figure", "axes": axes}
 
 
-def serialise(value: Any, key: str, tensors: dict[str, torch.Tensor], meta: dict[str, Any], depth: int = 0) -> None:
-    """Flatten ``value`` into plain CPU tensors plus JSON metadata (type, device, dtype) per key."""
+def compute_dtype(dtype: str | None, inputs: dict[str, torch.Tensor]) -> str:
+    """The floating dtype a call computes in: its dtype variant, else its least precise floating input.
+
+    Python numbers (a loss from ``loss.item()``, a list of them) leave a call as float64 whatever they
+    were computed in; this name travels with them so that they are judged with the tolerance of the
+    dtype that produced them, not float64's.
+    """
+    if dtype:
+        return dtype
+    floats = [t.dtype for t in inputs.values() if t.is_floating_point()]
+    return str(max(floats, key=lambda d: torch.finfo(d).eps)).replace("torch.", "") if floats else "float64"
+
+
+def serialise(value: Any, key: str, tensors: dict[str, torch.Tensor], meta: dict[str, Any], depth: int = 0,
+              computed_in: str = "float64") -> None:
+    """Flatten ``value`` into plain CPU tensors plus JSON metadata (type, device, dtype) per key.
+
+    Python floats and lists of numbers are carried as float64 tensors; their metadata records
+    ``computed_in``, the dtype of the computation they came from (see ``compute_dtype``).
+    """
     if depth > 3:
         meta[key] = {"pytype": type(value).__name__, "error": "nested too deeply"}
         return
@@ -203,32 +221,34 @@ def serialise(value: Any, key: str, tensors: dict[str, torch.Tensor], meta: dict
         meta[key] = {"pytype": "int"}
         tensors[key] = torch.tensor(value, dtype=torch.int64)
     elif isinstance(value, float):
-        meta[key] = {"pytype": "float", "finite": math.isfinite(value)}
+        meta[key] = {"pytype": "float", "finite": math.isfinite(value), "computed_in": computed_in}
         tensors[key] = torch.tensor(value, dtype=torch.float64)
     elif isinstance(value, (tuple, list)):
         meta[key] = {"pytype": type(value).__name__, "length": len(value)}
         if value and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
             tensors[key] = torch.tensor([float(v) for v in value], dtype=torch.float64)
             meta[key]["numbers"] = True
+            meta[key]["computed_in"] = computed_in
             return
         for i, item in enumerate(value[:16]):
-            serialise(item, f"{key}.{i}", tensors, meta, depth + 1)
+            serialise(item, f"{key}.{i}", tensors, meta, depth + 1, computed_in)
     elif isinstance(value, dict):
         meta[key] = {"pytype": "dict", "keys": [str(k) for k in list(value)[:64]]}
         for k, item in list(value.items())[:64]:
-            serialise(item, f"{key}.{k}", tensors, meta, depth + 1)
+            serialise(item, f"{key}.{k}", tensors, meta, depth + 1, computed_in)
     elif type(value).__name__ == "Figure" and hasattr(value, "get_axes"):
         _figure_probe(value, key, tensors, meta)
     else:
         meta[key] = {"pytype": type(value).__name__}
 
 
-def serialise_outputs(outputs: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Serialise every output of a program run: ``(tensors, metadata)``."""
+def serialise_outputs(outputs: dict[str, Any], computed_in: str = "float64"
+                      ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Serialise every output of a program run: ``(tensors, metadata)``; ``computed_in``: see ``compute_dtype``."""
     tensors: dict[str, torch.Tensor] = {}
     meta: dict[str, Any] = {}
     for key, value in outputs.items():
-        serialise(value, key, tensors, meta)
+        serialise(value, key, tensors, meta, computed_in=computed_in)
     return tensors, meta
 
 

@@ -1,0 +1,86 @@
+"""Before a run: grade a known-good submission (the reference solutions) through the very same worker.
+
+If the grader cannot give the reference full marks here, with these limits, this isolation mode and
+these devices, it cannot grade anybody fairly: every student would be blamed for the grader's fault
+(a directory the worker's user cannot reach, a device compared as a string, a tolerance too tight for
+a dtype, a memory limit torch cannot start under). The run stops instead, naming the cause.
+
+The submission is the ``solutions`` package itself, one cell per lesson module, so it needs no
+notebook and no lesson's demos: one worker start and the calls of every item, on every device,
+in every dtype variant, judged by the same code as a student's.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import time
+from dataclasses import dataclass
+
+from autograder.grading import TestOutcome, build_calls, judge_run
+from autograder.intake import PreparedNotebook
+from autograder.runner import CellSpec, GraderError, run_plan
+from autograder.sandbox import Limits
+from exercises.catalogue import ITEMS
+from exercises.rules import RECORDED
+
+CANARY_SEED = 20240611  # fixed: a canary that fails must fail again when rerun
+RELATIVE_IMPORT = re.compile(r"^from \.\w+ import \(?[^)]*?\)?$", re.MULTILINE | re.DOTALL)
+
+
+@dataclass
+class CanaryResult:
+    """What the canary found: every row passed, or the rows that did not and the worker's output."""
+
+    outcomes: list[TestOutcome]
+    isolation: str
+    devices: list[str]
+    seconds: float
+    output: str
+
+    @property
+    def failed(self) -> list[TestOutcome]:
+        return [o for o in self.outcomes if o.status != "passed"]
+
+
+def reference_cells() -> list[CellSpec]:
+    """The reference solutions as notebook cells: one per lesson module, in lesson order.
+
+    A module's relative imports (lesson 5 uses lesson 4's ``CausalAttention``) are dropped: the earlier
+    cell has defined those names already, as in a student's notebook.
+    """
+    import solutions
+
+    modules = sorted({inspect.getmodule(obj) for name, obj in vars(solutions).items()
+                      if not name.startswith("_") and inspect.getmodule(obj) is not None
+                      and inspect.getmodule(obj).__name__.startswith("solutions.")}, key=lambda m: m.__name__)
+    return [CellSpec(module.__name__, RELATIVE_IMPORT.sub("", inspect.getsource(module)), "given")
+            for module in modules]
+
+
+def run_canary(devices: list[str], limits: Limits, use_bwrap: str | None) -> CanaryResult:
+    """Grade the reference through the worker on ``devices``; the outcome of every row."""
+    started = time.monotonic()
+    items = list(ITEMS.values())
+    plan, calls = build_calls(items, devices, CANARY_SEED)
+    run = run_plan(reference_cells(), calls, limits, cuda="cuda" in devices, use_bwrap=use_bwrap, record=RECORDED)
+    points = {f"test_{item.name}": 1.0 for item in items}
+    outcomes = judge_run(items, "(canary)", devices, plan, run.calls, points, PreparedNotebook(cells=[]))
+    cell_errors = [f"cell {spec.grade_id}: {cell.status} {cell.error}" for spec, cell in
+                   zip(reference_cells(), run.cells, strict=True) if cell.status != "ok"]
+    output = "\n".join(cell_errors + [run.output])
+    return CanaryResult(outcomes, run.isolation, devices, time.monotonic() - started, output)
+
+
+def check_grader(devices: list[str], limits: Limits, use_bwrap: str | None) -> CanaryResult:
+    """Run the canary; ``GraderError`` (with the cause) unless the reference gets full marks everywhere."""
+    result = run_canary(devices, limits, use_bwrap)
+    if result.failed:
+        rows = "\n".join(f"    - {o.name}: [{o.status}] {o.message[:300]}" for o in result.failed[:8])
+        more = f"\n    ... and {len(result.failed) - 8} more" if len(result.failed) > 8 else ""
+        raise GraderError(
+            f"the grader's self-check failed: the reference solutions, graded through the worker, lost points on "
+            f"{len(result.failed)} of {len(result.outcomes)} rows (isolation: {result.isolation}; devices: "
+            f"{', '.join(devices)}; seed {CANARY_SEED}). Nobody was graded: these failures would have been "
+            f"charged to every student.\n{rows}{more}\n  the worker's output:\n{result.output.strip()[-2000:]}")
+    return result
