@@ -1,0 +1,226 @@
+"""Is a grade the grader's to give? Grader faults stop the run; numbers are judged in their own dtype.
+
+The grader must never blame a student for its own failure: a worker that cannot start, a directory
+its user cannot reach, outputs it cannot hand back. And a perfect answer must pass on every seed:
+Python numbers computed in float32 travel as float64 and are judged with float32's tolerance.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from autograder import report, runner, sandbox
+from autograder.canary import check_grader, reference_cells
+from autograder.grading import NotebookResult, TestOutcome
+from autograder.runner import CallSpec, CellSpec, GraderError, run_plan
+from autograder.sandbox import Limits
+from autograder.worker.program import compute_dtype, serialise_outputs
+from exercises.compare import Outputs, compare_outputs, number_dtype, value_mismatch
+
+REPO = Path(__file__).resolve().parent.parent
+FAST = Limits(call_timeout=20.0, cell_timeout=20.0, startup_timeout=60.0, memory_bytes=3 << 30)
+CLONE = [{"op": "call", "fn": "torch.clone", "args": [{"tensor": "x"}], "out": "y"},
+         {"op": "output", "key": "out", "var": "y"}]
+
+
+def outputs(values: dict, computed_in: str = "float64") -> Outputs:
+    return Outputs(*serialise_outputs(values, computed_in))
+
+
+# --- numbers carried in another dtype than they were computed in -----------------------------------
+
+
+def test_which_dtype_does_a_call_compute_in():
+    x32, x64 = torch.zeros(2, dtype=torch.float32), torch.zeros(2, dtype=torch.float64)
+    assert compute_dtype("bfloat16", {"x": x64}) == "bfloat16"  # the variant decides
+    assert compute_dtype(None, {"a": x64, "b": x32, "i": torch.arange(3)}) == "float32"  # least precise float
+    assert compute_dtype(None, {"i": torch.arange(3)}) == "float64"  # Python arithmetic
+    assert compute_dtype(None, {}) == "float64"
+
+
+def test_are_float32_losses_judged_with_float32_tolerance():
+    """The seed-854456190 failure: 1.72529 vs 1.72529, a float32 rounding apart, judged as float64."""
+    ref = 1.7252912521362305
+    close = ref * (1 + 3e-7)  # a few float32 ulps: another summation order in another process
+    reference = outputs({"losses": [ref, 0.5]}, computed_in="float32")
+    assert reference.meta["losses"]["computed_in"] == "float32"
+    assert compare_outputs(outputs({"losses": [close, 0.5]}), reference, "cpu") == []
+    # the same numbers computed in float64 must match to float64's tolerance: the check can fail
+    strict = outputs({"losses": [ref, 0.5]}, computed_in="float64")
+    assert compare_outputs(outputs({"losses": [close, 0.5]}), strict, "cpu")
+    # and a wrong loss fails in float32 too
+    wrong = compare_outputs(outputs({"losses": [ref * 1.01, 0.5]}), reference, "cpu")
+    assert wrong and "float32 computation" in wrong[0].message
+
+
+def test_is_a_python_float_judged_in_the_dtype_of_its_computation():
+    reference = outputs({"out": 2.0}, computed_in="float32")
+    assert compare_outputs(outputs({"out": 2.0 * (1 + 2e-7)}), reference, "cpu") == []
+    assert compare_outputs(outputs({"out": 2.0 * (1 + 2e-7)}), outputs({"out": 2.0}), "cpu")
+
+
+def test_can_a_student_loosen_the_tolerance_by_claiming_a_coarser_dtype():
+    """Only the reference's metadata (computed in the grader's process) sets the tolerance."""
+    reference = outputs({"out": [1.0, 2.0]}, computed_in="float64")
+    forged = outputs({"out": [1.0 + 1e-3, 2.0]}, computed_in="bfloat16")
+    assert compare_outputs(forged, reference, "cpu")
+    assert number_dtype({"computed_in": "bfloat16"}) == torch.bfloat16
+    assert number_dtype({"computed_in": "int64"}) == torch.float64  # not a floating dtype: ignored
+    assert number_dtype({"computed_in": "__class__"}) == torch.float64
+    assert number_dtype({}) == torch.float64
+
+
+def test_does_value_mismatch_say_which_tolerance_it_used():
+    a, b = torch.tensor([1.0], dtype=torch.float64), torch.tensor([1.001], dtype=torch.float64)
+    found = value_mismatch("loss", a, b, computed_in=torch.float32)
+    assert found is not None and "float32 computation" in found.message
+    one = torch.tensor([1.0], dtype=torch.float64)
+    assert value_mismatch("loss", one + 1e-7, one, computed_in=torch.float32) is None
+
+
+# --- the worker's directory, for whatever user the worker runs as -----------------------------------
+
+
+def test_is_the_grading_root_reachable_by_another_user():
+    root = sandbox.make_grading_root(for_other_user=True)
+    try:
+        mode = root.stat().st_mode
+        assert mode & stat.S_IXOTH and not mode & stat.S_IROTH  # others pass through, cannot list
+        assert all(p.stat().st_mode & stat.S_IXOTH for p in root.parents)
+    finally:
+        root.rmdir()
+
+
+def test_does_a_private_tmpdir_fall_back_to_a_shared_one(tmp_path, monkeypatch):
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    monkeypatch.setenv("TMPDIR", str(private))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
+    own = sandbox.make_grading_root(for_other_user=False)
+    shared = sandbox.make_grading_root(for_other_user=True)
+    try:
+        assert own.parent == private  # the worker runs as us: our TMPDIR is fine
+        assert shared.parent != private and str(shared.parent) in sandbox.SHARED_TEMP_DIRS
+    finally:
+        own.rmdir()
+        shared.rmdir()
+
+
+def test_does_the_drop_need_the_site_packages_reachable(monkeypatch, tmp_path):
+    if os.geteuid() != 0:
+        assert not sandbox.can_drop_privileges(None)
+        return
+    closed = tmp_path / "closed"
+    closed.mkdir(mode=0o700)
+    paths = {"stdlib": "/usr/lib/python3.11", "purelib": str(closed / "site-packages"),
+             "platlib": str(closed / "site-packages")}
+    monkeypatch.setattr(sandbox.sysconfig, "get_paths", lambda: paths)
+    monkeypatch.setattr(sandbox.sys, "executable", "/usr/bin/python3")
+    assert not sandbox.can_drop_privileges(None)  # torch would not import as nobody
+    assert sandbox.can_drop_privileges("/usr/bin/bwrap")  # bubblewrap re-mounts the tree
+
+
+# --- grader faults are the grader's -----------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_is_a_worker_that_cannot_start_a_grader_error():
+    tiny = Limits(call_timeout=5, cell_timeout=5, startup_timeout=60, memory_bytes=200 << 20)
+    probe = CallSpec(0, CLONE, {"x": torch.ones(3)}, "cpu", None)
+    with pytest.raises(GraderError, match="before running any student code") as info:
+        run_plan([], [probe], tiny, use_bwrap=None)
+    assert "200 MiB" in str(info.value) and "Traceback" in str(info.value)  # the cause and the worker's words
+
+
+@pytest.mark.slow
+def test_is_a_student_who_breaks_the_output_files_charged_not_the_grader():
+    """After student code ran, a failure to hand back outputs is checked against a worker without it."""
+    sabotage = ("import sys\n"
+                "def _refuse(*args, **kwargs):\n    raise OSError('disk says no')\n"
+                "sys.modules['__main__'].save_file = _refuse\n")
+    probe = CallSpec(0, CLONE, {"x": torch.arange(4.0)}, "cpu", None)
+    run = run_plan([CellSpec("answer", sabotage, "answer")], [probe], FAST, use_bwrap=None)
+    result = run.calls[0]
+    assert result.status == "harness" and result.outputs is None
+    assert "after your code ran" in result.error["message"] and "disk says no" in result.error["message"]
+
+
+@pytest.mark.slow
+def test_is_an_output_path_broken_for_everyone_a_grader_error(monkeypatch):
+    monkeypatch.setattr(runner, "_read_outputs", lambda workdir, call_id: None)
+    probe = CallSpec(0, CLONE, {"x": torch.arange(4.0)}, "cpu", None)
+    with pytest.raises(GraderError, match="even without student code"):
+        run_plan([], [probe], FAST, use_bwrap=None)
+
+
+# --- the canary ---------------------------------------------------------------------------------------
+
+
+def test_are_the_reference_cells_free_of_package_imports():
+    cells = reference_cells()
+    assert len(cells) == 7
+    assert not any("from ." in cell.source for cell in cells)
+
+
+@pytest.mark.slow
+def test_does_the_canary_pass_here():
+    result = check_grader(["cpu"], FAST, runner.default_bwrap())
+    assert len(result.outcomes) >= 23 and not result.failed
+    assert result.seconds < 30
+
+
+@pytest.mark.slow
+def test_does_the_canary_stop_a_grader_that_compares_devices_as_strings(monkeypatch):
+    """The cuda bug (``cuda:0`` != ``cuda``), replayed on the CPU: every tensor row fails, so nobody is graded."""
+    import exercises.compare
+
+    monkeypatch.setattr(exercises.compare, "same_device", lambda actual, expected: actual == f"{expected}:0")
+    with pytest.raises(GraderError, match="self-check failed") as info:
+        check_grader(["cpu"], FAST, None)
+    assert "is on cpu, expected cpu" in str(info.value) and "isolation: rlimits" in str(info.value)
+
+
+# --- reports: nobody gets a zero for the grader's fault ------------------------------------------------
+
+
+def _submission(path: str, errors: dict[str, str]) -> report.SubmissionReport:
+    sub = report.SubmissionReport(path, 1, ["cpu"], "rlimits")
+    row = TestOutcome("softmax_naive", "01_attention_scores.ipynb", "cpu", "float64", "passed", 1.0, 1.0)
+    sub.add(NotebookResult("01_attention_scores.ipynb", [row], [], "rlimits", 0.1))
+    sub.grader_errors.update(errors)
+    return sub
+
+
+def test_are_submissions_the_grader_failed_on_left_out_of_every_score_file(tmp_path):
+    ok, failed = _submission("/x/ada", {}), _submission("/x/bob", {"02.ipynb": "worker did not start"})
+    report.write_json([ok, failed], tmp_path / "r.json")
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert [s["path"] for s in data["submissions"]] == ["/x/ada"]
+    assert data["not_graded"] == [{"path": "/x/bob", "errors": {"02.ipynb": "worker did not start"}}]
+    report.write_csv([ok, failed], tmp_path / "g.csv")
+    assert "bob" not in (tmp_path / "g.csv").read_text() and "ada" in (tmp_path / "g.csv").read_text()
+    report.write_gradescope([failed], tmp_path / "results.json")
+    assert not (tmp_path / "results.json").exists()
+    assert "NOT GRADED" in report.table(failed) and "not graded" in report.summary([ok, failed])
+
+
+@pytest.mark.slow
+def test_does_the_cli_exit_2_and_grade_nobody_when_the_worker_cannot_start(tmp_path):
+    out = tmp_path / "report.json"
+    proc = subprocess.run([sys.executable, "-m", "autograder", "grade", str(REPO / "examples/submissions/perfect"),
+                           "--memory-mib", "200", "--json", str(out), "-q"], capture_output=True, text=True,
+                          cwd=REPO, timeout=300)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "could not grade" in proc.stdout + proc.stderr
+    assert "200 MiB" in proc.stdout
+    assert not out.exists()  # no report with zeros in it
