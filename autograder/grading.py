@@ -22,12 +22,20 @@ from autograder.intake import (
 )
 from autograder.runner import CallResult, CallSpec, run_plan
 from autograder.sandbox import Limits
-from exercises.catalogue import Case, Item, items_in
+from exercises.catalogue import Case, Item, available_devices, items_in
 from exercises.judge import judge, reference_outputs
 from exercises.mistakes import diagnose, explain_error
 from exercises.rules import RECORDED, forbidden_message
 
 GPU_NOT_EXERCISED = "GPU not exercised: no CUDA device on the grading machine"
+GPU_NOT_ASKED = "GPU not exercised: cuda was left out of the devices to grade on (--device)"
+
+
+def gpu_not_exercised(cuda_present: bool | None = None) -> str:
+    """Why the cuda rows were not graded: no GPU here, or the run asked for other devices only."""
+    if cuda_present is None:
+        cuda_present = "cuda" in available_devices()
+    return GPU_NOT_ASKED if cuda_present else GPU_NOT_EXERCISED
 STATUS_ORDER = ("passed", "failed", "error", "timeout")
 
 
@@ -69,7 +77,8 @@ def item_points(item: Item, points: dict[str, float]) -> float:
 
 
 def _skipped(items: list[Item], notebook: str) -> list[TestOutcome]:
-    return [TestOutcome(item.name, notebook, "cuda", None, "skipped", 0.0, 0.0, GPU_NOT_EXERCISED) for item in items]
+    reason = gpu_not_exercised()
+    return [TestOutcome(item.name, notebook, "cuda", None, "skipped", 0.0, 0.0, reason) for item in items]
 
 
 def _failed_everywhere(items: list[Item], notebook: str, points: dict[str, float], devices: list[str],

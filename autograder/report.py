@@ -13,7 +13,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from autograder.grading import GPU_NOT_EXERCISED, NotebookResult, TestOutcome
+from autograder.grading import NotebookResult, TestOutcome, gpu_not_exercised
 
 ISOLATION_NOTE = {
     "bubblewrap": "student code ran under bubblewrap (no network, no view of the repository) with resource limits",
@@ -62,7 +62,7 @@ class SubmissionReport:
             "seed": self.seed,
             "devices": self.devices,
             "gpu": "exercised" if self.gpu_exercised else "not exercised",
-            "warnings": ([] if self.gpu_exercised else [GPU_NOT_EXERCISED])
+            "warnings": ([] if self.gpu_exercised else [gpu_not_exercised()])
             + ([ISOLATION_NOTE["rlimits"]] if self.isolation == "rlimits" else []),
             "isolation": self.isolation,
             "notes": [f"{nb.notebook}: {note}" for nb in self.notebooks for note in nb.notes],
@@ -138,7 +138,7 @@ def table(sub: SubmissionReport) -> str:
     lines = [f"== {sub.path}: {sub.score:g} / {sub.max_score:g} points (seed {sub.seed}, "
              f"{sum(nb.seconds for nb in sub.notebooks):.1f} s)"]
     if not sub.gpu_exercised:
-        lines.append(f"   ! {GPU_NOT_EXERCISED}")
+        lines.append(f"   ! {gpu_not_exercised()}")
     if sub.isolation == "rlimits":
         lines.append(f"   ! {ISOLATION_NOTE['rlimits']}")
     lines.append(f"   {'item':<30} {'cpu':<22} {'cuda':<22} points")

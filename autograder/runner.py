@@ -28,6 +28,7 @@ from exercises.compare import Outputs
 POLL_SECONDS = 0.02
 RSS_POLL_SECONDS = 0.5  # finding the worker's processes scans /proc: not on every 20 ms poll
 MESSAGE_TAIL = 1500  # characters of a worker's output quoted when it dies before its first step
+STARTUP_TRIES = 2  # a worker that fails before any student code runs is started again once before giving up
 
 
 class GraderError(Exception):
@@ -158,7 +159,8 @@ def run_plan(cells: list[CellSpec], calls: list[CallSpec], limits: sandbox.Limit
     except OSError as exc:
         raise GraderError(f"could not make the worker's directory: {exc}") from exc
     try:
-        for attempt in range(len(cells) + len(calls) + 2):
+        startup_failures = 0
+        for attempt in range(len(cells) + len(calls) + 1 + STARTUP_TRIES):
             if attempt:
                 restarts += 1
             workdir = root / f"w{attempt}"
@@ -184,6 +186,10 @@ def run_plan(cells: list[CellSpec], calls: list[CallSpec], limits: sandbox.Limit
             drain.join(timeout=5)
             output_parts.append(drain.text())
             if not watch.ready:  # no student code ran in this worker: whatever stopped it is ours
+                startup_failures += 1
+                if startup_failures < STARTUP_TRIES:  # a passing shortage (processes, memory) gets a second try
+                    time.sleep(1.0)
+                    continue
                 raise GraderError(_startup_failure(launched, drop, cuda, launched.process.returncode,
                                                    watch.timed_out, limits, drain.text()))
             finished, step, step_started = watch.finished, watch.step, watch.step_started
@@ -246,7 +252,8 @@ def _startup_failure(launched: sandbox.Launched, drop: bool, cuda: bool, returnc
     if timed_out:
         cause = f"the worker did not start within {limits.startup_timeout:g} s"
     else:
-        cause = f"the worker exited with status {returncode} before running any student code"
+        cause = (f"the worker exited with status {returncode} before running any student code "
+                 f"({STARTUP_TRIES} tries)")
     config = (f"isolation: {launched.isolation}; worker user: {user}; devices: {'cpu and cuda' if cuda else 'cpu'}; "
               f"memory limit: {limits.memory_bytes >> 20} MiB{' (not applied with CUDA)' if cuda else ''}; "
               f"python: {sys.executable}")

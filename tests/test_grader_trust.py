@@ -224,3 +224,10 @@ def test_does_the_cli_exit_2_and_grade_nobody_when_the_worker_cannot_start(tmp_p
     assert "could not grade" in proc.stdout + proc.stderr
     assert "200 MiB" in proc.stdout
     assert not out.exists()  # no report with zeros in it
+
+
+def test_does_a_cpu_only_run_on_a_gpu_machine_say_why_cuda_was_not_graded():
+    from autograder.grading import gpu_not_exercised
+
+    assert "--device" in gpu_not_exercised(cuda_present=True)
+    assert "no CUDA device" in gpu_not_exercised(cuda_present=False)
