@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from autograder.intake import expand_batch
+from autograder.intake import expand_batch, find_source_dir
 from autograder.plugin import MANIFEST_SUFFIX
 from exercises.catalogue import NOTEBOOKS
 
@@ -37,13 +37,19 @@ def build_parser() -> argparse.ArgumentParser:
     grade.add_argument("--no-bwrap", action="store_true", help="do not use bubblewrap")
     grade.add_argument("--no-canary", action="store_true",
                        help="skip the self-check that first grades the reference solutions through the worker")
-    grade.add_argument("--source", type=Path, help="course source/ folder (default: this repository's)")
+    grade.add_argument("--source", type=Path,
+                       help="the course's source/ folder (default: this repository's, else ./source)")
     grade.add_argument("-q", "--quiet", action="store_true", help="only the score tables")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        source = find_source_dir(args.source, NOTEBOOKS)
+    except FileNotFoundError as exc:
+        print(f"error: could not grade: {exc}", file=sys.stderr)
+        return 2
     submissions: list[Path] = []
     for path in args.submissions:
         if not path.exists():
@@ -53,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="selfattn-manifest-") as tmp:
         manifest = Path(tmp) / f"grading{MANIFEST_SUFFIX}"
         manifest.write_text(json.dumps({"submissions": [str(p) for p in submissions],
-                                        "source": str(args.source.resolve()) if args.source else None}))
+                                        "source": str(source)}))
         (Path(tmp) / "pytest.ini").write_text("[pytest]\n")
         pytest_args = [str(manifest), "-c", str(Path(tmp) / "pytest.ini"), "--rootdir", tmp,
                        "-p", "no:cacheprovider", "-o", "console_output_style=count",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import traceback
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -72,10 +73,11 @@ class GradingSession:
         sub = self.current[str(submission)]
         try:
             result = self.futures[key].result()
-        except GraderError as exc:
-            if notebook not in sub.grader_errors:
-                sub.grader_errors[notebook] = str(exc)
-            raise GraderFault(f"could not grade {notebook} of {Path(sub.path).name}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - grade_notebook never raises for a student's fault
+            why = str(exc) if isinstance(exc, GraderError) else \
+                f"internal error of the grader: {''.join(traceback.format_exception(exc))[-3000:]}"
+            sub.grader_errors.setdefault(notebook, why)
+            raise GraderFault(f"could not grade {notebook} of {Path(sub.path).name}: {why}") from None
         if result not in sub.notebooks:
             sub.add(result)
             if len(sub.notebooks) == len(NOTEBOOKS):

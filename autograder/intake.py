@@ -76,6 +76,23 @@ def _text(source) -> str:
     return source if isinstance(source, str) else ""
 
 
+def find_source_dir(explicit: Path | None, notebooks: tuple[str, ...]) -> Path:
+    """The course's ``source/`` folder: ``explicit``, else this repository's, else ``./source``.
+
+    Installed from a wheel, the package has no ``source/`` beside it: the course root is then the
+    working directory (where nbgrader runs too). ``FileNotFoundError`` names what is missing.
+    """
+    candidates = [explicit] if explicit is not None else [SOURCE_DIR, Path.cwd() / "source"]
+    for candidate in candidates:
+        missing = [nb for nb in notebooks if not (candidate / ASSIGNMENT / nb).is_file()]
+        if not missing:
+            return candidate.resolve()
+    where = explicit if explicit is not None else f"{SOURCE_DIR} or {Path.cwd() / 'source'}"
+    raise FileNotFoundError(f"the course's master notebooks were not found in {where} (expected "
+                            f"{ASSIGNMENT}/{notebooks[0]} and the others there): run from the course root "
+                            "or pass --source PATH/TO/source")
+
+
 def load_source(notebook_name: str, source_dir: Path = SOURCE_DIR) -> SourceNotebook:
     """Parse the master notebook ``notebook_name`` (trusted) from ``source/self_attention``."""
     path = source_dir / ASSIGNMENT / notebook_name

@@ -17,8 +17,8 @@ from autograder.grading import NotebookResult, TestOutcome, gpu_not_exercised
 
 ISOLATION_NOTE = {
     "bubblewrap": "student code ran under bubblewrap (no network, no view of the repository) with resource limits",
-    "rlimits": "isolation reduced: bubblewrap is not available, student code ran with resource limits only "
-               "(install the `bubblewrap` package for full isolation)",
+    "rlimits": "isolation reduced: student code ran without bubblewrap (not available, or turned off with "
+               "--no-bwrap), with resource limits only (install the `bubblewrap` package for full isolation)",
 }
 
 

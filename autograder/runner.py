@@ -363,6 +363,8 @@ def _monitor(workdir: Path, launched: sandbox.Launched, limits: sandbox.Limits, 
                                                    time.monotonic() - step_started)
                 step = None
             elif kind == "finished":
+                if step is not None:  # only student code can say so mid-step (a forged event): charge that step
+                    return Watch(False, ready, (step[0], step[1], "crashed"), step_started)
                 return Watch(True, ready, None, step_started)
         if launched.process.poll() is not None:
             events, offset = _read_events(progress, offset)

@@ -108,8 +108,12 @@ def _python_roots() -> list[Path]:
     exe = Path(sys.executable)
     roots.add(exe.parent)
     roots.add(exe.resolve().parent)
-    # Nested roots are bound too (harmless); anything under /usr is covered by binding /usr whole.
-    return sorted(r for r in roots if not str(r).startswith("/usr/"))
+    # Anything under /usr is covered by binding /usr whole. Only folders that exist, and none inside
+    # another: Debian's site.getsitepackages() names absent ones (<venv>/lib/python3/dist-packages),
+    # and bwrap cannot create their parents inside a tree it has already mounted read-only.
+    usr = Path("/usr")
+    present = sorted(r for r in roots if r != usr and usr not in r.parents and r.is_dir())
+    return [r for r in present if not any(other != r and other in r.parents for other in present)]
 
 
 def _bwrap_command(bwrap: str, workdir: Path, env: dict[str, str], cuda: bool) -> list[str]:

@@ -231,3 +231,20 @@ def test_does_a_cpu_only_run_on_a_gpu_machine_say_why_cuda_was_not_graded():
 
     assert "--device" in gpu_not_exercised(cuda_present=True)
     assert "no CUDA device" in gpu_not_exercised(cuda_present=False)
+
+
+@pytest.mark.slow
+def test_does_a_forged_finished_event_cost_only_the_call_in_flight():
+    """Without the privilege drop the student can write the progress file; a lie costs only their own step."""
+    forger = ("import json, time\n"
+              "def forge(x):\n"
+              "    with open('progress.jsonl', 'a') as fh:\n"
+              "        fh.write(json.dumps({'event': 'finished'}) + '\\n')\n"
+              "    time.sleep(1)\n"
+              "    return x\n")
+    forged = CallSpec(0, [{"op": "call", "fn": "forge", "args": [{"tensor": "x"}], "out": "y"},
+                          {"op": "output", "key": "out", "var": "y"}], {"x": torch.ones(2)}, "cpu", None, group="a")
+    honest = CallSpec(1, CLONE, {"x": torch.arange(3.0)}, "cpu", None, group="b")
+    run = run_plan([CellSpec("answer", forger, "answer")], [forged, honest], FAST, use_bwrap=None)
+    assert run.calls[0].status in ("crashed", "exception")  # exception: as nobody it may not write the file
+    assert run.calls[1].status == "ok" and torch.equal(run.calls[1].outputs.tensors["out"], torch.arange(3.0))
