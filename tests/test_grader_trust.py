@@ -248,3 +248,19 @@ def test_does_a_forged_finished_event_cost_only_the_call_in_flight():
     run = run_plan([CellSpec("answer", forger, "answer")], [forged, honest], FAST, use_bwrap=None)
     assert run.calls[0].status in ("crashed", "exception")  # exception: as nobody it may not write the file
     assert run.calls[1].status == "ok" and torch.equal(run.calls[1].outputs.tensors["out"], torch.arange(3.0))
+
+
+def test_is_a_missing_source_folder_named_rather_than_graded_as_zero(tmp_path, monkeypatch):
+    from autograder import intake
+    from exercises.catalogue import NOTEBOOKS
+
+    with pytest.raises(FileNotFoundError, match="--source"):
+        intake.find_source_dir(tmp_path / "nowhere", NOTEBOOKS)
+    assert intake.find_source_dir(REPO / "source", NOTEBOOKS) == (REPO / "source").resolve()
+    # installed from a wheel there is no source/ beside the package: the course root is the working directory
+    monkeypatch.setattr(intake, "SOURCE_DIR", tmp_path / "site-packages" / "source")
+    monkeypatch.chdir(REPO)
+    assert intake.find_source_dir(None, NOTEBOOKS) == (REPO / "source").resolve()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="course root"):
+        intake.find_source_dir(None, NOTEBOOKS)
