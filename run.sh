@@ -57,6 +57,45 @@ case "${1:-}" in
     shift
     python -m pytest "$@"
     ;;
+  gpu-check)
+    # For a GPU machine with torch, numpy, pytest and safetensors but no package index (and maybe no
+    # bubblewrap): no .venv, nothing downloaded. The course goes into a venv that sees the machine's
+    # packages (torch included), installed with --no-deps; wheels carried in wheels/ (or
+    # SELFATTN_WHEELS=DIR) are installed offline first, e.g. nbformat's. Then scripts/gpu_check.py
+    # runs the needs_cuda tests and grades the examples on cpu and cuda; it exits non-zero without a GPU.
+    shift
+    GPY=${PYTHON:-python3}
+    if ! "$GPY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+      echo "error: Python >= 3.11 is required; set PYTHON=/path/to/python3" >&2
+      exit 2
+    fi
+    if ! "$GPY" -c 'import sys; sys.exit(sys.prefix == sys.base_prefix)'; then  # not a venv: make one
+      GPU_VENV=build/venv-gpu
+      if [ ! -x "$GPU_VENV/bin/python" ]; then
+        echo "== creating $GPU_VENV (--system-site-packages: the machine's torch is used as it is)"
+        mkdir -p build
+        "$GPY" -m venv --system-site-packages "$GPU_VENV" 2>/dev/null ||
+          "$GPY" -m venv --system-site-packages --without-pip "$GPU_VENV" ||
+          { echo "error: could not create $GPU_VENV; run: PYTHON=/path/to/venv/python bash run.sh gpu-check" >&2; exit 2; }
+      fi
+      GPY=$PWD/$GPU_VENV/bin/python
+    fi
+    WHEELS=${SELFATTN_WHEELS:-wheels}
+    if [ -d "$WHEELS" ] && ! "$GPY" -c 'import nbformat' 2>/dev/null; then
+      echo "== installing nbformat from $WHEELS/ (offline)"
+      "$GPY" -m pip install --quiet --no-index --find-links "$WHEELS" nbformat ||
+        echo "   could not install nbformat from $WHEELS/ (the check below says what is missing)"
+    fi
+    # -I: not the source tree's own self_attention_course.egg-info, which would pass for an installation
+    if ! "$GPY" -I -c 'import importlib.metadata as m; m.distribution("self-attention-course")' 2>/dev/null; then
+      echo "== installing the course with --no-deps (offline)"
+      mkdir -p build
+      "$GPY" -m pip install --quiet --no-deps --no-build-isolation --no-index . >build/gpu-check-pip.log 2>&1 ||
+        echo "   could not install it (pip, setuptools>=70.1 or wheel missing? see build/gpu-check-pip.log):" \
+          "running from the source tree instead"
+    fi
+    exec "$GPY" scripts/gpu_check.py "$@"
+    ;;
   *)
     echo "usage: bash run.sh main | bash run.sh test [pytest args]" >&2
     exit 2

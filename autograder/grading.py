@@ -299,5 +299,6 @@ def _judge_variant(item: Item, notebook: str, device: str, dtype: str | None,
     message = "; ".join(unique[:3]) + (f"; ... ({len(unique) - 3} more)" if len(unique) > 3 else "")
     if status != "passed" and passed:
         message = f"{passed}/{total} cases passed. " + message
-    return TestOutcome(item.name, notebook, device, dtype, status, round(score, 6), share, message[:2000],
+    # rounded for the reports, never above the row's maximum (round(1/6, 6) > 1/6)
+    return TestOutcome(item.name, notebook, device, dtype, status, min(round(score, 6), share), share, message[:2000],
                        passed, total, list(dict.fromkeys(mistakes)))

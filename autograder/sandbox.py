@@ -11,6 +11,7 @@ Isolation levels, reported with every submission:
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import os
 import resource
 import shutil
@@ -211,7 +212,20 @@ def can_drop_privileges(use_bwrap: str | None) -> bool:
         return True
     paths = sysconfig.get_paths()
     needed = [Path(sys.executable), Path(paths["stdlib"]), Path(paths["purelib"]), Path(paths["platlib"])]
-    return all(_world_traversable(p) for p in needed)
+    return all(_world_traversable(p) for p in needed + _worker_package_dirs())
+
+
+WORKER_PACKAGES = ("torch", "numpy", "safetensors", "matplotlib")  # what worker/main.py imports
+
+
+def _worker_package_dirs() -> list[Path]:
+    """Where the packages the worker imports live (a ``--system-site-packages`` venv takes torch from elsewhere)."""
+    found = []
+    for name in WORKER_PACKAGES:
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.origin:
+            found.append(Path(spec.origin).parent)
+    return found
 
 
 # Where a grading directory can live when the worker runs as ``nobody`` without bubblewrap: every

@@ -8,6 +8,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+import torch
 from grader_fixtures import NB1, answers_from_source, write_submission
 
 from autograder.cli import main
@@ -17,6 +18,9 @@ pytest_plugins = ["pytester"]
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples" / "submissions"
+# Without a GPU the cuda rows are "GPU not exercised" (skipped, no points); with one they are graded.
+GPU = torch.cuda.is_available()
+DEVICES = ["cpu", "cuda"] if GPU else ["cpu"]
 
 
 @pytest.fixture
@@ -35,20 +39,29 @@ def test_does_the_plugin_name_items_by_item_and_device(pytester: pytest.Pytester
                                            "--junitxml=junit.xml", "-p", "no:cacheprovider")
     result.stdout.fnmatch_lines([
         "*softmax_naive[[]cpu-float64[]]*",
-        "*GPU not exercised*",
+        *([] if GPU else ["*GPU not exercised*"]),
         "*bob*",
     ])
     outcomes = result.parseoutcomes()
-    # lesson 1: 5 items right x 2 dtypes; softmax_naive wrong x 2; six other lessons missing
-    assert outcomes["passed"] == 10
-    assert outcomes["failed"] >= 2
-    assert outcomes["skipped"] > 0  # cuda items: "GPU not exercised", never passed
+    # lesson 1: 5 items right x 2 dtypes (x 3 more on a GPU: float64, float32, bfloat16);
+    # softmax_naive wrong x 2 (x 3 more on a GPU); six other lessons missing
+    assert outcomes["passed"] == (10 + 15 if GPU else 10)
+    assert outcomes["failed"] >= (2 + 3 if GPU else 2)
+    if GPU:
+        assert "skipped" not in outcomes, "a GPU is present: cuda items are graded, none skipped"
+        assert "softmax_naive[cuda-bfloat16]" in result.stdout.str()
+        assert "GPU not exercised" not in result.stdout.str()
+    else:
+        assert outcomes["skipped"] > 0  # cuda items: "GPU not exercised", never passed
     junit = ET.parse(pytester.path / "junit.xml")
     cases = {c.get("name"): c for c in junit.iter("testcase")}
     wrong = cases["softmax_naive[cpu-float64]"]
     props = {p.get("name"): p.get("value") for p in wrong.iter("property")}
-    # one case of three (a 1-D input, where the whole-tensor sum is the right sum) passes: partial credit
-    assert float(props["score"]) == pytest.approx(0.5 / 3, abs=1e-5) and float(props["max_score"]) == 0.5
+    # one case of three (a 1-D input, where the whole-tensor sum is the right sum) passes: partial credit;
+    # the item's point is split over the devices, then over the 2 variants on cpu
+    share = 1 / len(DEVICES) / 2
+    assert float(props["score"]) == pytest.approx(share / 3, abs=1e-5)
+    assert float(props["max_score"]) == pytest.approx(share, abs=1e-6)
     assert wrong.find("failure") is not None
     assert "likely mistake" in wrong.find("failure").get("message") or "dim" in wrong.find("failure").text
 
@@ -78,9 +91,20 @@ def test_does_the_cli_grade_a_batch_and_write_every_report(tmp_path: Path, two_s
     missing = [t for t in subs["ada"]["tests"] if t["notebook"] != NB1 and t["device"] == "cpu"]
     assert missing and all(t["status"] == "failed" and "not found" in t["message"] for t in missing)
     cuda = [t for t in subs["ada"]["tests"] if t["device"] == "cuda"]
-    assert cuda and all(t["status"] == "skipped" and t["max_score"] == 0 and "GPU not exercised" in t["message"]
-                        for t in cuda)
-    assert subs["ada"]["gpu"] == "not exercised"
+    if GPU:  # graded like cpu: lesson 1 right in every variant, bfloat16 included; the other lessons missing
+        cuda1 = [t for t in cuda if t["notebook"] == NB1]
+        # (a row's score is rounded to 6 places, its max_score is not: 1/6 of a point on cuda)
+        assert cuda1 and all(t["status"] == "passed" and t["score"] == t["max_score"]
+                             and t["max_score"] > 0 for t in cuda1)
+        assert {t["dtype"] for t in cuda1 if t["item"] == "softmax_naive"} == {"float64", "float32", "bfloat16"}
+        others = [t for t in cuda if t["notebook"] != NB1]
+        assert others and all(t["status"] == "failed" and "not found" in t["message"] for t in others)
+        assert subs["ada"]["gpu"] == "exercised"
+        assert not any("GPU not exercised" in w for w in subs["ada"]["warnings"])
+    else:
+        assert cuda and all(t["status"] == "skipped" and t["max_score"] == 0 and "GPU not exercised" in t["message"]
+                            for t in cuda)
+        assert subs["ada"]["gpu"] == "not exercised"
     rows = list(csv.DictReader((out / "g.csv").open()))
     assert {r["submission"]: round(float(r["score"]), 2) for r in rows} == {"ada": 7.0, "bob": 6.33}
     gradescope = json.loads((out / "results.json").read_text())
@@ -116,8 +140,23 @@ def test_does_the_perfect_example_score_full_marks_and_the_release_zero(tmp_path
     subs = {Path(s["path"]).name: s for s in json.loads((tmp_path / "r.json").read_text())["submissions"]}
     assert subs["perfect"]["score"] == subs["perfect"]["max_score"] == 43
     assert subs["empty"]["score"] == 0
-    not_done = [t for t in subs["empty"]["tests"] if t["device"] == "cpu"]
-    assert all("not implemented" in t["message"] for t in not_done), [t["message"] for t in not_done][:3]
+    for device in DEVICES:
+        not_done = [t for t in subs["empty"]["tests"] if t["device"] == device]
+        assert not_done and all("not implemented" in t["message"] for t in not_done), \
+            [t["message"] for t in not_done][:3]
+        perfect = [t for t in subs["perfect"]["tests"] if t["device"] == device]
+        assert perfect and all(t["status"] == "passed" and t["score"] == t["max_score"]
+                               for t in perfect), \
+            [f"{t['name']}: {t['message']}" for t in perfect if t["status"] != "passed"][:3]
+    # the points each device carries: all of them on cpu alone, half each with a GPU
+    on_cpu = sum(t["max_score"] for t in subs["perfect"]["tests"] if t["device"] == "cpu")
+    assert on_cpu == pytest.approx(43 / len(DEVICES), abs=1e-3)
+    cuda = [t for t in subs["perfect"]["tests"] if t["device"] == "cuda"]
+    if GPU:
+        assert sum(t["score"] for t in cuda) == pytest.approx(43 / 2, abs=1e-3)
+        assert "bfloat16" in {t["dtype"] for t in cuda}
+    else:
+        assert cuda and all(t["status"] == "skipped" and t["max_score"] == 0 for t in cuda)
 
 
 def test_is_a_failed_dependency_isolated(tmp_path: Path):

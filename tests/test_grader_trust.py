@@ -264,3 +264,21 @@ def test_is_a_missing_source_folder_named_rather_than_graded_as_zero(tmp_path, m
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FileNotFoundError, match="course root"):
         intake.find_source_dir(None, NOTEBOOKS)
+
+
+def test_is_a_full_row_worth_exactly_its_maximum_when_the_share_is_a_sixth():
+    """On a GPU an item's point is split over 2 devices and 3 variants: round(1/6, 6) must not exceed 1/6."""
+    from autograder.grading import ReferenceCache, _judge_variant
+    from autograder.intake import PreparedNotebook
+    from autograder.runner import CallResult
+    from exercises.catalogue import ITEMS
+    from exercises.judge import reference_outputs
+
+    item = ITEMS["softmax_naive"]
+    share = item.share(1.0, "cuda", ["cpu", "cuda"])
+    rows = [(i, case, CallResult("ok", reference_outputs(case, "cpu", "float32")))
+            for i, case in enumerate(item.cases(0, "float32"))]
+    row = _judge_variant(item, "01_attention_scores.ipynb", "cpu", "float32", rows, share, PreparedNotebook([]),
+                         set(), ReferenceCache())
+    assert row.status == "passed" and row.score == row.max_score == share
+    assert sum([row.score] * 6) <= 1.0
