@@ -77,15 +77,16 @@ def number_dtype(meta: dict[str, Any]) -> torch.dtype:
 
 def value_mismatch(
     key: str, actual: torch.Tensor, expected: torch.Tensor, dims: Sequence[str] | None = None,
-    computed_in: torch.dtype | None = None,
+    computed_in: torch.dtype | None = None, scale: float = 1.0,
 ) -> Mismatch | None:
     """Compare values with the per-dtype tolerance; locate and describe the largest error.
 
     The tolerance is that of ``computed_in`` when given (numbers computed in float32 but carried as
-    float64, see ``number_dtype``), else that of ``expected``'s own dtype.
+    float64, see ``number_dtype``), else that of ``expected``'s own dtype; times ``scale`` for a case
+    whose inputs carry rounding error of their own (``Case.tolerance_scale``).
     """
     judged_as = computed_in or expected.dtype
-    rtol, atol = tolerance(judged_as)
+    rtol, atol = (t * scale for t in tolerance(judged_as))
     same_kind = actual.shape == expected.shape and actual.dtype == expected.dtype
     if same_kind and expected.is_floating_point() and torch.allclose(actual, expected, rtol=rtol, atol=atol,
                                                                      equal_nan=True):
@@ -121,7 +122,8 @@ def value_mismatch(
 
 
 def tensor_mismatch(
-    key: str, student: Outputs, reference: Outputs, expected_device: str, dims: Sequence[str] | None = None
+    key: str, student: Outputs, reference: Outputs, expected_device: str, dims: Sequence[str] | None = None,
+    scale: float = 1.0,
 ) -> Mismatch | None:
     """Check one tensor output in the order the spec fixes: type, shape, dtype, device, finite, values."""
     meta = student.meta.get(key)
@@ -149,11 +151,12 @@ def tensor_mismatch(
         bad = (~torch.isfinite(actual)).nonzero()[0].tolist()
         return Mismatch(key, "nonfinite", f"`{key}` contains NaN or inf (first at "
                         f"{describe_index(bad, expected.shape, dims)}); the reference is finite there")
-    return value_mismatch(key, actual, expected, dims)
+    return value_mismatch(key, actual, expected, dims, scale=scale)
 
 
 def compare_outputs(
-    student: Outputs, reference: Outputs, expected_device: str, dims: dict[str, Sequence[str]] | None = None
+    student: Outputs, reference: Outputs, expected_device: str, dims: dict[str, Sequence[str]] | None = None,
+    scale: float = 1.0,
 ) -> list[Mismatch]:
     """Compare every reference output with the student's: the key set first, then each value."""
     problems: list[Mismatch] = []
@@ -193,7 +196,7 @@ def compare_outputs(
                 problems.append(found)
         elif kind == "Tensor":
             key_dims = dims.get(key) or dims.get(key.split(".")[0])
-            found = tensor_mismatch(key, student, reference, expected_device, key_dims)
+            found = tensor_mismatch(key, student, reference, expected_device, key_dims, scale)
             if found:
                 problems.append(found)
     return problems

@@ -58,7 +58,8 @@ def judge(case: Case, student: Outputs, reference: Outputs, device: str) -> Verd
         if found:
             messages.append(found)
     if case.compare:
-        messages += [m.message for m in compare_outputs(student, reference, device, case.dims)]
+        messages += [m.message for m in compare_outputs(student, reference, device, case.dims,
+                                                        case.tolerance_scale)]
     if messages:
         return Verdict(False, f"case {case.name}: " + "; ".join(dict.fromkeys(messages)))
     return Verdict(True)

@@ -166,7 +166,8 @@ def matching_mistakes(item: str, case: Case, student: Outputs, device: str, dtyp
             continue
         if not case.compare and not has_comparable(buggy):
             continue  # nothing to compare: without a predicate this case cannot recognise the mistake
-        if clearly_different(student, buggy) or compare_outputs(student, buggy, device, case.dims):
+        if clearly_different(student, buggy) or compare_outputs(student, buggy, device, case.dims,
+                                                                 case.tolerance_scale):
             continue
         if judge(case, buggy, reference, device).passed:
             continue  # the mistake does not show on this case, so it cannot explain a failure here
