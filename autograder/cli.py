@@ -27,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     grade.add_argument("submissions", nargs="+", type=Path, metavar="SUBMISSION")
     grade.add_argument("--json", type=Path, help="write the JSON report here")
     grade.add_argument("--junit", type=Path, help="write JUnit XML here")
-    grade.add_argument("--gradescope", type=Path, help="write Gradescope's results.json here")
+    grade.add_argument("--gradescope", type=Path,
+                       help="write Gradescope's results.json here (a batch: results-<student>.json beside it)")
     grade.add_argument("--csv", type=Path, help="write a CSV of grades (one row per submission)")
     grade.add_argument("--seed", type=int, help="seed of the random inputs (default: fresh each run)")
     grade.add_argument("--call-timeout", type=float, default=30.0, help="seconds per graded call (default 30)")

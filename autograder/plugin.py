@@ -6,7 +6,7 @@ grade`` writes one and runs pytest on it). Items are named like ``softmax_stable
 each carries its points as ``user_properties`` (so ``--junitxml`` records them). Options:
 
   --selfattn-json PATH        the spec's JSON report
-  --selfattn-gradescope PATH  Gradescope's results.json (one submission)
+  --selfattn-gradescope PATH  Gradescope's results.json (a batch: one <stem>-<student>.json per student)
   --selfattn-csv PATH         one row of grades per submission
   --selfattn-seed N           fix the input seed (default: a fresh one each run)
   --selfattn-call-timeout S   per-call wall time in the worker (default 30)

@@ -96,12 +96,22 @@ def write_json(subs: list[SubmissionReport], path: Path) -> None:
                                     **({"not_graded": not_graded} if not_graded else {})}, indent=2) + "\n")
 
 
+def gradescope_paths(subs: list[SubmissionReport], path: Path) -> list[tuple[SubmissionReport, Path]]:
+    """Where each submission's ``results.json`` goes: ``path`` for one; ``<stem>-<student><suffix>`` for a batch."""
+    if len(subs) == 1:
+        return [(subs[0], path)]
+    return [(sub, path.with_name(f"{path.stem}-{Path(sub.path).name}{path.suffix}")) for sub in subs]
+
+
 def write_gradescope(subs: list[SubmissionReport], path: Path) -> None:
-    """Gradescope's ``results.json`` for the (single) submission graded; none when the grader failed on it."""
-    subs = graded(subs)
-    if not subs:
-        return  # Gradescope then shows an autograder failure: the truth, rather than a zero
-    sub = subs[0]
+    """Gradescope's ``results.json``, one per submission graded; none for a submission the grader failed on
+    (Gradescope then shows an autograder failure: the truth, rather than a zero)."""
+    for sub, target in gradescope_paths(subs, path):
+        if not sub.grader_errors:
+            _write_gradescope_one(sub, target)
+
+
+def _write_gradescope_one(sub: SubmissionReport, path: Path) -> None:
     tests = [{
         "name": f"{t.notebook} :: {t.name}", "score": t.score, "max_score": t.max_score,
         "status": "passed" if t.status in ("passed", "skipped") else "failed",

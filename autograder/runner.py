@@ -78,7 +78,6 @@ class RunResult:
     calls: dict[int, CallResult]
     isolation: str
     output: str
-    restarts: int
     seconds: float
 
 
@@ -151,7 +150,6 @@ def run_plan(cells: list[CellSpec], calls: list[CallSpec], limits: sandbox.Limit
     skip_cells: set[int] = set()
     remaining = sorted(c.id for c in calls)
     output_parts: list[str] = []
-    restarts = 0
     isolation = "bubblewrap" if use_bwrap else "rlimits"
     drop = sandbox.can_drop_privileges(use_bwrap)
     try:
@@ -161,8 +159,6 @@ def run_plan(cells: list[CellSpec], calls: list[CallSpec], limits: sandbox.Limit
     try:
         startup_failures = 0
         for attempt in range(len(cells) + len(calls) + 1 + STARTUP_TRIES):
-            if attempt:
-                restarts += 1
             workdir = root / f"w{attempt}"
             workdir.mkdir()
             plan = {"cells": [{"grade_id": c.grade_id, "source": c.source, "kind": c.kind} for c in cells],
@@ -241,7 +237,7 @@ def run_plan(cells: list[CellSpec], calls: list[CallSpec], limits: sandbox.Limit
                 "manages without it: does your code delete, replace or patch files, `safetensors`, `json` or "
                 f"`open`? ({error.get('type', 'error')}: {str(error.get('message', ''))[:300]})")}
     text = "".join(output_parts)
-    return RunResult(cell_results, call_results, isolation, text[:limits.output_bytes * 2], restarts,
+    return RunResult(cell_results, call_results, isolation, text[:limits.output_bytes * 2],
                      time.monotonic() - started)
 
 

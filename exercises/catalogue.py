@@ -23,7 +23,8 @@ Check = Callable[[Outputs, Outputs], "str | None"]
 
 FLOAT_DTYPES = ("float64", "float32")
 BUILTIN_SOFTMAX = ("torch.softmax", "torch.nn.functional.softmax", "torch.Tensor.softmax",
-                   "torch.log_softmax", "torch.nn.functional.log_softmax", "torch.special.softmax")
+                   "torch.log_softmax", "torch.nn.functional.log_softmax", "torch.Tensor.log_softmax",
+                   "torch.special.softmax")
 BUILTIN_SDPA = ("torch.nn.functional.scaled_dot_product_attention",)
 BUILTIN_MHA = ("torch.nn.MultiheadAttention", "torch.nn.functional.multi_head_attention_forward")
 

@@ -23,7 +23,6 @@ class Verdict:
 
     passed: bool
     message: str = ""
-    mistake: str | None = None
 
 
 def reference_namespace() -> dict[str, Any]:

@@ -14,6 +14,7 @@ Warnings raised by student code are silenced here: nbgrader scores any stderr ou
 from __future__ import annotations
 
 import inspect
+import linecache
 import secrets
 import textwrap
 import traceback
@@ -29,24 +30,59 @@ from exercises.mistakes import diagnose, explain_error
 from exercises.rules import forbidden_message, recording
 
 
-def item_points(name: str) -> float | None:
-    """The item's points from its test cell in ``source/`` (one source of truth), if the course is here."""
+class CourseNotFound(RuntimeError):
+    """The course's ``source/`` could not be read: the installation's fault, and the message says so."""
+
+
+def item_points(name: str) -> float:
+    """The item's points from its test cell in ``source/`` (one source of truth)."""
     from autograder.intake import load_source
 
     try:
-        return load_source(ITEMS[name].notebook).points.get(f"test_{name}")
-    except (OSError, ValueError):
+        points = load_source(ITEMS[name].notebook).points.get(f"test_{name}")
+    except (OSError, ValueError) as exc:
+        raise CourseNotFound(f"the points of `{name}` could not be read from the course's source/ ({exc}), so "
+                             "partial credit cannot be computed: this is a fault of the course's installation, "
+                             "not of your answer; tell your instructor") from exc
+    if points is None:
+        raise CourseNotFound(f"`{name}` has no test cell `test_{name}` with points in the course's source/")
+    return points
+
+
+def _functions_of(obj: Any) -> list[Any]:
+    """The plain functions behind ``obj``: itself, or a class's methods, static/class methods and properties."""
+    if inspect.isfunction(obj):
+        return [obj]
+    found = []
+    for value in vars(obj).values() if inspect.isclass(obj) else []:
+        for candidate in (value, getattr(value, "__func__", None), getattr(value, "fget", None)):
+            if inspect.isfunction(candidate):
+                found.append(candidate)
+    return found
+
+
+def cell_source(obj: Any) -> str | None:
+    """The whole text of the notebook cell that defined ``obj``, as the pytest grader reads the answer cell.
+
+    IPython keeps every cell in ``linecache`` under the file name its code objects carry; a class has no
+    such name itself (``inspect.getsource`` fails on a class defined in a notebook), its methods do.
+    """
+    for function in _functions_of(obj):
+        lines = linecache.getlines(function.__code__.co_filename)
+        if lines:
+            return "".join(lines)
+    try:
+        return textwrap.dedent(inspect.getsource(obj))
+    except (OSError, TypeError):
         return None
 
 
 def _static_uses(obj: Any) -> set[str]:
-    """Forbidden built-ins named in the source of the student's function or class (IPython keeps cell sources)."""
+    """Forbidden built-ins named in the answer cell that defined the student's function or class."""
     from autograder.intake import static_forbidden_calls
 
-    try:
-        return static_forbidden_calls(textwrap.dedent(inspect.getsource(obj)))
-    except (OSError, TypeError):
-        return set()
+    source = cell_source(obj)
+    return static_forbidden_calls(source) if source else set()
 
 
 def _run_case(name: str, namespace: dict[str, Any], case, device: str, dtype: str | None,
@@ -102,8 +138,8 @@ def check(name: str, namespace: dict[str, Any], seed: int | None = None) -> floa
         return None
     shown = failures[:6] + ([f"... and {len(failures) - 6} more"] if len(failures) > 6 else [])
     report = f"{name}: {len(failures)} hidden check(s) failed (seed {seed}):\n  " + "\n  ".join(shown)
-    points = item_points(name)
-    if fraction == 0 or points is None:
+    if fraction == 0:
         raise AssertionError(report)
+    points = item_points(name)  # raises CourseNotFound, naming the cause, rather than scoring zero unexplained
     print(report)
     return round(points * fraction, 6)

@@ -20,7 +20,7 @@ RECORDED: tuple[tuple[str, str, str], ...] = (
     ("torch.nn.functional", "log_softmax", "torch.nn.functional.log_softmax"),
     ("torch.special", "softmax", "torch.special.softmax"),
     ("torch.Tensor", "softmax", "torch.Tensor.softmax"),
-    ("torch.Tensor", "log_softmax", "torch.log_softmax"),
+    ("torch.Tensor", "log_softmax", "torch.Tensor.log_softmax"),
     ("torch.nn.functional", "scaled_dot_product_attention", "torch.nn.functional.scaled_dot_product_attention"),
     ("torch.nn.functional", "multi_head_attention_forward", "torch.nn.functional.multi_head_attention_forward"),
     ("torch.nn.MultiheadAttention", "forward", "torch.nn.MultiheadAttention"),

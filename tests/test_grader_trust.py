@@ -282,3 +282,11 @@ def test_is_a_full_row_worth_exactly_its_maximum_when_the_share_is_a_sixth():
                          set(), ReferenceCache())
     assert row.status == "passed" and row.score == row.max_score == share
     assert sum([row.score] * 6) <= 1.0
+
+
+def test_does_a_batch_get_one_gradescope_file_per_student(tmp_path):
+    ada, bob = _submission("/x/ada", {}), _submission("/x/bob", {})
+    report.write_gradescope([ada, bob], tmp_path / "results.json")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results-ada.json", "results-bob.json"]
+    report.write_gradescope([ada], tmp_path / "one" / "results.json")
+    assert json.loads((tmp_path / "one" / "results.json").read_text())["score"] == ada.score

@@ -47,8 +47,6 @@ def _arg(spec: Any, inputs: dict[str, torch.Tensor], env: dict[str, Any], device
         return value
     if kind == "device":
         return device
-    if kind == "tensor_list":
-        return [inputs[v].to(device) for v in value]
     raise ValueError(f"unknown argument kind {kind!r}")
 
 
