@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from autograder.intake import expand_batch, find_source_dir
+from autograder.intake import expand_batch
 from autograder.plugin import MANIFEST_SUFFIX
 from exercises.catalogue import NOTEBOOKS
+from exercises.source import find_source_dir
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,20 +12,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from autograder.intake import (
-    IntakeError,
-    PreparedNotebook,
-    load_source,
-    prepare,
-    read_student_notebook,
-    static_forbidden_calls,
-)
+from autograder.intake import IntakeError, PreparedNotebook, prepare, read_student_notebook
 from autograder.runner import CallResult, CallSpec, run_plan
 from autograder.sandbox import Limits
 from exercises.catalogue import Case, Item, available_devices, items_in
+from exercises.diagnosis import diagnose, explain_error
 from exercises.judge import judge, reference_outputs
-from exercises.mistakes import diagnose, explain_error
-from exercises.rules import RECORDED, forbidden_message
+from exercises.rules import RECORDED, forbidden_message, static_forbidden_calls
+from exercises.source import load_source
 
 GPU_NOT_EXERCISED = "GPU not exercised: no CUDA device on the grading machine"
 GPU_NOT_ASKED = "GPU not exercised: cuda was left out of the devices to grade on (--device)"

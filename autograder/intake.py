@@ -7,48 +7,27 @@ cells, points and locks are never taken from the student's copy.
 
 from __future__ import annotations
 
-import ast
 import json
 import re
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from autograder.runner import CellSpec
-from exercises.rules import FAMILY
+from exercises.rules import parse
+from exercises.source import (
+    SourceNotebook,
+    cell_text,
+    nbgrader_metadata,
+)
 
 MAX_NOTEBOOK_BYTES = 8 << 20
 MAX_CELLS = 400
 MAX_CELL_CHARS = 200_000
 MAGIC = re.compile(r"^\s*(%|!)")
-REPO = Path(__file__).resolve().parent.parent
-SOURCE_DIR = REPO / "source"
-ASSIGNMENT = "self_attention"
-
-
-# CPython 3.11's ast.parse is not safe to call from two threads at once ("AST constructor recursion
-# depth mismatch"); notebooks are prepared in parallel threads.
-_AST_LOCK = threading.Lock()
-
-
-def parse(code: str) -> ast.Module:
-    """``ast.parse`` under a lock (see above)."""
-    with _AST_LOCK:
-        return ast.parse(code)
 
 
 class IntakeError(Exception):
     """The notebook cannot be graded at all; the message says why."""
-
-
-@dataclass
-class SourceNotebook:
-    """What the instructor's master copy says: cells in order, answer ids and points per test cell."""
-
-    path: Path
-    cells: list[dict]
-    answer_ids: list[str]
-    points: dict[str, float]  # test grade_id -> points
 
 
 @dataclass
@@ -60,54 +39,6 @@ class PreparedNotebook:
     missing_answers: set[str] = field(default_factory=set)
     syntax_errors: dict[str, str] = field(default_factory=dict)
     answer_sources: dict[str, str] = field(default_factory=dict)
-
-
-def _nbgrader(cell: dict) -> dict:
-    meta = cell.get("metadata", {})
-    data = meta.get("nbgrader", {}) if isinstance(meta, dict) else {}
-    return data if isinstance(data, dict) else {}
-
-
-def _text(source) -> str:
-    if isinstance(source, list):
-        return "".join(s for s in source if isinstance(s, str))
-    return source if isinstance(source, str) else ""
-
-
-def find_source_dir(explicit: Path | None, notebooks: tuple[str, ...]) -> Path:
-    """The course's ``source/`` folder: ``explicit``, else this repository's, else ``./source``.
-
-    Installed from a wheel, the package has no ``source/`` beside it: the course root is then the
-    working directory (where nbgrader runs too). ``FileNotFoundError`` names what is missing.
-    """
-    candidates = [explicit] if explicit is not None else [SOURCE_DIR, Path.cwd() / "source"]
-    for candidate in candidates:
-        missing = [nb for nb in notebooks if not (candidate / ASSIGNMENT / nb).is_file()]
-        if not missing:
-            return candidate.resolve()
-    where = explicit if explicit is not None else f"{SOURCE_DIR} or {Path.cwd() / 'source'}"
-    raise FileNotFoundError(f"the course's master notebooks were not found in {where} (expected "
-                            f"{ASSIGNMENT}/{notebooks[0]} and the others there): run from the course root "
-                            "or pass --source PATH/TO/source")
-
-
-def load_source(notebook_name: str, source_dir: Path = SOURCE_DIR) -> SourceNotebook:
-    """Parse the master notebook ``notebook_name`` (trusted) from ``source/self_attention``."""
-    path = source_dir / ASSIGNMENT / notebook_name
-    # Plain JSON (the master notebooks are nbformat 4, checked by the suite): the grader needs no
-    # Jupyter stack, so it runs on a bare GPU machine with torch alone.
-    nb = json.loads(path.read_text(encoding="utf-8"))
-    if nb.get("nbformat") != 4:
-        raise ValueError(f"{path} is not an nbformat 4 notebook")
-    cells, answers, points = [], [], {}
-    for cell in nb["cells"]:
-        meta = _nbgrader(cell)
-        cells.append({"cell_type": cell["cell_type"], "source": _text(cell.get("source")), "nbgrader": meta})
-        if meta.get("solution"):
-            answers.append(meta["grade_id"])
-        if meta.get("grade") and not meta.get("solution"):
-            points[meta["grade_id"]] = float(meta.get("points", 0))
-    return SourceNotebook(path, cells, answers, points)
 
 
 def read_student_notebook(path: Path) -> list[dict]:
@@ -151,13 +82,13 @@ def prepare(source: SourceNotebook, student_cells: list[dict]) -> PreparedNotebo
     for cell in student_cells:
         if cell.get("cell_type") != "code":
             continue
-        gid = _nbgrader(cell).get("grade_id")
+        gid = nbgrader_metadata(cell).get("grade_id")
         if not isinstance(gid, str):
             continue
         if gid in by_id:
             duplicates.add(gid)
             continue
-        by_id[gid] = _text(cell.get("source"))[:MAX_CELL_CHARS]
+        by_id[gid] = cell_text(cell.get("source"))[:MAX_CELL_CHARS]
     prepared = PreparedNotebook(cells=[])
     for gid in sorted(duplicates & set(source.answer_ids)):
         prepared.notes.append(f"answer cell `{gid}` appears more than once; the first copy was graded")
@@ -187,25 +118,6 @@ def prepare(source: SourceNotebook, student_cells: list[dict]) -> PreparedNotebo
         prepared.answer_sources[gid] = code
         prepared.cells.append(CellSpec(gid, code, "answer"))
     return prepared
-
-
-def static_forbidden_calls(code: str) -> set[str]:
-    """Names of built-ins the code refers to (``torch.softmax``, ``x.softmax``, ``F.scaled_dot_product_attention``).
-
-    Returns the family names of ``exercises.rules.FAMILY``; a syntax error yields nothing (reported elsewhere).
-    """
-    try:
-        tree = parse(code)
-    except SyntaxError:
-        return set()
-    found: set[str] = set()
-    for node in ast.walk(tree):
-        name = node.attr if isinstance(node, ast.Attribute) else node.id if isinstance(node, ast.Name) else None
-        if isinstance(node, ast.alias):
-            name = node.name.rsplit(".", 1)[-1]
-        if name in FAMILY:
-            found.add(FAMILY[name])
-    return found
 
 
 def find_notebooks(path: Path, names: tuple[str, ...]) -> dict[str, Path]:

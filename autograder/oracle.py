@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from autograder.worker.program import ProgramError, run_program, serialise_outputs
+from exercises.program import ProgramError, run_program, serialise_outputs
 
 MAX_ELEMENTS = 50_000_000
 

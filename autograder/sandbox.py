@@ -26,7 +26,10 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-WORKER_FILES = ("main.py", "program.py")
+# The worker's code, copied into its directory: the harness, and the course's call-program interpreter
+# (stdlib and torch only; the same file runs the reference in the grader).
+WORKER_FILES = {"main.py": Path(__file__).with_name("worker") / "main.py",
+                "program.py": Path(__file__).resolve().parent.parent / "exercises" / "program.py"}
 NOBODY = 65534
 PR_SET_CHILD_SUBREAPER = 36
 TAG_VARIABLE = "SELFATTN_WORKER_TAG"
@@ -158,9 +161,8 @@ class Launched:
 
 def prepare_workdir(workdir: Path) -> None:
     """Copy the worker's two files in; hand the directory to ``nobody`` when we are root."""
-    here = Path(__file__).with_name("worker")
-    for name in WORKER_FILES:
-        shutil.copyfile(here / name, workdir / name)
+    for name, origin in WORKER_FILES.items():
+        shutil.copyfile(origin, workdir / name)
     if os.geteuid() == 0:  # the worker runs as nobody: it must read its inputs and write its outputs
         for path in [workdir, *workdir.iterdir()]:
             os.chown(path, NOBODY, NOBODY)

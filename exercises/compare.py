@@ -1,6 +1,6 @@
 """Compare a student's serialised outputs with the reference's, with messages that say what to fix.
 
-Both sides arrive as ``(tensors, meta)`` from ``autograder.worker.program.serialise_outputs``: plain
+Both sides arrive as ``(tensors, meta)`` from ``exercises.program.serialise_outputs``: plain
 CPU tensors plus, per key, the Python type, device and dtype that the code really returned.
 """
 

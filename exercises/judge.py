@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
-from autograder.worker.program import compute_dtype, run_program, serialise_outputs
 from exercises.catalogue import Case
 from exercises.compare import Outputs, compare_outputs
+from exercises.program import compute_dtype, run_program, serialise_outputs
 
 
 @dataclass

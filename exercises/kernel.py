@@ -23,10 +23,10 @@ from typing import Any
 
 import torch
 
-from autograder.worker.program import ProgramError
 from exercises.catalogue import ITEMS, available_devices
+from exercises.diagnosis import diagnose, explain_error
 from exercises.judge import judge, reference_outputs, run_on
-from exercises.mistakes import diagnose, explain_error
+from exercises.program import ProgramError
 from exercises.rules import forbidden_message, recording
 
 
@@ -36,7 +36,7 @@ class CourseNotFound(RuntimeError):
 
 def item_points(name: str) -> float:
     """The item's points from its test cell in ``source/`` (one source of truth)."""
-    from autograder.intake import load_source
+    from exercises.source import load_source
 
     try:
         points = load_source(ITEMS[name].notebook).points.get(f"test_{name}")
@@ -79,7 +79,7 @@ def cell_source(obj: Any) -> str | None:
 
 def _static_uses(obj: Any) -> set[str]:
     """Forbidden built-ins named in the answer cell that defined the student's function or class."""
-    from autograder.intake import static_forbidden_calls
+    from exercises.rules import static_forbidden_calls
 
     source = cell_source(obj)
     return static_forbidden_calls(source) if source else set()

@@ -2,14 +2,16 @@
 
 One definition for the three places that enforce the rule: the worker records calls at run time
 (it receives ``RECORDED`` in its plan: it cannot import this package), the grader reads the answer
-cell's syntax tree (``autograder.intake.static_forbidden_calls``), and ``exercises.kernel.check``
+cell's syntax tree (``static_forbidden_calls``), and ``exercises.kernel.check``
 records calls inside the student's kernel.
 """
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import importlib
+import threading
 from collections.abc import Iterator
 
 # (owner, attribute, name reported): the owner is a dotted path to a module or class.
@@ -78,3 +80,33 @@ def forbidden_message(item_name: str, forbidden: tuple[str, ...], static: set[st
     what = ", ".join(hit_runtime or hit_static)
     return (f"`{item_name}` may not use {what}: this exercise is about building that mechanism yourself "
             f"(detected {'while running' if hit_runtime else 'in the answer cell'})")
+
+
+# CPython 3.11's ast.parse is not safe to call from two threads at once ("AST constructor recursion
+# depth mismatch"); notebooks are prepared in parallel threads.
+_AST_LOCK = threading.Lock()
+
+
+def parse(code: str) -> ast.Module:
+    """``ast.parse`` under a lock (see above)."""
+    with _AST_LOCK:
+        return ast.parse(code)
+
+
+def static_forbidden_calls(code: str) -> set[str]:
+    """Names of built-ins the code refers to (``torch.softmax``, ``x.softmax``, ``F.scaled_dot_product_attention``).
+
+    Returns the family names of ``FAMILY``; a syntax error yields nothing (reported elsewhere).
+    """
+    try:
+        tree = parse(code)
+    except SyntaxError:
+        return set()
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        name = node.attr if isinstance(node, ast.Attribute) else node.id if isinstance(node, ast.Name) else None
+        if isinstance(node, ast.alias):
+            name = node.name.rsplit(".", 1)[-1]
+        if name in FAMILY:
+            found.add(FAMILY[name])
+    return found

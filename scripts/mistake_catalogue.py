@@ -86,8 +86,8 @@ def cases_text(item) -> tuple[str, str]:
 
 def render() -> str:
     from exercises.catalogue import ITEMS, NOTEBOOKS, items_in
+    from exercises.diagnosis import all_error_hints, all_mistakes
     from exercises.mistake_bank import UNDETECTED
-    from exercises.mistakes import all_error_hints, all_mistakes
     from exercises.tolerances import TOLERANCES
 
     mistakes = all_mistakes()
@@ -140,7 +140,7 @@ def render() -> str:
         out += table(["item", "mistake", "diagnosis", "hint", "recognised by", "same outputs as"], rows)
         out += [""]
     out += [f"## Mistakes recognised from the exception they raise ({len(hints)})", "",
-            "`exercises.mistakes.explain_error(item, error_text)` names these from the text of the exception.", ""]
+            "`exercises.diagnosis.explain_error(item, error_text)` names these from the text of the exception.", ""]
     out += table(["item", "mistake", "error text (regular expression)", "diagnosis", "hint"],
                  [[f"`{h.item}`", f"`{h.name}`", f"`{h.pattern}`", h.diagnosis, h.hint] for h in hints])
     out += ["", "## Known mistakes the current cases cannot detect", "",

@@ -16,8 +16,8 @@ import torch
 
 import solutions
 from exercises.catalogue import ITEMS
+from exercises.diagnosis import diagnose
 from exercises.judge import judge, reference_outputs, run_on
-from exercises.mistakes import diagnose
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "alternatives"
 ALTERNATIVES = sorted(FIXTURES.glob("*.py"))
@@ -27,7 +27,7 @@ DEVICE = "cpu"
 
 def forbidden_used(item: str, source: str) -> set[str]:
     """The forbidden built-ins the answer cell names (the grader's static check)."""
-    from autograder.intake import static_forbidden_calls
+    from exercises.rules import static_forbidden_calls
 
     families = {name.rsplit(".", 1)[-1].replace("log_softmax", "softmax") for name in ITEMS[item].forbidden}
     families = {"MultiheadAttention" if f == "multi_head_attention_forward" else f for f in families}

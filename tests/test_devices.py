@@ -14,10 +14,10 @@ import torch
 
 from autograder.grading import GPU_NOT_ASKED, GPU_NOT_EXERCISED, grade_notebook
 from autograder.sandbox import Limits
-from autograder.worker.program import serialise_outputs
 from exercises import catalogue
 from exercises.catalogue import FLOAT_DTYPES, ITEMS, NOTEBOOKS, available_devices, items_in
 from exercises.compare import Outputs, compare_outputs, same_device, tensor_mismatch
+from exercises.program import serialise_outputs
 
 FLOAT_ITEMS = [name for name, item in ITEMS.items() if tuple(item.dtypes) == FLOAT_DTYPES]
 OTHER_ITEMS = [name for name in ITEMS if name not in FLOAT_ITEMS]

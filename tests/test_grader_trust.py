@@ -22,8 +22,8 @@ from autograder.canary import check_grader, reference_cells
 from autograder.grading import NotebookResult, TestOutcome
 from autograder.runner import CallSpec, CellSpec, GraderError, run_plan
 from autograder.sandbox import Limits
-from autograder.worker.program import compute_dtype, serialise_outputs
 from exercises.compare import Outputs, compare_outputs, number_dtype, value_mismatch
+from exercises.program import compute_dtype, serialise_outputs
 
 REPO = Path(__file__).resolve().parent.parent
 FAST = Limits(call_timeout=20.0, cell_timeout=20.0, startup_timeout=60.0, memory_bytes=3 << 30)
@@ -251,7 +251,7 @@ def test_does_a_forged_finished_event_cost_only_the_call_in_flight():
 
 
 def test_is_a_missing_source_folder_named_rather_than_graded_as_zero(tmp_path, monkeypatch):
-    from autograder import intake
+    from exercises import source as intake  # where the course's source/ is found
     from exercises.catalogue import NOTEBOOKS
 
     with pytest.raises(FileNotFoundError, match="--source"):

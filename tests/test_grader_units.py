@@ -11,8 +11,10 @@ import torch
 from autograder import intake, report
 from autograder.grading import NotebookResult, TestOutcome, device_hint
 from autograder.oracle import OracleResponder
-from autograder.worker.program import ProgramError, deserialise, encode_arguments, run_program, serialise_outputs
+from exercises import source as source_module
 from exercises.compare import Outputs, compare_outputs, describe_index
+from exercises.program import ProgramError, deserialise, encode_arguments, run_program, serialise_outputs
+from exercises.rules import static_forbidden_calls
 from exercises.tolerances import tolerance
 
 NB1 = "01_attention_scores.ipynb"
@@ -67,8 +69,8 @@ def test_is_a_device_mismatch_error_explained():
 
 # --- intake ----------------------------------------------------------------------------------------
 def test_are_answer_cells_taken_by_the_instructors_grade_ids_and_test_cells_never_run(tmp_path: Path):
-    source = intake.load_source(NB1)
-    student = json.loads((intake.SOURCE_DIR / "self_attention" / NB1).read_text())
+    source = source_module.load_source(NB1)
+    student = json.loads((source_module.SOURCE_DIR / "self_attention" / NB1).read_text())
     for cell in student["cells"]:
         meta = cell.get("metadata", {}).get("nbgrader", {})
         if meta.get("grade") and not meta.get("solution"):
@@ -82,7 +84,7 @@ def test_are_answer_cells_taken_by_the_instructors_grade_ids_and_test_cells_neve
 
 
 def test_are_magics_dropped_and_a_duplicate_answer_noted():
-    source = intake.load_source(NB1)
+    source = source_module.load_source(NB1)
     cells = [{"cell_type": "code", "source": "%time x = 1\n!ls\ndef softmax_naive(x, dim=-1):\n    return x\n",
               "metadata": {"nbgrader": {"grade_id": "softmax_naive"}}},
              {"cell_type": "code", "source": "def softmax_naive(x, dim=-1):\n    return 2 * x\n",
@@ -136,7 +138,7 @@ def test_are_submissions_found_directly_one_level_down_and_in_batches(tmp_path: 
     ("def f(x:\n", set()),
 ])
 def test_are_forbidden_built_ins_found_in_the_answer_cell(code, found):
-    assert intake.static_forbidden_calls(code) == found
+    assert static_forbidden_calls(code) == found
 
 
 # --- programs and stand-ins ----------------------------------------------------------------------

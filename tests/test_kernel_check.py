@@ -75,7 +75,7 @@ def test_is_partial_credit_without_source_a_named_fault_not_a_silent_zero(monkey
     def unreadable(*args, **kwargs):
         raise OSError("No such file or directory: 'source/self_attention/01_attention_scores.ipynb'")
 
-    monkeypatch.setattr("autograder.intake.load_source", unreadable)
+    monkeypatch.setattr("exercises.source.load_source", unreadable)
     # a softmax that ignores `dim`: right on 1-D input, wrong elsewhere: partial credit is due
     namespace = run_cell("import torch\ndef softmax_naive(x, dim=-1):\n    return torch.exp(x) / torch.exp(x).sum()\n")
     with pytest.raises(kernel.CourseNotFound, match="not of your answer"):

@@ -21,11 +21,12 @@ import pytest
 import torch
 
 import solutions
-from exercises import mistakes as mistakes_module
+from exercises import diagnosis as mistakes_module
 from exercises.catalogue import ITEMS, NOTEBOOKS, Case
 from exercises.compare import Outputs
+from exercises.diagnosis import all_error_hints, all_mistakes, diagnose, explain_error, matching_mistakes
 from exercises.judge import judge, reference_outputs, run_on
-from exercises.mistakes import Mistake, all_error_hints, all_mistakes, diagnose, explain_error, matching_mistakes
+from exercises.mistakes import Mistake
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

@@ -40,10 +40,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import solutions
-from autograder.intake import load_source, prepare, read_student_notebook
+from autograder.intake import prepare, read_student_notebook
 from exercises.catalogue import ITEMS, NOTEBOOKS, Case
 from exercises.compare import Outputs
 from exercises.judge import judge, reference_outputs, run_on
+from exercises.source import load_source
 
 REPO = Path(__file__).resolve().parent.parent
 PERFECT = REPO / "examples" / "submissions" / "perfect" / "self_attention"
