@@ -15,7 +15,7 @@ import torch
 from autograder import report
 from autograder.grading import GPU_NOT_EXERCISED, NotebookResult, TestOutcome, grade_notebook
 from autograder.intake import find_notebooks
-from autograder.plugin import SESSION_KEY
+from autograder.options import SESSION_KEY, resolve
 from autograder.runner import GraderError, default_bwrap
 from autograder.sandbox import Limits, become_subreaper
 from exercises.catalogue import NOTEBOOKS, available_devices, items_in
@@ -24,23 +24,23 @@ from exercises.catalogue import NOTEBOOKS, available_devices, items_in
 class GradingSession:
     """State shared by every item of one pytest run: options, seed, the notebook results so far."""
 
-    def __init__(self, config: pytest.Config):
+    def __init__(self, config: pytest.Config, options: dict):
         self.config = config
-        opt = config.getoption
-        self.seed = opt("--selfattn-seed") if opt("--selfattn-seed") is not None else secrets.randbits(31)
-        self.limits = Limits(call_timeout=opt("--selfattn-call-timeout"), cell_timeout=opt("--selfattn-cell-timeout"),
-                             memory_bytes=opt("--selfattn-memory-mib") << 20)
+        self.options = opt = options  # every option of autograder/options.py, by its name in code
+        self.seed = opt["seed"] if opt["seed"] is not None else secrets.randbits(31)
+        self.limits = Limits(call_timeout=opt["call_timeout"], cell_timeout=opt["cell_timeout"],
+                             memory_bytes=opt["memory_mib"] << 20)
         present = available_devices()
-        wanted = opt("--selfattn-device") or present
+        wanted = opt["device"] or present
         self.devices = [d for d in wanted if d in present]
-        self.use_bwrap = None if opt("--selfattn-no-bwrap") else default_bwrap()
-        self.jobs = max(1, opt("--selfattn-jobs") or min(2, os.cpu_count() or 1))
+        self.use_bwrap = None if opt["no_bwrap"] else default_bwrap()
+        self.jobs = max(1, opt["jobs"] or min(2, os.cpu_count() or 1))
         self.pool = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="selfattn-grade")
         self.futures: dict[tuple[str, str], Future] = {}
         self.submissions: list[report.SubmissionReport] = []
         self.current: dict[str, report.SubmissionReport] = {}
         self.done = 0
-        self.canary_wanted = not opt("--selfattn-no-canary")
+        self.canary_wanted = not opt["no_canary"]
         self.canary_seconds: float | None = None
         self.fatal: str | None = None
         become_subreaper()
@@ -96,14 +96,18 @@ class GradingSession:
                                 f"({sum(nb.seconds for nb in sub.notebooks):.1f} s)")
 
 
-def _session(config: pytest.Config) -> GradingSession:
+def _session(config: pytest.Config, manifest: dict | None = None) -> GradingSession:
+    """The run's grading session, made by the first manifest collected (its options win over pytest's)."""
     if SESSION_KEY not in config.stash:
-        config.stash[SESSION_KEY] = GradingSession(config)
+        config.stash[SESSION_KEY] = GradingSession(config, resolve(config, manifest))
     return config.stash[SESSION_KEY]
 
 
 class Manifest(pytest.File):
-    """``{"submissions": [paths], "source": optional source dir}``: one collector per submission."""
+    """``{"submissions": [paths], "source": source dir, "options": {...}}``: one collector per submission.
+
+    ``source`` and ``options`` are optional (this repository's ``source/``; pytest's ``--selfattn-*``).
+    """
 
     def repr_failure(self, excinfo, style=None):
         if isinstance(excinfo.value, GraderFault):
@@ -113,7 +117,7 @@ class Manifest(pytest.File):
     def collect(self):
         data = json.loads(self.path.read_text(encoding="utf-8"))
         source = Path(data["source"]) if data.get("source") else None
-        session = _session(self.config)
+        session = _session(self.config, data)
         session.check_grader()
         for raw in data["submissions"]:
             path = Path(raw)

@@ -3,18 +3,10 @@
 Registered by entry point (``pytest11``), it is inert until pytest is asked to collect a grading
 manifest: a JSON file named ``*.selfattn.json`` listing the submissions (``python -m autograder
 grade`` writes one and runs pytest on it). Items are named like ``softmax_stable[cpu-float32]``;
-each carries its points as ``user_properties`` (so ``--junitxml`` records them). Options:
-
-  --selfattn-json PATH        the spec's JSON report
-  --selfattn-gradescope PATH  Gradescope's results.json (a batch: one <stem>-<student>.json per student)
-  --selfattn-csv PATH         one row of grades per submission
-  --selfattn-seed N           fix the input seed (default: a fresh one each run)
-  --selfattn-call-timeout S   per-call wall time in the worker (default 30)
-  --selfattn-cell-timeout S   per-cell wall time in the worker (default 60)
-  --selfattn-memory-mib M     worker address-space limit on CPU (default 6144)
-  --selfattn-device D         grade on these devices only (repeatable: cpu, cuda)
-  --selfattn-no-bwrap         do not use bubblewrap even where available
-  --selfattn-no-canary        skip the self-check (the reference graded through the worker first)
+each carries its points as ``user_properties`` (so ``--junitxml`` records them). Its options are
+those of ``python -m autograder grade`` with a ``--selfattn-`` prefix (``--selfattn-call-timeout=5``),
+generated from ``autograder/options.py`` (``pytest --help`` lists them); a manifest's ``"options"``
+override them.
 
 A run in which the grader itself failed (the self-check, or a worker that could not start) exits
 with pytest's internal-error status (3); ``python -m autograder`` turns that into 2.
@@ -26,26 +18,11 @@ from pathlib import Path
 
 import pytest
 
-MANIFEST_SUFFIX = ".selfattn.json"
-SESSION_KEY = pytest.StashKey["object"]()
+from autograder.options import MANIFEST_SUFFIX, SESSION_KEY, add_plugin_options
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("selfattn", "self-attention course autograder")
-    group.addoption("--selfattn-json", metavar="PATH", help="write the JSON report of the graded submissions")
-    group.addoption("--selfattn-gradescope", metavar="PATH", help="write Gradescope's results.json")
-    group.addoption("--selfattn-csv", metavar="PATH", help="write a CSV of grades, one row per submission")
-    group.addoption("--selfattn-seed", type=int, default=None, help="seed for the random inputs (default: fresh)")
-    group.addoption("--selfattn-call-timeout", type=float, default=30.0, help="seconds per graded call")
-    group.addoption("--selfattn-cell-timeout", type=float, default=60.0, help="seconds per notebook cell")
-    group.addoption("--selfattn-memory-mib", type=int, default=6144, help="worker memory limit on CPU (MiB)")
-    group.addoption("--selfattn-device", action="append", default=None, choices=["cpu", "cuda"],
-                    help="grade on this device only (repeatable); default: every available device")
-    group.addoption("--selfattn-no-bwrap", action="store_true", help="never use bubblewrap")
-    group.addoption("--selfattn-no-canary", action="store_true",
-                    help="skip the self-check that grades the reference solutions through the worker first")
-    group.addoption("--selfattn-jobs", type=int, default=None,
-                    help="notebooks graded at once, each in its own worker (default: up to 2, by CPU count)")
+    add_plugin_options(parser.getgroup("selfattn", "self-attention course autograder"))
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector):
@@ -95,10 +72,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
         for sub in failed:
             for notebook, why in sub.grader_errors.items():
                 terminalreporter.write_line(f"  {Path(sub.path).name} / {notebook}: {why}")
-    opt = config.getoption
-    if opt("--selfattn-json"):
-        report.write_json(session.submissions, Path(opt("--selfattn-json")))
-    if opt("--selfattn-gradescope"):
-        report.write_gradescope(session.submissions, Path(opt("--selfattn-gradescope")))
-    if opt("--selfattn-csv"):
-        report.write_csv(session.submissions, Path(opt("--selfattn-csv")))
+    opt = session.options
+    if opt["json"]:
+        report.write_json(session.submissions, Path(opt["json"]))
+    if opt["gradescope"]:
+        report.write_gradescope(session.submissions, Path(opt["gradescope"]))
+    if opt["csv"]:
+        report.write_csv(session.submissions, Path(opt["csv"]))

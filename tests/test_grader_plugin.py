@@ -12,7 +12,7 @@ import torch
 from grader_fixtures import NB1, answers_from_source, write_submission
 
 from autograder.cli import main
-from autograder.plugin import MANIFEST_SUFFIX
+from autograder.options import MANIFEST_SUFFIX
 
 pytest_plugins = ["pytester"]
 pytestmark = pytest.mark.slow
