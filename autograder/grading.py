@@ -19,6 +19,7 @@ from exercises.catalogue import Case, Item, available_devices, items_in
 from exercises.diagnosis import diagnose, explain_error
 from exercises.judge import judge, reference_outputs
 from exercises.rules import RECORDED, forbidden_message, static_forbidden_calls
+from exercises.scoring import CaseOutcome, Status, score_variant
 from exercises.source import load_source
 
 GPU_NOT_EXERCISED = "GPU not exercised: no CUDA device on the grading machine"
@@ -30,7 +31,6 @@ def gpu_not_exercised(cuda_present: bool | None = None) -> str:
     if cuda_present is None:
         cuda_present = "cuda" in available_devices()
     return GPU_NOT_ASKED if cuda_present else GPU_NOT_EXERCISED
-STATUS_ORDER = ("passed", "failed", "error", "timeout")
 
 
 @dataclass
@@ -50,6 +50,7 @@ class TestOutcome:
     cases_passed: int = 0
     cases_total: int = 0
     mistakes: list[str] = field(default_factory=list)
+    forbidden: bool = False  # lost to a forbidden built-in (never re-graded with stand-ins)
 
     @property
     def name(self) -> str:
@@ -222,7 +223,7 @@ def _isolate_failures(items: list[Item], notebook: str, devices: list[str], plan
         if not item.depends_on or item.name in prepared.missing_answers:
             continue
         mine = [o for o in outcomes if o.item == item.name and o.status != "passed"]
-        if not mine or any(o.status == "timeout" or "may not use" in o.message for o in mine):
+        if not mine or any(o.status == Status.TIMEOUT or o.forbidden for o in mine):
             continue
         broken = [d for d in item.depends_on if d not in local or any(
             status.get((d, o.device, v)) != "passed" for o in mine for v in ITEMS[d].variants(o.device))]
@@ -264,35 +265,20 @@ def _judge_variant(item: Item, notebook: str, device: str, dtype: str | None,
                    static: set[str], references: ReferenceCache) -> TestOutcome:
     used = {u for _, _, result in rows for u in result.used}
     forbidden = forbidden_message(item.name, item.forbidden, static, used) if item.forbidden else None
-    passed, messages, statuses, mistakes = 0, [], ["passed"], []
+    cases: list[CaseOutcome] = []
     for call_id, case, result in rows:
         if result.status != "ok" or result.outputs is None:
             status, message = _call_problem(item, result, prepared)
-            statuses.append(status)
-            messages.append(f"case {case.name}: {message}")
+            cases.append(CaseOutcome(case.name, Status(status), f"case {case.name}: {message}"))
             continue
         reference = references.get_for(call_id, case, device, dtype)
         verdict = judge(case, result.outputs, reference, device)
-        if verdict.passed and not forbidden:
-            passed += 1
+        if verdict.passed:
+            cases.append(CaseOutcome(case.name, Status.PASSED))
             continue
-        statuses.append("failed")
-        if not verdict.passed:
-            mistake = diagnose(item.name, case, result.outputs, device, dtype, reference=reference)
-            if mistake:
-                mistakes.append(mistake)
-            messages.append(verdict.message + (f" -- likely mistake: {mistake}" if mistake else ""))
-    if forbidden:
-        messages.insert(0, forbidden)
-        passed = 0
-        statuses.append("failed")
-    status = max(statuses, key=STATUS_ORDER.index)
-    total = len(rows)
-    score = share * passed / total if total else 0.0
-    unique = list(dict.fromkeys(messages))
-    message = "; ".join(unique[:3]) + (f"; ... ({len(unique) - 3} more)" if len(unique) > 3 else "")
-    if status != "passed" and passed:
-        message = f"{passed}/{total} cases passed. " + message
-    # rounded for the reports, never above the row's maximum (round(1/6, 6) > 1/6)
-    return TestOutcome(item.name, notebook, device, dtype, status, min(round(score, 6), share), share, message[:2000],
-                       passed, total, list(dict.fromkeys(mistakes)))
+        mistake = diagnose(item.name, case, result.outputs, device, dtype, reference=reference)
+        cases.append(CaseOutcome(case.name, Status.FAILED,
+                                 verdict.message + (f" -- likely mistake: {mistake}" if mistake else ""), mistake))
+    scored = score_variant(share, cases, forbidden)
+    return TestOutcome(item.name, notebook, device, dtype, scored.status, scored.score, scored.max_score,
+                       scored.message, scored.passed, scored.total, scored.mistakes, scored.forbidden)

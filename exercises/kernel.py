@@ -28,6 +28,7 @@ from exercises.diagnosis import diagnose, explain_error
 from exercises.judge import judge, reference_outputs, run_on
 from exercises.program import ProgramError
 from exercises.rules import forbidden_message, recording
+from exercises.scoring import CaseOutcome, Status, score_variant
 
 
 class CourseNotFound(RuntimeError):
@@ -117,21 +118,21 @@ def check(name: str, namespace: dict[str, Any], seed: int | None = None) -> floa
         raise AssertionError(f"`{name}` is not defined: run its answer cell (and keep the name `{name}`)")
     seed = secrets.randbits(31) if seed is None else seed
     failures: list[str] = []
-    fraction = 0.0
     devs = available_devices()
     used: set[str] = set()
+    variants: list[tuple[float, list[CaseOutcome]]] = []  # (share of the item, cases) per device and dtype
     for device in devs:
-        variants = item.variants(device)
-        for dtype in variants:
-            cases = item.cases(seed, dtype)
-            passed = 0
-            for case in cases:
+        for dtype in item.variants(device):
+            outcomes = []
+            for case in item.cases(seed, dtype):
                 ok, message = _run_case(name, namespace, case, device, dtype, used)
-                passed += ok
+                outcomes.append(CaseOutcome(case.name, Status.PASSED if ok else Status.FAILED, message))
                 if not ok:
                     failures.append(f"[{device}-{dtype}] {message}")
-            fraction += item.share(1.0, device, devs) * passed / len(cases)
+            variants.append((item.share(1.0, device, devs), outcomes))
     shortcut = forbidden_message(name, item.forbidden, _static_uses(namespace[name]), used) if item.forbidden else None
+    # the pytest grader's scoring, with the item's points as 1: the fraction of them earned
+    fraction = sum(score_variant(share, outcomes, shortcut).score for share, outcomes in variants)
     if shortcut:
         raise AssertionError(shortcut)
     if not failures:
