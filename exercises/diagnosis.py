@@ -14,8 +14,9 @@ When a student's output fails a case, the grader asks :func:`diagnose` which kno
 Errors are not outputs: :func:`explain_error` maps the text of an exception raised by the student's
 code on a case to a known mistake (e.g. a causal mask that was not cut to the sequence length).
 
-Everything here runs in the grader's process, on the reference's code; the variants live in
-``exercises.mistake_bank`` (imported here: importing it registers them in ``exercises.mistakes``).
+Everything here runs in the grader's process, on the reference's code; the variants live in the lesson
+modules of ``exercises/lessons/`` (``exercises.mistake_bank``, imported here, imports them all: importing
+a lesson registers its mistakes in ``exercises.mistakes``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import re
 import torch
 
 from exercises import mistake_bank  # noqa: F401 - registers the course's mistakes
-from exercises.catalogue import Case
+from exercises.cases import Case
 from exercises.compare import Outputs, compare_outputs
 from exercises.judge import REFERENCE_LOCK, judge, reference_namespace, reference_outputs, run_on
 from exercises.mistakes import ERROR_HINTS, MISTAKES, ErrorHint, Mistake

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from exercises.catalogue import Case
+from exercises.cases import Case
 from exercises.compare import Outputs, compare_outputs
 from exercises.program import compute_dtype, run_program, serialise_outputs
 

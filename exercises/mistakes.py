@@ -1,8 +1,9 @@
 """The registry of known mistakes: what a mistake is, and the decorators that register one.
 
-``exercises.mistake_bank`` registers the course's mistakes, lesson by lesson; ``exercises.diagnosis``
+Each lesson module (``exercises/lessons/``) registers its own mistakes when it is imported;
+``exercises.mistake_bank`` imports them all (through ``exercises.catalogue``) and ``exercises.diagnosis``
 imports the bank and uses the registry to name the mistake behind a failed case. This module imports
-neither, so the three form no circle.
+none of them, so they form no circle.
 """
 
 from __future__ import annotations

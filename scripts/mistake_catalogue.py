@@ -3,9 +3,10 @@
     python scripts/mistake_catalogue.py            # rewrite docs/CHECKS.md
     python scripts/mistake_catalogue.py --check    # exit 1 when docs/CHECKS.md is out of date
 
-The page is generated from ``exercises/catalogue.py`` (items, dtype variants, cases, invariant
-checks, forbidden built-ins), ``exercises/tolerances.py`` and ``exercises/mistake_bank.py``
-(diagnoses and hints, exactly as the grader prints them after "likely mistake:"). Case names do
+The page is generated from ``exercises/catalogue.py`` (the lessons' items, dtype variants, cases,
+invariant checks, forbidden built-ins), ``exercises/tolerances.py``, the known mistakes that the lesson
+modules in ``exercises/lessons/`` register (diagnoses and hints, exactly as the grader prints them after
+"likely mistake:") and ``exercises/mistake_bank.py`` (the mistakes no case detects). Case names do
 not depend on the seed, so the page is reproducible.
 """
 
@@ -24,7 +25,7 @@ CHECK_NAMES = {
     "rows_sum_to_one": "rows sum to 1",
     "prefix_unchanged": "no causal leak: earlier outputs unchanged when later tokens change",
     "outputs_differ": "dropout acts in train() mode: two passes differ",
-    "_eval_matches": "eval() output equals the reference's (dropout off)",
+    "eval_matches": "eval() output equals the reference's (dropout off)",
     "dropped_attention_weights": "train() output rows are what dropping attention weights gives (float32/float64)",
     "gradients_present": "gradients reach every input and parameter",
     "permutation_case": "permuting the tokens permutes the outputs",

@@ -1,4 +1,4 @@
-"""The bank of known mistakes (``exercises/mistake_bank.py``): every mistake is caught and named.
+"""The known mistakes (registered by the lesson modules in ``exercises/lessons/``): every mistake is caught and named.
 
 For each mistake there is a fixture in ``tests/fixtures/mistakes/<item>__<mistake>.py``: the buggy
 answer cell as a student would write it (student code, not the bank's variant). It is executed in a
