@@ -204,60 +204,77 @@ def _judge_all(items: list[Item], notebook: str, devices: list[str], plan, resul
     return outcomes
 
 
-def _isolate_failures(items: list[Item], notebook: str, devices: list[str], plan, calls: list[CallSpec],
-                      outcomes: list[TestOutcome], points: dict[str, float], prepared: PreparedNotebook,
-                      references: ReferenceCache, limits: Limits, use_bwrap: str | None) -> list[TestOutcome]:
-    """Grade a failed item again with its failed dependencies replaced by reference stand-ins.
+def plan_regrades(items: list[Item], outcomes: list[TestOutcome], missing_answers: set[str]) -> dict[str, list[str]]:
+    """Which failed items to grade again, and with which of their dependencies replaced by stand-ins.
 
     A dependency counts as failed when its own outcome on that device is not ``passed``, or when it is
-    graded in another notebook (``CausalAttention`` pasted into lesson 5). Points are awarded when the
-    item passes this way, with a message naming what to fix.
+    graded in another notebook (``CausalAttention`` pasted into lesson 5). Items that timed out, broke
+    the forbidden-call rule or whose answer cell is missing are not graded again.
     """
-    from autograder.oracle import OracleResponder
     from exercises.catalogue import ITEMS
 
     status = {(o.item, o.device, o.variant): o.status for o in outcomes}
     local = {item.name for item in items}
     retry: dict[str, list[str]] = {}
     for item in items:
-        if not item.depends_on or item.name in prepared.missing_answers:
+        if not item.depends_on or item.name in missing_answers:
             continue
-        mine = [o for o in outcomes if o.item == item.name and o.status != "passed"]
+        mine = [o for o in outcomes if o.item == item.name and o.status != Status.PASSED]
         if not mine or any(o.status == Status.TIMEOUT or o.forbidden for o in mine):
             continue
         broken = [d for d in item.depends_on if d not in local or any(
-            status.get((d, o.device, v)) != "passed" for o in mine for v in ITEMS[d].variants(o.device))]
+            status.get((d, o.device, v)) != Status.PASSED for o in mine for v in ITEMS[d].variants(o.device))]
         if broken:
             retry[item.name] = broken
+    return retry
+
+
+def merge_regrades(outcomes: list[TestOutcome], again: list[TestOutcome],
+                   retry: dict[str, list[str]]) -> list[TestOutcome]:
+    """The rows after re-grading: a row that passes with stand-ins earns its points, saying what to fix;
+    one that still fails keeps its score and says what is wrong with the dependency out of the way."""
+    again_by_key = {(o.item, o.device, o.variant): o for o in again}
+    result = []
+    for o in outcomes:
+        other = again_by_key.get((o.item, o.device, o.variant))
+        if o.status == Status.PASSED or other is None:
+            result.append(o)
+            continue
+        names = " and ".join(f"`{d}`" for d in retry[o.item])
+        if other.status == Status.PASSED:
+            other.message = (f"correct once {names} is fixed: graded with the reference {names} in its place "
+                             f"(full points here, gradients not re-checked; fix {names} for its own points). "
+                             f"Before: {o.message}")[:2000]
+            result.append(other)
+        else:
+            o.message = (f"wrong on its own as well (graded again with the reference {names} in its place: "
+                         f"{other.message}). As submitted: {o.message}")[:2000]
+            o.mistakes = list(dict.fromkeys(o.mistakes + other.mistakes))
+            result.append(o)
+    return result
+
+
+def _isolate_failures(items: list[Item], notebook: str, devices: list[str], plan, calls: list[CallSpec],
+                      outcomes: list[TestOutcome], points: dict[str, float], prepared: PreparedNotebook,
+                      references: ReferenceCache, limits: Limits, use_bwrap: str | None) -> list[TestOutcome]:
+    """Grade failed items again with their failed dependencies replaced by reference stand-ins.
+
+    Three stages: ``plan_regrades`` (which items, which stand-ins), one worker run of their calls
+    (gradient cases excepted: stand-ins return plain tensors without a graph), ``merge_regrades``.
+    """
+    from autograder.oracle import OracleResponder
+
+    retry = plan_regrades(items, outcomes, prepared.missing_answers)
     if not retry:
         return outcomes
     oracles = {d: "class" if d[0].isupper() else "function" for deps in retry.values() for d in deps}
-    # Stand-ins return plain tensors without a graph, so gradient cases cannot be re-graded with them.
     again = [c for c, (it, *_rest) in zip(calls, plan, strict=True)
              if it.name in retry and not any(step["op"] == "backward" for step in c.program)]
     run = run_plan(prepared.cells, again, limits, cuda="cuda" in devices, use_bwrap=use_bwrap, oracles=oracles,
                    responder=OracleResponder(oracles))
     second = _judge_all([i for i in items if i.name in retry], notebook, devices, plan, run.calls, points, prepared,
                         references)
-    again_by_key = {(o.item, o.device, o.variant): o for o in second}
-    result = []
-    for o in outcomes:
-        other = again_by_key.get((o.item, o.device, o.variant))
-        if o.status == "passed" or other is None:
-            result.append(o)
-            continue
-        names = " and ".join(f"`{d}`" for d in retry[o.item])
-        if other.status == "passed":
-            other.message = (f"correct once {names} is fixed: graded with the reference {names} in its place "
-                             f"(full points here, gradients not re-checked; fix {names} for its own points). "
-                             f"Before: {o.message}")[:2000]
-            result.append(other)
-        else:  # wrong on its own too: say what is wrong with the dependency out of the way
-            o.message = (f"wrong on its own as well (graded again with the reference {names} in its place: "
-                         f"{other.message}). As submitted: {o.message}")[:2000]
-            o.mistakes = list(dict.fromkeys(o.mistakes + other.mistakes))
-            result.append(o)
-    return result
+    return merge_regrades(outcomes, second, retry)
 
 
 def _judge_variant(item: Item, notebook: str, device: str, dtype: str | None,

@@ -12,6 +12,7 @@ from exercises.judge import run_on
 from exercises.scoring import CaseOutcome, Status, score_variant
 
 PASS, FAIL = Status.PASSED, Status.FAILED
+FLOATS = ("float64", "float32")
 
 
 def cases(*statuses: Status, message: str = "wrong") -> list[CaseOutcome]:
@@ -73,3 +74,57 @@ def test_do_the_kernel_check_and_the_pytest_grader_give_the_same_partial_score()
     in_kernel = kernel.check("softmax_naive", namespace, seed=seed)
     assert 0 < total < item_points(item, points)
     assert in_kernel == pytest.approx(total, abs=1e-5)
+
+
+# --- the re-grade with stand-ins, as stages without a worker -------------------------------------------
+
+
+def _row(item: str, status: str, message: str = "", forbidden: bool = False, variant: str = "float64"):
+    from autograder.grading import TestOutcome
+
+    score = 1.0 if status == "passed" else 0.0
+    return TestOutcome(item, "01_attention_scores.ipynb", "cpu", variant, status, score, 1.0, message,
+                       forbidden=forbidden)
+
+
+def _lesson1():
+    from exercises.catalogue import items_in
+
+    return items_in("01_attention_scores.ipynb")
+
+
+def test_is_an_item_with_a_broken_dependency_planned_for_a_regrade():
+    from autograder.grading import plan_regrades
+
+    rows = [_row("softmax_stable", "failed"), _row("softmax_stable", "passed", variant="float32"),
+            _row("simple_self_attention", "failed"), _row("attention_scores", "passed"),
+            _row("attention_scores", "passed", variant="float32"), _row("context_vectors", "passed"),
+            _row("context_vectors", "passed", variant="float32")]
+    assert plan_regrades(_lesson1(), rows, set()) == {"simple_self_attention": ["softmax_stable"]}
+    assert plan_regrades(_lesson1(), rows, {"simple_self_attention"}) == {}  # its answer cell is missing
+
+
+def test_are_timeouts_and_forbidden_calls_never_regraded():
+    """The rule is a flag on the row: a student's own message that says "may not use" changes nothing."""
+    from autograder.grading import plan_regrades
+
+    broken = [_row("softmax_stable", "failed")] + [_row(name, "passed", variant=v) for name in
+                                                   ("attention_scores", "context_vectors") for v in FLOATS]
+    assert plan_regrades(_lesson1(), broken + [_row("simple_self_attention", "timeout")], set()) == {}
+    assert plan_regrades(_lesson1(), broken + [_row("simple_self_attention", "failed", forbidden=True)], set()) == {}
+    quoted = _row("simple_self_attention", "failed", "ValueError: you may not use this tensor")
+    assert plan_regrades(_lesson1(), broken + [quoted], set()) == {"simple_self_attention": ["softmax_stable"]}
+
+
+def test_does_the_merge_award_points_only_where_the_stand_ins_made_it_pass():
+    from autograder.grading import merge_regrades
+
+    before = [_row("simple_self_attention", "failed", "wrong"),
+              _row("simple_self_attention", "failed", "wrong", variant="float32"), _row("softmax_stable", "failed")]
+    again = [_row("simple_self_attention", "passed"),
+             _row("simple_self_attention", "failed", "own bug", variant="float32")]
+    merged = merge_regrades(before, again, {"simple_self_attention": ["softmax_stable"]})
+    assert [r.status for r in merged] == ["passed", "failed", "failed"]
+    assert merged[0].score == 1.0 and merged[0].message.startswith("correct once `softmax_stable` is fixed")
+    assert merged[1].score == 0.0 and "wrong on its own as well" in merged[1].message and "own bug" in merged[1].message
+    assert merged[2] is before[2]
