@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import importlib
 import threading
 from collections.abc import Iterator
+
+from exercises.program import resolve_owner
 
 # (owner, attribute, name reported): the owner is a dotted path to a module or class.
 RECORDED: tuple[tuple[str, str, str], ...] = (
@@ -34,21 +35,12 @@ FAMILY = {"softmax": "softmax", "log_softmax": "softmax",
           "MultiheadAttention": "MultiheadAttention", "multi_head_attention_forward": "MultiheadAttention"}
 
 
-def resolve(owner: str):
-    """``"torch.nn.functional"`` -> the module; ``"torch.Tensor"`` -> the class."""
-    try:
-        return importlib.import_module(owner)
-    except ImportError:
-        module, _, attr = owner.rpartition(".")
-        return getattr(importlib.import_module(module), attr)
-
-
 @contextlib.contextmanager
 def recording(used: set[str]) -> Iterator[set[str]]:
     """Within the block, calls to the built-ins of ``RECORDED`` add their names to ``used``."""
     originals = []
     for owner_path, attr, name in RECORDED:
-        owner = resolve(owner_path)
+        owner = resolve_owner(owner_path)
         original = getattr(owner, attr, None)
         if original is None:
             continue

@@ -94,19 +94,10 @@ def _record(name: str, fn):
     return wrapper
 
 
-def _resolve(owner: str):
-    """Twin of ``exercises.rules.resolve``: the worker may not import ``exercises``, so it keeps its own."""
-    try:
-        return importlib.import_module(owner)
-    except ImportError:
-        module, _, attr = owner.rpartition(".")
-        return getattr(importlib.import_module(module), attr)
-
-
 def _install_recorders(targets: list) -> None:
     """Wrap the built-ins the grader names (``exercises.rules.RECORDED``) so each call is recorded."""
     for owner_path, attr, name in targets:
-        owner = _resolve(owner_path)
+        owner = program.resolve_owner(owner_path)  # the same code as exercises.rules.recording uses
         original = getattr(owner, attr, None)
         if original is not None:
             setattr(owner, attr, _record(name, original))
