@@ -290,3 +290,18 @@ def test_does_a_batch_get_one_gradescope_file_per_student(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results-ada.json", "results-bob.json"]
     report.write_gradescope([ada], tmp_path / "one" / "results.json")
     assert json.loads((tmp_path / "one" / "results.json").read_text())["score"] == ada.score
+
+
+@pytest.mark.slow
+def test_is_a_hidden_builtin_softmax_caught_at_run_time_in_the_worker(tmp_path):
+    """The static check cannot see ``getattr(torch, "soft" + "max")``; the worker's recorders must."""
+    from grader_fixtures import NB1, write_submission
+
+    from autograder.grading import grade_notebook
+
+    hidden = "import torch\ndef softmax_stable(x, dim=-1):\n    return getattr(torch, 'soft' + 'max')(x, dim=dim)\n"
+    path = write_submission(tmp_path / "student", NB1, {"softmax_stable": hidden})
+    result = grade_notebook(NB1, path, 3, ["cpu"], FAST, runner.default_bwrap())
+    rows = [r for r in result.outcomes if r.item == "softmax_stable" and r.device == "cpu"]
+    assert rows and all(r.score == 0 and r.forbidden and "may not use torch.softmax" in r.message for r in rows)
+    assert all(r.status == "passed" for r in result.outcomes if r.item == "softmax_naive" and r.device == "cpu")
