@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from autograder import sandbox
+from autograder.worker import protocol
 from exercises.compare import Outputs
 
 POLL_SECONDS = 0.02
@@ -122,8 +123,9 @@ def _read_events(path: Path, offset: int) -> tuple[list[dict[str, Any]], int]:
 
 def _read_outputs(workdir: Path, call_id: int) -> Outputs | None:
     try:
-        meta = json.loads((workdir / f"out_{call_id}.json").read_text(encoding="utf-8"))
-        tensors = load_file(str(workdir / f"out_{call_id}.safetensors"))
+        tensors_file, meta_file = protocol.output_files(call_id)
+        meta = json.loads((workdir / meta_file).read_text(encoding="utf-8"))
+        tensors = load_file(str(workdir / tensors_file))
     except (OSError, ValueError, RuntimeError):
         return None
     if not isinstance(meta, dict) or not all(type(t) is torch.Tensor for t in tensors.values()):
@@ -167,17 +169,20 @@ def run_plan(cells: list[CellSpec], calls: list[CallSpec], limits: sandbox.Limit
                               for c in calls if c.id in remaining],
                     "drop_privileges": drop, "oracles": oracles or {}, "record": [list(r) for r in record],
                     "cuda_memory_fraction": limits.cuda_memory_fraction if cuda else None}
-            (workdir / "plan.json").write_text(json.dumps(plan), encoding="utf-8")
+            (workdir / protocol.PLAN).write_text(json.dumps(plan), encoding="utf-8")
             for c in calls:
                 if c.id in remaining:
                     save_file({k: v.contiguous() for k, v in c.inputs.items()},
-                              str(workdir / f"in_{c.id}.safetensors"))
+                              str(workdir / protocol.input_file(c.id)))
             sandbox.prepare_workdir(workdir)
             launched = sandbox.launch(workdir, limits, cuda, use_bwrap)
             isolation = launched.isolation
             drain = _OutputDrain(launched.process.stdout, limits.output_bytes)
             drain.start()
-            watch = _monitor(workdir, launched, limits, cell_results, call_results, cuda, responder)
+            watch = _monitor(workdir, launched, limits, len(cells), cuda, responder)
+            for index, cell in watch.cells.items():
+                cell_results[index] = cell
+            call_results.update(watch.calls)
             sandbox.terminate(launched)
             drain.join(timeout=5)
             output_parts.append(drain.text())
@@ -299,19 +304,21 @@ def _answer_rpc(workdir: Path, n: Any, responder: Responder | None) -> None:
     if not isinstance(n, int):
         return
     try:
-        request = json.loads((workdir / f"rpc_{n}_req.json").read_text(encoding="utf-8"))
-        tensors = load_file(str(workdir / f"rpc_{n}_req.safetensors"))
+        request_tensors, request_json = protocol.rpc_request(n)
+        request = json.loads((workdir / request_json).read_text(encoding="utf-8"))
+        tensors = load_file(str(workdir / request_tensors))
         if responder is None:
             raise ValueError("no stand-ins in this run")
         meta, out = responder(request, tensors)
     except Exception as exc:  # noqa: BLE001 - any failure becomes the stand-in's exception in the worker
         meta, out = {"error": f"stand-in failed: {type(exc).__name__}: {str(exc)[:300]}"}, {}
-    save_file({k: v.contiguous() for k, v in out.items()}, str(workdir / f"rpc_{n}_resp.safetensors"))
-    tmp = workdir / f".rpc_{n}_resp.json"
+    answer_tensors, answer_json = protocol.rpc_response(n)
+    save_file({k: v.contiguous() for k, v in out.items()}, str(workdir / answer_tensors))
+    tmp = workdir / f".{answer_json}"
     tmp.write_text(json.dumps(meta), encoding="utf-8")
-    for path in (workdir / f"rpc_{n}_resp.safetensors", tmp):
+    for path in (workdir / answer_tensors, tmp):
         os.chmod(path, 0o644)
-    os.replace(tmp, workdir / f"rpc_{n}_resp.json")
+    os.replace(tmp, workdir / answer_json)
 
 
 @dataclass
@@ -323,12 +330,23 @@ class Watch:
     step: tuple[str, int, str] | None  # the step in flight when it stopped: (cell|call, index, timeout|crashed)
     step_started: float
     timed_out: bool = False  # start-up ran past ``limits.startup_timeout``
+    cells: dict[int, CellResult] = field(default_factory=dict)  # the cells this worker finished, by index
+    calls: dict[int, CallResult] = field(default_factory=dict)  # the calls it finished, by id
 
 
-def _monitor(workdir: Path, launched: sandbox.Launched, limits: sandbox.Limits, cell_results: list[CellResult],
-             call_results: dict[int, CallResult], cuda: bool, responder: Responder | None = None) -> Watch:
-    """Follow progress events until the worker finishes, dies, or runs a step past its limit."""
-    progress = workdir / "progress.jsonl"
+def _monitor(workdir: Path, launched: sandbox.Launched, limits: sandbox.Limits, n_cells: int, cuda: bool,
+             responder: Responder | None = None) -> Watch:
+    """Follow progress events until the worker finishes, dies, or runs a step past its limit.
+
+    Returns what it saw (``Watch``), the steps this worker finished included; writes nothing of its caller's.
+    """
+    cell_results: dict[int, CellResult] = {}
+    call_results: dict[int, CallResult] = {}
+
+    def stop(finished: bool, in_flight: tuple[str, int, str] | None, timed_out: bool = False) -> Watch:
+        return Watch(finished, ready, in_flight, step_started, timed_out, cell_results, call_results)
+
+    progress = workdir / protocol.PROGRESS
     offset = 0
     step: tuple[str, int, str] | None = None
     step_started = time.monotonic()
@@ -339,47 +357,47 @@ def _monitor(workdir: Path, launched: sandbox.Launched, limits: sandbox.Limits, 
         events, offset = _read_events(progress, offset)
         for event in events:
             kind = event.get("event")
-            if kind == "ready":
+            if kind == protocol.READY:
                 ready = True
-            elif kind == "rpc":
+            elif kind == protocol.RPC:
                 _answer_rpc(workdir, event.get("n"), responder)
-            elif kind == "cell_start" and isinstance(event.get("index"), int) and event["index"] < len(cell_results):
+            elif (kind == protocol.CELL_START and isinstance(event.get("index"), int)
+                  and event["index"] < n_cells):
                 step, step_started = ("cell", event["index"], "timeout"), time.monotonic()
-            elif kind == "cell_done" and step and step[0] == "cell" and event.get("index") == step[1]:
+            elif kind == protocol.CELL_DONE and step and step[0] == "cell" and event.get("index") == step[1]:
                 error = event.get("error") or {}
                 cell_results[step[1]] = CellResult("error" if error else "ok", error, event.get("defined", []))
                 step = None
-            elif kind == "call_start" and isinstance(event.get("id"), int):
+            elif kind == protocol.CALL_START and isinstance(event.get("id"), int):
                 step, step_started = ("call", event["id"], "timeout"), time.monotonic()
-            elif kind == "call_done" and step and step[0] == "call" and event.get("id") == step[1]:
+            elif kind == protocol.CALL_DONE and step and step[0] == "call" and event.get("id") == step[1]:
                 status = event.get("status", "exception")
-                call_results[step[1]] = CallResult(status if status in ("ok", "exception", "program", "harness")
-                                                   else "exception",
+                call_results[step[1]] = CallResult(status if status in protocol.CALL_STATUSES else "exception",
                                                    None, event.get("error") or {}, list(event.get("used", [])),
                                                    time.monotonic() - step_started)
                 step = None
-            elif kind == "finished":
+            elif kind == protocol.FINISHED:
                 if step is not None:  # only student code can say so mid-step (a forged event): charge that step
-                    return Watch(False, ready, (step[0], step[1], "crashed"), step_started)
-                return Watch(True, ready, None, step_started)
+                    return stop(False, (step[0], step[1], "crashed"))
+                return stop(True, None)
         if launched.process.poll() is not None:
             events, offset = _read_events(progress, offset)
             if events:
                 continue
             if step is not None:
                 step = (step[0], step[1], "crashed")
-            return Watch(False, ready, step, step_started)
+            return stop(False, step)
         now = time.monotonic()
         if not ready and now - launched_at > limits.startup_timeout:
-            return Watch(False, False, None, step_started, timed_out=True)
+            return stop(False, None, timed_out=True)
         if step is not None:
             bound = limits.cell_timeout if step[0] == "cell" else limits.call_timeout
             if now - step_started > bound:
-                return Watch(False, ready, step, step_started)
+                return stop(False, step)
             if cuda and now - rss_checked > RSS_POLL_SECONDS:
                 rss_checked = now
                 if sum(_rss_bytes(pid) for pid in sandbox.tagged_pids(launched.tag)) > limits.gpu_rss_bytes:
-                    return Watch(False, ready, (step[0], step[1], "crashed"), step_started)
+                    return stop(False, (step[0], step[1], "crashed"))
         time.sleep(POLL_SECONDS)
 
 

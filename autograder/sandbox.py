@@ -29,6 +29,7 @@ from pathlib import Path
 # The worker's code, copied into its directory: the harness, and the course's call-program interpreter
 # (stdlib and torch only; the same file runs the reference in the grader).
 WORKER_FILES = {"main.py": Path(__file__).with_name("worker") / "main.py",
+                "protocol.py": Path(__file__).with_name("worker") / "protocol.py",
                 "program.py": Path(__file__).resolve().parent.parent / "exercises" / "program.py"}
 NOBODY = 65534
 PR_SET_CHILD_SUBREAPER = 36

@@ -305,3 +305,38 @@ def test_is_a_hidden_builtin_softmax_caught_at_run_time_in_the_worker(tmp_path):
     rows = [r for r in result.outcomes if r.item == "softmax_stable" and r.device == "cpu"]
     assert rows and all(r.score == 0 and r.forbidden and "may not use torch.softmax" in r.message for r in rows)
     assert all(r.status == "passed" for r in result.outcomes if r.item == "softmax_naive" and r.device == "cpu")
+
+
+# --- the worker protocol, read without a worker --------------------------------------------------------
+
+
+def _watch(tmp_path, events: list, n_cells: int = 1):
+    from autograder.worker import protocol
+
+    (tmp_path / protocol.PROGRESS).write_text("".join(e if isinstance(e, str) else json.dumps(e) + "\n"
+                                                      for e in events))
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return runner._monitor(tmp_path, sandbox.Launched(process, "no-such-tag", "rlimits"), FAST, n_cells, False)
+
+
+def test_does_the_monitor_turn_a_workers_events_into_records(tmp_path):
+    watch = _watch(tmp_path, [{"event": "ready"}, {"event": "cell_start", "index": 0},
+                              {"event": "cell_done", "index": 0, "defined": ["f"]}, "not json\n",
+                              {"event": "call_start", "id": 3},
+                              {"event": "call_done", "id": 3, "status": "ok", "used": ["torch.softmax"]},
+                              {"event": "finished"}])
+    assert watch.finished and watch.ready and watch.step is None
+    assert watch.cells[0].status == "ok" and watch.cells[0].defined == ["f"]
+    assert watch.calls[3].status == "ok" and watch.calls[3].used == ["torch.softmax"]
+
+
+def test_does_the_monitor_charge_the_step_in_flight_when_the_worker_dies(tmp_path):
+    watch = _watch(tmp_path, [{"event": "ready"}, {"event": "call_start", "id": 5},
+                              {"event": "call_done", "id": 4, "status": "ok"}])  # not the call in flight: ignored
+    assert not watch.finished and watch.step == ("call", 5, "crashed") and watch.calls == {}
+
+
+def test_is_a_worker_that_died_before_ready_reported_as_not_ready(tmp_path):
+    watch = _watch(tmp_path, [])
+    assert not watch.ready and watch.step is None and not watch.finished

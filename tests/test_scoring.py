@@ -128,3 +128,18 @@ def test_does_the_merge_award_points_only_where_the_stand_ins_made_it_pass():
     assert merged[0].score == 1.0 and merged[0].message.startswith("correct once `softmax_stable` is fixed")
     assert merged[1].score == 0.0 and "wrong on its own as well" in merged[1].message and "own bug" in merged[1].message
     assert merged[2] is before[2]
+
+
+def test_does_every_case_of_every_variant_become_one_call():
+    from autograder.grading import build_calls
+    from exercises.catalogue import items_in
+
+    items = items_in("01_attention_scores.ipynb")
+    plan, calls = build_calls(items, ["cpu", "cuda"], seed=4)
+    expected = sum(len(item.cases(4, dtype)) for item in items for device in ("cpu", "cuda")
+                   for dtype in item.variants(device))
+    assert len(calls) == len(plan) == expected
+    assert [c.id for c in calls] == list(range(expected))
+    assert all(c.group == it.name and c.device == dev and c.dtype == dt for c, (it, dev, dt, _case, _cid)
+               in zip(calls, plan, strict=True))
+    assert {c.dtype for c in calls if c.device == "cuda"} >= {"bfloat16"}  # the GPU-only variant is planned

@@ -1,7 +1,8 @@
 """The worker: runs one student's notebook code and the grader's calls, in a process of its own.
 
 Started by ``autograder.sandbox`` as ``python -I main.py WORKDIR`` inside a fresh working directory
-that holds only this file, ``program.py``, ``plan.json`` and the input tensors. It never imports the
+that holds only this file, ``program.py``, ``protocol.py`` (the files and events it uses), ``plan.json``
+and the input tensors. It never imports the
 repository's packages (``solutions``, ``exercises``, ``autograder`` are blocked) and it writes only:
 ``progress.jsonl`` (one event per line), ``out_<id>.safetensors`` and ``out_<id>.json`` per call.
 Everything else it learns about the grader is in ``plan.json``.
@@ -23,7 +24,6 @@ WORKDIR = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else ".")
 BLOCKED = ("solutions", "exercises", "autograder")
 MESSAGE_CAP = 600
 HARNESS_TRACE_CAP = 4000
-HARNESS_EXIT = 70  # EX_SOFTWARE: the worker's own start-up failed (the grader reports it, never the student)
 NOBODY = 65534
 
 # Heavy imports happen before privileges are dropped and before student code can interfere.
@@ -48,9 +48,17 @@ import math  # noqa: E402,F401
 import random  # noqa: E402,F401
 import typing  # noqa: E402,F401
 
-_spec = importlib.util.spec_from_file_location("grader_program", os.path.join(WORKDIR, "program.py"))
-program = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(program)
+
+def _load(name: str, filename: str):
+    """A module from a file the grader copied into this directory (the repository is out of reach)."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(WORKDIR, filename))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+program = _load("grader_program", "program.py")
+protocol = _load("grader_protocol", "protocol.py")
 
 
 class _BlockReference(importlib.abc.MetaPathFinder):
@@ -104,7 +112,7 @@ def _install_recorders(targets: list) -> None:
 
 
 # --- progress and results ---------------------------------------------------------------------
-_progress = open(os.path.join(WORKDIR, "progress.jsonl"), "a", buffering=1, encoding="utf-8")
+_progress = open(os.path.join(WORKDIR, protocol.PROGRESS), "a", buffering=1, encoding="utf-8")
 
 
 def emit(**event) -> None:
@@ -129,14 +137,15 @@ def run_cells(plan: dict, namespace: dict) -> None:
     for index, cell in enumerate(plan["cells"]):
         if index in skip:
             continue
-        emit(event="cell_start", index=index)
+        emit(event=protocol.CELL_START, index=index)
         before = set(namespace)
         try:
             code = compile(cell["source"], f"<cell {cell['grade_id']}>", "exec")
             exec(code, namespace)  # noqa: S102 - running the student's cell is the point
-            emit(event="cell_done", index=index, defined=sorted(set(namespace) - before)[:50])
+            emit(event=protocol.CELL_DONE, index=index, defined=sorted(set(namespace) - before)[:50])
         except BaseException as exc:  # noqa: BLE001 - SystemExit and KeyboardInterrupt are student errors too
-            emit(event="cell_done", index=index, error=describe(exc), defined=sorted(set(namespace) - before)[:50])
+            emit(event=protocol.CELL_DONE, index=index, error=describe(exc),
+                 defined=sorted(set(namespace) - before)[:50])
 
 
 # --- stand-ins for a dependency, answered by the grader (the reference never enters this process) ---
@@ -146,11 +155,13 @@ RPC_WAIT_SECONDS = 120.0
 
 def _rpc(kind: str, name: str, tensors: dict, spec: dict) -> tuple[dict, dict]:
     n = _rpc_count[0] = _rpc_count[0] + 1
-    save_file(tensors, os.path.join(WORKDIR, f"rpc_{n}_req.safetensors"))
-    with open(os.path.join(WORKDIR, f"rpc_{n}_req.json"), "w", encoding="utf-8") as fh:
+    request_tensors, request_json = protocol.rpc_request(n)
+    save_file(tensors, os.path.join(WORKDIR, request_tensors))
+    with open(os.path.join(WORKDIR, request_json), "w", encoding="utf-8") as fh:
         json.dump({"kind": kind, "name": name, **spec}, fh)
-    emit(event="rpc", n=n)
-    answer = os.path.join(WORKDIR, f"rpc_{n}_resp.json")
+    emit(event=protocol.RPC, n=n)
+    answer_tensors, answer_json = protocol.rpc_response(n)
+    answer = os.path.join(WORKDIR, answer_json)
     deadline = time.monotonic() + RPC_WAIT_SECONDS
     while not os.path.exists(answer):
         if time.monotonic() > deadline:
@@ -160,7 +171,7 @@ def _rpc(kind: str, name: str, tensors: dict, spec: dict) -> tuple[dict, dict]:
         meta = json.load(fh)
     if meta.get("error"):
         raise RuntimeError(meta["error"])
-    return meta, load_file(os.path.join(WORKDIR, f"rpc_{n}_resp.safetensors"))
+    return meta, load_file(os.path.join(WORKDIR, answer_tensors))
 
 
 def _device_of(args, kwargs, default="cpu"):
@@ -219,8 +230,9 @@ def describe_harness(exc: BaseException) -> dict:
 
 
 def write_outputs(call_id: int, tensors: dict, meta: dict) -> None:
-    save_file(tensors, os.path.join(WORKDIR, f"out_{call_id}.safetensors"))
-    with open(os.path.join(WORKDIR, f"out_{call_id}.json"), "w", encoding="utf-8") as fh:
+    tensors_file, meta_file = protocol.output_files(call_id)
+    save_file(tensors, os.path.join(WORKDIR, tensors_file))
+    with open(os.path.join(WORKDIR, meta_file), "w", encoding="utf-8") as fh:
         json.dump(meta, fh)
 
 
@@ -228,7 +240,7 @@ def run_calls(plan: dict, namespace: dict, inputs_by_id: dict[int, dict]) -> Non
     for call in plan["calls"]:
         if call["id"] < plan.get("start_call", 0):
             continue
-        emit(event="call_start", id=call["id"])
+        emit(event=protocol.CALL_START, id=call["id"])
         inputs = inputs_by_id[call["id"]]
         USED.clear()
         try:
@@ -239,14 +251,15 @@ def run_calls(plan: dict, namespace: dict, inputs_by_id: dict[int, dict]) -> Non
             tensors, meta = program.serialise_outputs(raw, program.compute_dtype(call["dtype"], inputs))
         except BaseException as exc:  # noqa: BLE001
             kind = "program" if isinstance(exc, program.ProgramError) else "exception"
-            emit(event="call_done", id=call["id"], status=kind, error=describe(exc), used=sorted(USED))
+            emit(event=protocol.CALL_DONE, id=call["id"], status=kind, error=describe(exc), used=sorted(USED))
             continue
         try:
             write_outputs(call["id"], tensors, meta)
         except BaseException as exc:  # noqa: BLE001 - the grader decides whose fault this is (runner.py)
-            emit(event="call_done", id=call["id"], status="harness", error=describe_harness(exc), used=sorted(USED))
+            emit(event=protocol.CALL_DONE, id=call["id"], status="harness", error=describe_harness(exc),
+                 used=sorted(USED))
             continue
-        emit(event="call_done", id=call["id"], status="ok", used=sorted(USED))
+        emit(event=protocol.CALL_DONE, id=call["id"], status="ok", used=sorted(USED))
 
 
 def start(plan: dict) -> dict[int, dict]:
@@ -255,7 +268,7 @@ def start(plan: dict) -> dict[int, dict]:
     if plan.get("drop_privileges", True):
         _drop_privileges()
     # Read back what we can reach as the user we now are: a grader fault shows here, before any student code.
-    inputs_by_id = {call["id"]: load_file(os.path.join(WORKDIR, f"in_{call['id']}.safetensors"))
+    inputs_by_id = {call["id"]: load_file(os.path.join(WORKDIR, protocol.input_file(call["id"])))
                     for call in plan["calls"] if call["id"] >= plan.get("start_call", 0)}
     _install_recorders(plan.get("record", []))
     fraction = plan.get("cuda_memory_fraction")
@@ -266,20 +279,20 @@ def start(plan: dict) -> dict[int, dict]:
 
 def main() -> None:
     try:
-        with open(os.path.join(WORKDIR, "plan.json"), encoding="utf-8") as fh:
+        with open(os.path.join(WORKDIR, protocol.PLAN), encoding="utf-8") as fh:
             plan = json.load(fh)
         inputs_by_id = start(plan)
     except BaseException:  # noqa: BLE001 - no student code has run: this is the grader's fault, say so
         traceback.print_exc(file=sys.stdout)
         sys.stdout.flush()
-        os._exit(HARNESS_EXIT)
-    emit(event="ready", pid=os.getpid(), uid=os.getuid())
+        os._exit(protocol.HARNESS_EXIT)
+    emit(event=protocol.READY, pid=os.getpid(), uid=os.getuid())
     namespace: dict = {"__name__": "__main__", "__builtins__": builtins}
     sys.stdin = io.StringIO("")
     run_cells(plan, namespace)
     install_oracles(plan, namespace)
     run_calls(plan, namespace, inputs_by_id)
-    emit(event="finished")
+    emit(event=protocol.FINISHED)
     sys.stdout.flush()
     os._exit(0)  # skip interpreter teardown: a student's atexit hook or daemon thread cannot delay us
 
