@@ -63,11 +63,12 @@ def run_canary(devices: list[str], limits: Limits, use_bwrap: str | None) -> Can
     started = time.monotonic()
     items = list(ITEMS.values())
     plan, calls = build_calls(items, devices, CANARY_SEED)
-    run = run_plan(reference_cells(), calls, limits, cuda="cuda" in devices, use_bwrap=use_bwrap, record=RECORDED)
+    cells = reference_cells()
+    run = run_plan(cells, calls, limits, cuda="cuda" in devices, use_bwrap=use_bwrap, record=RECORDED)
     points = {f"test_{item.name}": 1.0 for item in items}
     outcomes = judge_run(items, "(canary)", devices, plan, run.calls, points, PreparedNotebook(cells=[]))
     cell_errors = [f"cell {spec.grade_id}: {cell.status} {cell.error}" for spec, cell in
-                   zip(reference_cells(), run.cells, strict=True) if cell.status != "ok"]
+                   zip(cells, run.cells, strict=True) if cell.status != "ok"]
     output = "\n".join(cell_errors + [run.output])
     return CanaryResult(outcomes, run.isolation, devices, time.monotonic() - started, output)
 

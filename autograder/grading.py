@@ -148,7 +148,7 @@ def grade_notebook(notebook: str, student_path: Path | None, seed: int, devices:
             notes.append(f"answer cell `{spec.grade_id}` raised {err.get('type')}: {err.get('message', '')[:200]}")
 
     references = ReferenceCache()
-    outcomes = _judge_all(items, notebook, devices, plan, run.calls, source.points, prepared, references)
+    outcomes = judge_run(items, notebook, devices, plan, run.calls, source.points, prepared, references)
     retried = _isolate_failures(items, notebook, devices, plan, calls, outcomes, source.points, prepared, references,
                                 limits, use_bwrap)
     return NotebookResult(notebook, retried + skipped, notes, run.isolation, time.monotonic() - started,
@@ -172,13 +172,6 @@ def build_calls(items: list[Item], devices: list[str], seed: int) -> tuple[Plan,
     return plan, calls
 
 
-def judge_run(items: list[Item], notebook: str, devices: list[str], plan: Plan, results: dict[int, CallResult],
-              points: dict[str, float], prepared: PreparedNotebook,
-              references: ReferenceCache | None = None) -> list[TestOutcome]:
-    """Judge every call of a finished run against the reference: one outcome per item, device and variant."""
-    return _judge_all(items, notebook, devices, plan, results, points, prepared, references or ReferenceCache())
-
-
 class ReferenceCache(dict):
     """The reference's outputs per call id: computed once, reused when an item is graded again."""
 
@@ -188,8 +181,11 @@ class ReferenceCache(dict):
         return self[call_id]
 
 
-def _judge_all(items: list[Item], notebook: str, devices: list[str], plan, results: dict[int, CallResult],
-               points: dict[str, float], prepared: PreparedNotebook, references: ReferenceCache) -> list[TestOutcome]:
+def judge_run(items: list[Item], notebook: str, devices: list[str], plan: Plan, results: dict[int, CallResult],
+              points: dict[str, float], prepared: PreparedNotebook,
+              references: ReferenceCache | None = None) -> list[TestOutcome]:
+    """Judge every call of a finished run against the reference: one outcome per item, device and variant."""
+    references = references if references is not None else ReferenceCache()
     outcomes: list[TestOutcome] = []
     for item in items:
         static = static_forbidden_calls(prepared.answer_sources.get(item.name, ""))
@@ -272,7 +268,7 @@ def _isolate_failures(items: list[Item], notebook: str, devices: list[str], plan
              if it.name in retry and not any(step["op"] == "backward" for step in c.program)]
     run = run_plan(prepared.cells, again, limits, cuda="cuda" in devices, use_bwrap=use_bwrap, oracles=oracles,
                    responder=OracleResponder(oracles))
-    second = _judge_all([i for i in items if i.name in retry], notebook, devices, plan, run.calls, points, prepared,
+    second = judge_run([i for i in items if i.name in retry], notebook, devices, plan, run.calls, points, prepared,
                         references)
     return merge_regrades(outcomes, second, retry)
 

@@ -191,8 +191,7 @@ def run_plan(cells: list[CellSpec], calls: list[CallSpec], limits: sandbox.Limit
                 if startup_failures < STARTUP_TRIES:  # a passing shortage (processes, memory) gets a second try
                     time.sleep(1.0)
                     continue
-                raise GraderError(_startup_failure(launched, drop, cuda, launched.process.returncode,
-                                                   watch.timed_out, limits, drain.text()))
+                raise GraderError(_startup_failure(launched, drop, cuda, watch.timed_out, limits, drain.text()))
             finished, step, step_started = watch.finished, watch.step, watch.step_started
             for cid in list(call_results):
                 if call_results[cid].status == "ok" and call_results[cid].outputs is None:
@@ -246,14 +245,14 @@ def run_plan(cells: list[CellSpec], calls: list[CallSpec], limits: sandbox.Limit
                      time.monotonic() - started)
 
 
-def _startup_failure(launched: sandbox.Launched, drop: bool, cuda: bool, returncode: int | None, timed_out: bool,
-                     limits: sandbox.Limits, output: str) -> str:
+def _startup_failure(launched: sandbox.Launched, drop: bool, cuda: bool, timed_out: bool, limits: sandbox.Limits,
+                     output: str) -> str:
     """What a grader error at worker start-up says: the cause as far as known, the configuration, the output."""
     user = "nobody (privileges dropped)" if drop else f"uid {os.geteuid()} (no privilege drop)"
     if timed_out:
         cause = f"the worker did not start within {limits.startup_timeout:g} s"
     else:
-        cause = (f"the worker exited with status {returncode} before running any student code "
+        cause = (f"the worker exited with status {launched.process.returncode} before running any student code "
                  f"({STARTUP_TRIES} tries)")
     config = (f"isolation: {launched.isolation}; worker user: {user}; devices: {'cpu and cuda' if cuda else 'cpu'}; "
               f"memory limit: {limits.memory_bytes >> 20} MiB{' (not applied with CUDA)' if cuda else ''}; "
