@@ -13,9 +13,10 @@ import pytest
 import torch
 
 from autograder import report
-from autograder.grading import GPU_NOT_EXERCISED, NotebookResult, TestOutcome, grade_notebook
+from autograder.grading import GPU_NOT_EXERCISED, NotebookResult, ReferenceCache, TestOutcome, grade_notebook
 from autograder.intake import find_notebooks
 from autograder.options import SESSION_KEY, resolve
+from autograder.pool import WorkerPool
 from autograder.runner import GraderError, default_bwrap
 from autograder.sandbox import Limits, become_subreaper
 from exercises.catalogue import NOTEBOOKS, available_devices, items_in
@@ -34,8 +35,11 @@ class GradingSession:
         wanted = opt["device"] or present
         self.devices = [d for d in wanted if d in present]
         self.use_bwrap = None if opt["no_bwrap"] else default_bwrap()
-        self.jobs = max(1, opt["jobs"] or min(2, os.cpu_count() or 1))
+        self.jobs = max(1, opt["jobs"] or os.cpu_count() or 1)
         self.pool = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="selfattn-grade")
+        # warm workers (CPU only) and the reference outputs are shared by every submission of the run
+        self.workers = None if opt["cold_workers"] else WorkerPool(self.limits, self.use_bwrap)
+        self.references = ReferenceCache()
         self.futures: dict[tuple[str, str], Future] = {}
         self.submissions: list[report.SubmissionReport] = []
         self.current: dict[str, report.SubmissionReport] = {}
@@ -61,11 +65,13 @@ class GradingSession:
 
     def start_submission(self, submission: Path, notebooks: dict[str, Path], source_dir: Path | None) -> None:
         """Queue every notebook of ``submission``; items then wait for their own notebook only."""
+        opt_all_cells = self.options["all_cells"]
         for notebook in NOTEBOOKS:
             key = (str(submission), notebook)
             if key not in self.futures:
                 self.futures[key] = self.pool.submit(grade_notebook, notebook, notebooks.get(notebook), self.seed,
-                                                     self.devices, self.limits, self.use_bwrap, source_dir)
+                                                     self.devices, self.limits, self.use_bwrap, source_dir,
+                                                     self.workers, self.references, opt_all_cells)
 
     def notebook_result(self, submission: Path, notebook: str) -> NotebookResult:
         """The graded notebook; ``GraderFault`` when the grader could not grade it (the student is not charged)."""

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autograder.intake import IntakeError, PreparedNotebook, prepare, read_student_notebook
+from autograder.needed import needed_cells, program_names
+from autograder.pool import WorkerPool
 from autograder.runner import CallResult, CallSpec, run_plan
 from autograder.sandbox import Limits
 from exercises.catalogue import Case, Item, available_devices, items_in
@@ -121,8 +123,14 @@ def device_hint(error_text: str) -> str | None:
 
 
 def grade_notebook(notebook: str, student_path: Path | None, seed: int, devices: list[str], limits: Limits,
-                   use_bwrap: str | None, source_dir: Path | None = None) -> NotebookResult:
-    """Grade every item of ``notebook`` found at ``student_path`` (None: not submitted)."""
+                   use_bwrap: str | None, source_dir: Path | None = None, pool: WorkerPool | None = None,
+                   references: ReferenceCache | None = None, all_cells: bool = False) -> NotebookResult:
+    """Grade every item of ``notebook`` found at ``student_path`` (None: not submitted).
+
+    ``pool``: fork the workers from warm ones; ``references``: the reference outputs of a batch (one
+    seed), shared by its submissions; ``all_cells``: run the lesson's demos too, not only the given
+    cells the graded code needs (``autograder/needed.py``).
+    """
     started = time.monotonic()
     items = items_in(notebook)
     source = load_source(notebook, source_dir) if source_dir else load_source(notebook)
@@ -138,7 +146,11 @@ def grade_notebook(notebook: str, student_path: Path | None, seed: int, devices:
         return NotebookResult(notebook, outcomes + skipped, [str(exc)], "none", time.monotonic() - started)
 
     plan, calls = build_calls(items, devices, seed)
-    run = run_plan(prepared.cells, calls, limits, cuda="cuda" in devices, use_bwrap=use_bwrap, record=RECORDED)
+    if not all_cells:
+        keep = needed_cells(prepared.cells, program_names([c.program for c in calls]))
+        prepared.cells = [cell for cell, kept in zip(prepared.cells, keep, strict=True) if kept]
+    run = run_plan(prepared.cells, calls, limits, cuda="cuda" in devices, use_bwrap=use_bwrap, record=RECORDED,
+                   pool=pool)
     notes = list(prepared.notes)
     for spec, cell in zip(prepared.cells, run.cells, strict=True):
         if cell.status in ("timeout", "crashed"):
@@ -147,10 +159,10 @@ def grade_notebook(notebook: str, student_path: Path | None, seed: int, devices:
             err = cell.error
             notes.append(f"answer cell `{spec.grade_id}` raised {err.get('type')}: {err.get('message', '')[:200]}")
 
-    references = ReferenceCache()
+    references = references if references is not None else ReferenceCache()
     outcomes = judge_run(items, notebook, devices, plan, run.calls, source.points, prepared, references)
     retried = _isolate_failures(items, notebook, devices, plan, calls, outcomes, source.points, prepared, references,
-                                limits, use_bwrap)
+                                limits, use_bwrap, pool)
     return NotebookResult(notebook, retried + skipped, notes, run.isolation, time.monotonic() - started,
                           run.output)
 
@@ -173,12 +185,17 @@ def build_calls(items: list[Item], devices: list[str], seed: int) -> tuple[Plan,
 
 
 class ReferenceCache(dict):
-    """The reference's outputs per call id: computed once, reused when an item is graded again."""
+    """The reference's outputs per (item, case, device, dtype), each computed once.
 
-    def get_for(self, call_id: int, case: Case, device: str, dtype: str | None):
-        if call_id not in self:
-            self[call_id] = reference_outputs(case, device, dtype)
-        return self[call_id]
+    One cache serves one seed: a notebook's grading (an item graded again with stand-ins reuses them),
+    or a whole batch, whose submissions all get the same inputs (``GradingSession``).
+    """
+
+    def get_for(self, item: str, case: Case, device: str, dtype: str | None):
+        key = (item, case.name, device, dtype)
+        if key not in self:
+            self[key] = reference_outputs(case, device, dtype)
+        return self[key]
 
 
 def judge_run(items: list[Item], notebook: str, devices: list[str], plan: Plan, results: dict[int, CallResult],
@@ -252,7 +269,8 @@ def merge_regrades(outcomes: list[TestOutcome], again: list[TestOutcome],
 
 def _isolate_failures(items: list[Item], notebook: str, devices: list[str], plan, calls: list[CallSpec],
                       outcomes: list[TestOutcome], points: dict[str, float], prepared: PreparedNotebook,
-                      references: ReferenceCache, limits: Limits, use_bwrap: str | None) -> list[TestOutcome]:
+                      references: ReferenceCache, limits: Limits, use_bwrap: str | None,
+                      pool: WorkerPool | None = None) -> list[TestOutcome]:
     """Grade failed items again with their failed dependencies replaced by reference stand-ins.
 
     Three stages: ``plan_regrades`` (which items, which stand-ins), one worker run of their calls
@@ -267,7 +285,7 @@ def _isolate_failures(items: list[Item], notebook: str, devices: list[str], plan
     again = [c for c, (it, *_rest) in zip(calls, plan, strict=True)
              if it.name in retry and not any(step["op"] == "backward" for step in c.program)]
     run = run_plan(prepared.cells, again, limits, cuda="cuda" in devices, use_bwrap=use_bwrap, oracles=oracles,
-                   responder=OracleResponder(oracles))
+                   responder=OracleResponder(oracles), pool=pool)
     second = judge_run([i for i in items if i.name in retry], notebook, devices, plan, run.calls, points, prepared,
                         references)
     return merge_regrades(outcomes, second, retry)
@@ -279,12 +297,12 @@ def _judge_variant(item: Item, notebook: str, device: str, dtype: str | None,
     used = {u for _, _, result in rows for u in result.used}
     forbidden = forbidden_message(item.name, item.forbidden, static, used) if item.forbidden else None
     cases: list[CaseOutcome] = []
-    for call_id, case, result in rows:
+    for _call_id, case, result in rows:
         if result.status != "ok" or result.outputs is None:
             status, message = _call_problem(item, result, prepared)
             cases.append(CaseOutcome(case.name, Status(status), f"case {case.name}: {message}"))
             continue
-        reference = references.get_for(call_id, case, device, dtype)
+        reference = references.get_for(item.name, case, device, dtype)
         verdict = judge(case, result.outputs, reference, device)
         if verdict.passed:
             cases.append(CaseOutcome(case.name, Status.PASSED))

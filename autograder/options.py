@@ -63,8 +63,12 @@ OPTIONS: tuple[Option, ...] = (
            choices=("cpu", "cuda"), repeat=True),
     Option("no-bwrap", "do not use bubblewrap even where it works (reduced isolation, reported)"),
     Option("no-canary", "skip the self-check that first grades the reference solutions through the worker"),
-    Option("jobs", "notebooks graded at once, each in its own worker (default: up to 2, by CPU count)", int,
+    Option("jobs", "notebooks graded at once, each in its own worker (default: the CPU count)", int,
            metavar="N"),
+    Option("all-cells", "run every given cell, the lesson's demos and plots too, not only those the graded code "
+           "needs (slower; the same scores)"),
+    Option("cold-workers", "start every worker as a fresh process instead of forking it from a warm one that has "
+           "imported torch (slower; the same limits and isolation)"),
 )
 BY_DEST = {option.dest: option for option in OPTIONS}
 

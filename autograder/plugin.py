@@ -37,6 +37,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     session = config.stash.get(SESSION_KEY, None)
     if session is not None:
         session.pool.shutdown(wait=True, cancel_futures=True)
+        if session.workers is not None:
+            session.workers.shutdown()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from autograder import sandbox
+from autograder.pool import ColdWorker, ForkedJob, WorkerPool, Zygote
 from autograder.worker import protocol
 from exercises.compare import Outputs
 
@@ -82,24 +82,6 @@ class RunResult:
     seconds: float
 
 
-class _OutputDrain(threading.Thread):
-    """Read the worker's stdout to the end; keep the first ``cap`` bytes, drop the rest."""
-
-    def __init__(self, stream, cap: int):
-        super().__init__(daemon=True)
-        self.stream, self.cap, self.kept, self.dropped = stream, cap, bytearray(), 0
-
-    def run(self) -> None:
-        while chunk := self.stream.read(65536):
-            room = self.cap - len(self.kept)
-            self.kept += chunk[:max(room, 0)]
-            self.dropped += max(len(chunk) - max(room, 0), 0)
-
-    def text(self) -> str:
-        note = f"\n[... {self.dropped} more bytes of output dropped]" if self.dropped else ""
-        return self.kept.decode("utf-8", "replace") + note
-
-
 def _read_events(path: Path, offset: int) -> tuple[list[dict[str, Any]], int]:
     try:
         with open(path, "rb") as fh:
@@ -139,12 +121,13 @@ Responder = Callable[[dict[str, Any], dict[str, torch.Tensor]], tuple[dict, dict
 def run_plan(cells: list[CellSpec], calls: list[CallSpec], limits: sandbox.Limits, cuda: bool = False,
              use_bwrap: str | None = None, oracles: dict[str, str] | None = None,
              responder: Responder | None = None, record: tuple[tuple[str, str, str], ...] = (),
-             verify_harness: bool = True) -> RunResult:
+             verify_harness: bool = True, pool: WorkerPool | None = None) -> RunResult:
     """Run every cell then every call in as many fresh workers as it takes.
 
     Never raises for student faults; raises ``GraderError`` for the grader's own (see there). When a
     call's outputs could not be written or read back after student code ran, a worker without any
     student code is tried (``verify_harness``): if it fails too, the fault is the grader's.
+    ``pool``: fork the workers from warm ones (CPU only; ``autograder/pool.py``), else start each cold.
     """
     started = time.monotonic()
     cell_results = [CellResult("not run") for _ in cells]
@@ -154,15 +137,26 @@ def run_plan(cells: list[CellSpec], calls: list[CallSpec], limits: sandbox.Limit
     output_parts: list[str] = []
     isolation = "bubblewrap" if use_bwrap else "rlimits"
     drop = sandbox.can_drop_privileges(use_bwrap)
-    try:
-        root = sandbox.make_grading_root(drop and not use_bwrap)
-    except OSError as exc:
-        raise GraderError(f"could not make the worker's directory: {exc}") from exc
+    warm = pool is not None and not cuda and pool.use_bwrap == use_bwrap  # a pool serves its own mode only
+    root = None
+    if not warm:
+        try:
+            root = sandbox.make_grading_root(drop and not use_bwrap)
+        except OSError as exc:
+            raise GraderError(f"could not make the worker's directory: {exc}") from exc
     try:
         startup_failures = 0
         for attempt in range(len(cells) + len(calls) + 1 + STARTUP_TRIES):
-            workdir = root / f"w{attempt}"
-            workdir.mkdir()
+            zygote: Zygote | None = None
+            try:
+                if warm:
+                    zygote = pool.acquire()
+                    workdir = zygote.new_job_dir()
+                else:
+                    workdir = root / f"w{attempt}"
+                    workdir.mkdir()
+            except OSError as exc:
+                raise GraderError(f"could not make the worker's directory: {exc}") from exc
             plan = {"cells": [{"grade_id": c.grade_id, "source": c.source, "kind": c.kind} for c in cells],
                     "skip_cells": sorted(skip_cells), "start_call": remaining[0] if remaining else 1 << 30,
                     "calls": [{"id": c.id, "program": c.program, "device": c.device, "dtype": c.dtype}
@@ -174,24 +168,22 @@ def run_plan(cells: list[CellSpec], calls: list[CallSpec], limits: sandbox.Limit
                 if c.id in remaining:
                     save_file({k: v.contiguous() for k, v in c.inputs.items()},
                               str(workdir / protocol.input_file(c.id)))
-            sandbox.prepare_workdir(workdir)
-            launched = sandbox.launch(workdir, limits, cuda, use_bwrap)
-            isolation = launched.isolation
-            drain = _OutputDrain(launched.process.stdout, limits.output_bytes)
-            drain.start()
-            watch = _monitor(workdir, launched, limits, len(cells), cuda, responder)
+            sandbox.prepare_workdir(workdir, copy_worker=not warm)
+            worker = zygote.start(workdir) if zygote else ColdWorker(workdir, limits, cuda, use_bwrap)
+            isolation = worker.isolation
+            watch = _monitor(workdir, worker, limits, len(cells), cuda, responder)
             for index, cell in watch.cells.items():
                 cell_results[index] = cell
             call_results.update(watch.calls)
-            sandbox.terminate(launched)
-            drain.join(timeout=5)
-            output_parts.append(drain.text())
+            worker.stop(wait=JOB_END_WAIT if watch.finished else 0.0)
+            output_parts.append(worker.output())
             if not watch.ready:  # no student code ran in this worker: whatever stopped it is ours
+                _release(pool, zygote, workdir)
                 startup_failures += 1
                 if startup_failures < STARTUP_TRIES:  # a passing shortage (processes, memory) gets a second try
                     time.sleep(1.0)
                     continue
-                raise GraderError(_startup_failure(launched, drop, cuda, watch.timed_out, limits, drain.text()))
+                raise GraderError(_startup_failure(worker, drop, cuda, watch.timed_out, limits, output_parts[-1]))
             finished, step, step_started = watch.finished, watch.step, watch.step_started
             for cid in list(call_results):
                 if call_results[cid].status == "ok" and call_results[cid].outputs is None:
@@ -201,11 +193,12 @@ def run_plan(cells: list[CellSpec], calls: list[CallSpec], limits: sandbox.Limit
                             "type": "GraderError", "message": "the worker's output could not be read back"})
                     else:
                         call_results[cid].outputs = outputs
+            _release(pool, zygote, workdir)
             remaining = [cid for cid in remaining if cid not in call_results]
             if finished or (step is None and not remaining):
                 break
             if step is None:  # died between steps, after start-up (e.g. a student's thread killed it)
-                message = drain.text()[-MESSAGE_TAIL:] or "the worker stopped between two steps"
+                message = output_parts[-1][-MESSAGE_TAIL:] or "the worker stopped between two steps"
                 for cid in remaining:
                     call_results[cid] = CallResult("crashed", error={"type": "WorkerError", "message": message})
                 break
@@ -226,14 +219,15 @@ def run_plan(cells: list[CellSpec], calls: list[CallSpec], limits: sandbox.Limit
             if not remaining and kind == "call":
                 break
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        if root is not None:
+            shutil.rmtree(root, ignore_errors=True)
     for c in calls:
         call_results.setdefault(c.id, CallResult("crashed", error={
             "type": "WorkerError", "message": "the worker stopped before this call ran"}))
     unreadable = [cid for cid, r in call_results.items() if r.status in ("missing", "harness")]
     if unreadable and verify_harness:
         device = next(c.device for c in calls if c.id == unreadable[0])
-        verify_output_path(limits, cuda, use_bwrap, device, call_results[unreadable[0]].error)
+        verify_output_path(limits, cuda, use_bwrap, device, call_results[unreadable[0]].error, pool)
         for cid in unreadable:  # the worker works without the student's code: their code got in its way
             error = call_results[cid].error
             call_results[cid].error = {"type": "WorkerError", "message": (
@@ -245,16 +239,28 @@ def run_plan(cells: list[CellSpec], calls: list[CallSpec], limits: sandbox.Limit
                      time.monotonic() - started)
 
 
-def _startup_failure(launched: sandbox.Launched, drop: bool, cuda: bool, timed_out: bool, limits: sandbox.Limits,
+JOB_END_WAIT = 10.0  # seconds a warm job that said it finished gets to end before its zygote is killed
+
+
+def _release(pool: WorkerPool | None, zygote: Zygote | None, workdir: Path) -> None:
+    """After a warm job: its directory goes, its zygote back to the pool (or closed, if it was killed)."""
+    if zygote is not None:
+        shutil.rmtree(workdir, ignore_errors=True)
+        pool.release(zygote)
+
+
+def _startup_failure(worker: ColdWorker | ForkedJob, drop: bool, cuda: bool, timed_out: bool, limits: sandbox.Limits,
                      output: str) -> str:
     """What a grader error at worker start-up says: the cause as far as known, the configuration, the output."""
     user = "nobody (privileges dropped)" if drop else f"uid {os.geteuid()} (no privilege drop)"
     if timed_out:
         cause = f"the worker did not start within {limits.startup_timeout:g} s"
     else:
-        cause = (f"the worker exited with status {launched.process.returncode} before running any student code "
+        cause = (f"the worker exited with status {worker.returncode} before running any student code "
                  f"({STARTUP_TRIES} tries)")
-    config = (f"isolation: {launched.isolation}; worker user: {user}; devices: {'cpu and cuda' if cuda else 'cpu'}; "
+    warm = " (forked from a warm worker)" if isinstance(worker, ForkedJob) else ""
+    config = (f"isolation: {worker.isolation}{warm}; worker user: {user}; "
+              f"devices: {'cpu and cuda' if cuda else 'cpu'}; "
               f"memory limit: {limits.memory_bytes >> 20} MiB{' (not applied with CUDA)' if cuda else ''}; "
               f"python: {sys.executable}")
     tail = output.strip()[-MESSAGE_TAIL * 2:] or "(no output)"
@@ -266,10 +272,13 @@ PROBE_PROGRAM = [{"op": "call", "fn": "torch.clone", "args": [{"tensor": "x"}], 
 
 
 def verify_output_path(limits: sandbox.Limits, cuda: bool, use_bwrap: str | None, device: str,
-                       first_error: dict[str, Any]) -> None:
-    """Run one trivial call in a worker without student code; ``GraderError`` if its outputs do not come back."""
+                       first_error: dict[str, Any], pool: WorkerPool | None = None) -> None:
+    """Run one trivial call in a worker without student code; ``GraderError`` if its outputs do not come back.
+
+    The probe's worker is started the way the failed one was (cold, or forked from the pool).
+    """
     probe = CallSpec(0, PROBE_PROGRAM, {"x": torch.arange(6, dtype=torch.float32)}, device, None)
-    run = run_plan([], [probe], limits, cuda, use_bwrap, verify_harness=False)
+    run = run_plan([], [probe], limits, cuda, use_bwrap, verify_harness=False, pool=pool)
     result = run.calls[0]
     if result.status != "ok" or result.outputs is None or not torch.equal(
             result.outputs.tensors.get("out", torch.empty(0)), probe.inputs["x"]):
@@ -333,7 +342,7 @@ class Watch:
     calls: dict[int, CallResult] = field(default_factory=dict)  # the calls it finished, by id
 
 
-def _monitor(workdir: Path, launched: sandbox.Launched, limits: sandbox.Limits, n_cells: int, cuda: bool,
+def _monitor(workdir: Path, worker: ColdWorker | ForkedJob, limits: sandbox.Limits, n_cells: int, cuda: bool,
              responder: Responder | None = None) -> Watch:
     """Follow progress events until the worker finishes, dies, or runs a step past its limit.
 
@@ -379,7 +388,7 @@ def _monitor(workdir: Path, launched: sandbox.Launched, limits: sandbox.Limits, 
                 if step is not None:  # only student code can say so mid-step (a forged event): charge that step
                     return stop(False, (step[0], step[1], "crashed"))
                 return stop(True, None)
-        if launched.process.poll() is not None:
+        if worker.poll() is not None:
             events, offset = _read_events(progress, offset)
             if events:
                 continue
@@ -395,7 +404,7 @@ def _monitor(workdir: Path, launched: sandbox.Launched, limits: sandbox.Limits, 
                 return stop(False, step)
             if cuda and now - rss_checked > RSS_POLL_SECONDS:
                 rss_checked = now
-                if sum(_rss_bytes(pid) for pid in sandbox.tagged_pids(launched.tag)) > limits.gpu_rss_bytes:
+                if sum(_rss_bytes(pid) for pid in sandbox.tagged_pids(worker.tag)) > limits.gpu_rss_bytes:
                     return stop(False, (step[0], step[1], "crashed"))
         time.sleep(POLL_SECONDS)
 

@@ -121,7 +121,7 @@ def _python_roots() -> list[Path]:
     return [r for r in present if not any(other != r and other in r.parents for other in present)]
 
 
-def _bwrap_command(bwrap: str, workdir: Path, env: dict[str, str], cuda: bool) -> list[str]:
+def _bwrap_command(bwrap: str, workdir: Path, env: dict[str, str], cuda: bool, extra_args: list[str]) -> list[str]:
     cmd = [bwrap, "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
            "--die-with-parent", "--new-session", "--clearenv",
            "--ro-bind", "/usr", "/usr", "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
@@ -150,7 +150,7 @@ def _bwrap_command(bwrap: str, workdir: Path, env: dict[str, str], cuda: bool) -
     cmd += ["--bind", str(workdir), "/sandbox", "--chdir", "/sandbox"]
     for key, value in env.items():
         cmd += ["--setenv", key, value.replace(str(workdir), "/sandbox")]
-    return cmd + ["--", sys.executable, "-I", "/sandbox/main.py", "/sandbox"]
+    return cmd + ["--", sys.executable, "-I", "/sandbox/main.py", "/sandbox", *extra_args]
 
 
 @dataclass
@@ -160,18 +160,23 @@ class Launched:
     isolation: str
 
 
-def prepare_workdir(workdir: Path) -> None:
-    """Copy the worker's two files in; hand the directory to ``nobody`` when we are root."""
-    for name, origin in WORKER_FILES.items():
-        shutil.copyfile(origin, workdir / name)
+def prepare_workdir(workdir: Path, copy_worker: bool = True) -> None:
+    """Copy the worker's files in (a warm worker's job needs none); hand the directory to ``nobody`` if we are root."""
+    if copy_worker:
+        for name, origin in WORKER_FILES.items():
+            shutil.copyfile(origin, workdir / name)
     if os.geteuid() == 0:  # the worker runs as nobody: it must read its inputs and write its outputs
         for path in [workdir, *workdir.iterdir()]:
             os.chown(path, NOBODY, NOBODY)
             os.chmod(path, 0o700 if path.is_dir() else 0o600)
 
 
-def launch(workdir: Path, limits: Limits, cuda: bool, use_bwrap: str | None) -> Launched:
-    """Start the worker on ``workdir`` (which already holds plan and inputs)."""
+def launch(workdir: Path, limits: Limits, cuda: bool, use_bwrap: str | None, zygote: bool = False) -> Launched:
+    """Start the worker on ``workdir`` (which already holds plan and inputs).
+
+    ``zygote``: start a warm worker on a slot directory instead (``autograder/pool.py``): it reads job
+    names on stdin, so stdin is a pipe, and under bubblewrap it empties its private /tmp between jobs.
+    """
     tag = uuid.uuid4().hex
     env = {"PATH": "/usr/bin:/bin", "HOME": str(workdir), "LANG": "C.UTF-8", "MPLBACKEND": "Agg",
            "MPLCONFIGDIR": str(workdir / ".mpl"), "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1",
@@ -189,15 +194,16 @@ def launch(workdir: Path, limits: Limits, cuda: bool, use_bwrap: str | None) -> 
         resource.setrlimit(resource.RLIMIT_NPROC, (limits.processes, limits.processes))
 
     if use_bwrap:
-        cmd = _bwrap_command(use_bwrap, workdir, env, cuda)
+        cmd = _bwrap_command(use_bwrap, workdir, env, cuda, ["--zygote", "--private-tmp"] if zygote else [])
         isolation = "bubblewrap"
         plan_env = None
     else:
-        cmd = [sys.executable, "-I", str(workdir / "main.py"), str(workdir)]
+        cmd = [sys.executable, "-I", str(workdir / "main.py"), str(workdir), *(["--zygote"] if zygote else [])]
         isolation = "rlimits"
         plan_env = env
     process = subprocess.Popen(
-        cmd, cwd=workdir, env=plan_env if plan_env is not None else {}, stdin=subprocess.DEVNULL,
+        cmd, cwd=workdir, env=plan_env if plan_env is not None else {},
+        stdin=subprocess.PIPE if zygote else subprocess.DEVNULL,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=limit_resources,
     )
     return Launched(process, tag, isolation)

@@ -20,6 +20,7 @@ import torch
 from autograder import report, runner, sandbox
 from autograder.canary import check_grader, reference_cells
 from autograder.grading import NotebookResult, TestOutcome
+from autograder.pool import ColdWorker
 from autograder.runner import CallSpec, CellSpec, GraderError, run_plan
 from autograder.sandbox import Limits
 from exercises.compare import Outputs, compare_outputs, number_dtype, value_mismatch
@@ -317,7 +318,9 @@ def _watch(tmp_path, events: list, n_cells: int = 1):
                                                       for e in events))
     process = subprocess.Popen(["true"])
     process.wait()
-    return runner._monitor(tmp_path, sandbox.Launched(process, "no-such-tag", "rlimits"), FAST, n_cells, False)
+    worker = ColdWorker.__new__(ColdWorker)  # a worker that has already ended: only its process is read
+    worker.launched, worker.tag = sandbox.Launched(process, "no-such-tag", "rlimits"), "no-such-tag"
+    return runner._monitor(tmp_path, worker, FAST, n_cells, False)
 
 
 def test_does_the_monitor_turn_a_workers_events_into_records(tmp_path):

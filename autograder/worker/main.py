@@ -6,6 +6,13 @@ and the input tensors. It never imports the
 repository's packages (``solutions``, ``exercises``, ``autograder`` are blocked) and it writes only:
 ``progress.jsonl`` (one event per line), ``out_<id>.safetensors`` and ``out_<id>.json`` per call.
 Everything else it learns about the grader is in ``plan.json``.
+
+Warm mode (``python -I main.py SLOT --zygote``, see ``autograder/pool.py``): the heavy imports are
+done once, then each job directory named on stdin gets a worker forked from this process, which
+runs exactly as above with that directory as its WORKDIR. Nothing a job does reaches the next: the
+job is a separate process (its globals, patches and threads die with it); its leftover processes
+are killed and reaped (this process is their subreaper), and under bubblewrap the private /tmp and
+/dev/shm are emptied before the next job.
 """
 
 from __future__ import annotations
@@ -112,7 +119,7 @@ def _install_recorders(targets: list) -> None:
 
 
 # --- progress and results ---------------------------------------------------------------------
-_progress = open(os.path.join(WORKDIR, protocol.PROGRESS), "a", buffering=1, encoding="utf-8")
+_progress = None  # progress.jsonl of this worker, opened by main()
 
 
 def emit(**event) -> None:
@@ -278,7 +285,9 @@ def start(plan: dict) -> dict[int, dict]:
 
 
 def main() -> None:
+    global _progress
     try:
+        _progress = open(os.path.join(WORKDIR, protocol.PROGRESS), "a", buffering=1, encoding="utf-8")
         with open(os.path.join(WORKDIR, protocol.PLAN), encoding="utf-8") as fh:
             plan = json.load(fh)
         inputs_by_id = start(plan)
@@ -297,5 +306,119 @@ def main() -> None:
     os._exit(0)  # skip interpreter teardown: a student's atexit hook or daemon thread cannot delay us
 
 
+# --- warm mode: fork a worker per job from an interpreter that has already imported torch ------------
+PR_SET_CHILD_SUBREAPER = 36
+REAP_ROUNDS = 200  # a job's leftovers that keep forking are killed round by round (RLIMIT_NPROC bounds them)
+
+
+def _prctl(option: int, value: int) -> None:
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)
+
+
+def _children() -> list[int]:
+    """This process's children (a job's worker, and any orphan of it re-parented to us)."""
+    me, found = os.getpid(), []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                stat = fh.read()
+            if int(stat[stat.rindex(b")") + 2:].split()[1]) == me:
+                found.append(int(entry))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def _reap_leftovers() -> None:
+    """Kill and reap whatever the last job left running (daemons, orphans) before the next job starts."""
+    for _ in range(REAP_ROUNDS):
+        kids = _children()
+        for pid in kids:
+            try:
+                os.kill(pid, 9)
+            except OSError:
+                pass
+        while True:
+            try:
+                pid, _status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                pid = 0
+            if pid == 0:
+                break
+        if not kids:
+            return
+
+
+def _empty_private_dirs() -> None:
+    """Under bubblewrap /tmp and /dev/shm are this sandbox's own: what a job wrote there goes with it."""
+    import shutil
+
+    for folder in ("/tmp", "/dev/shm"):
+        try:
+            entries = os.listdir(folder)
+        except OSError:
+            continue
+        for name in entries:
+            path = os.path.join(folder, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+
+
+def _run_job(job: str) -> None:
+    """In the forked child: become an ordinary worker on ``job`` (never returns)."""
+    global WORKDIR
+    try:
+        os.setsid()
+        out = os.open(os.path.join(job, protocol.OUTPUT), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(out, 1)
+        os.dup2(out, 2)
+        os.close(out)
+        os.close(null)
+        sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), line_buffering=True)
+        sys.stderr = sys.stdout
+        WORKDIR = job
+        os.chdir(job)
+        os.environ.update(HOME=job, MPLCONFIGDIR=os.path.join(job, ".mpl"))
+        main()
+    finally:
+        os._exit(protocol.HARNESS_EXIT)
+
+
+def zygote(private_dirs: bool) -> None:
+    """Serve jobs named on stdin, one at a time; report each one's end on stdout (``protocol.job_done``)."""
+    slot = WORKDIR
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)
+    control = sys.stdout
+    control.write(protocol.ZYGOTE_READY + "\n")
+    control.flush()
+    for line in sys.stdin:
+        name = line.strip()
+        if not protocol.valid_job_name(name):
+            continue
+        pid = os.fork()
+        if pid == 0:
+            _run_job(os.path.join(slot, name))
+        _, status = os.waitpid(pid, 0)
+        _reap_leftovers()
+        if private_dirs:
+            _empty_private_dirs()
+        control.write(protocol.job_done(name, os.waitstatus_to_exitcode(status)) + "\n")
+        control.flush()
+
+
 if __name__ == "__main__":
-    main()
+    if "--zygote" in sys.argv[2:]:
+        zygote(private_dirs="--private-tmp" in sys.argv[2:])
+    else:
+        main()

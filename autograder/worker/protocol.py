@@ -41,3 +41,33 @@ def rpc_request(n: int) -> tuple[str, str]:
 def rpc_response(n: int) -> tuple[str, str]:
     """(tensors, JSON) of the grader's answer to request ``n``."""
     return f"rpc_{n}_resp.safetensors", f"rpc_{n}_resp.json"
+
+
+# --- warm mode (``main.py SLOT --zygote``, driven by ``autograder.pool``) ------------------------------
+# The zygote reads one job directory name per line on stdin; it prints ZYGOTE_READY once its imports
+# are done, then one ``job_done`` line per job (its other output, e.g. a traceback, is plain text).
+ZYGOTE_READY = "selfattn-zygote-ready"
+OUTPUT = "output.txt"  # a forked job's stdout and stderr (a cold worker's go to a pipe)
+JOB_PREFIX = "job-"
+
+
+def valid_job_name(name: str) -> bool:
+    """A job directory directly inside the zygote's slot: ``job-`` and hex digits, nothing else."""
+    return name.startswith(JOB_PREFIX) and len(name) > len(JOB_PREFIX) and all(
+        c in "0123456789abcdef" for c in name[len(JOB_PREFIX):])
+
+
+def job_done(name: str, exit_code: int) -> str:
+    """The zygote's line saying that job ``name``'s worker ended with ``exit_code`` (negative: a signal)."""
+    return f"selfattn-job-done {name} {exit_code}"
+
+
+def parse_job_done(line: str) -> tuple[str, int] | None:
+    """(job name, exit code) from a ``job_done`` line, else None."""
+    parts = line.split()
+    if len(parts) == 3 and parts[0] == "selfattn-job-done" and valid_job_name(parts[1]):
+        try:
+            return parts[1], int(parts[2])
+        except ValueError:
+            return None
+    return None

@@ -1,0 +1,191 @@
+"""Do workers forked from a warm one grade exactly as cold ones, and does nothing of one student reach the next?
+
+The warm pool (``autograder/pool.py``) is what the CLI uses on the CPU. Here: every hostile-submission
+test of ``test_grader_hostile.py`` runs again, unchanged, with its notebook graded by a forked worker;
+then students graded one after another in the *same* warm slot try to leave state behind for the next
+(a global, a patched torch, a thread, a daemon process, a file in /tmp) and the next must not see it.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import test_grader_hostile as hostile
+from grader_fixtures import NB1, answers_from_source, write_submission
+
+from autograder import sandbox
+from autograder.grading import grade_notebook
+from autograder.pool import WorkerPool
+
+pytestmark = pytest.mark.slow
+
+
+def _graded_by_a_fresh_pool(*args, use_bwrap=None, limits=None, **kwargs):
+    """``grade_notebook`` with its workers forked from a warm pool made for this call (and closed after it)."""
+    pool = WorkerPool(limits, use_bwrap)
+    try:
+        return grade_notebook(*args, use_bwrap=use_bwrap, limits=limits, **kwargs, pool=pool)
+    finally:
+        pool.shutdown()
+
+
+def _hostile_cases():
+    for name, test in sorted(vars(hostile).items()):
+        if not name.startswith("test_") or not callable(test):
+            continue
+        marks = [m for m in getattr(test, "pytestmark", []) if m.name == "parametrize"]
+        if not marks:
+            yield pytest.param(test, {}, id=name)
+            continue
+        argnames = [a.strip() for a in marks[0].args[0].split(",")]
+        for index, values in enumerate(marks[0].args[1]):
+            yield pytest.param(test, dict(zip(argnames, values, strict=True)), id=f"{name}[{index}]")
+
+
+@pytest.mark.parametrize("test, params", list(_hostile_cases()))
+def test_does_a_hostile_submission_fare_the_same_in_a_forked_worker(test, params, tmp_path, monkeypatch):
+    monkeypatch.setattr(hostile, "grade_notebook", _graded_by_a_fresh_pool)
+    wanted = inspect.signature(test).parameters
+    test(**{"tmp_path": tmp_path, **params} if "tmp_path" in wanted else params)
+
+
+# --- students one after another in one warm slot ----------------------------------------------------------
+LEAVER = """import builtins, os, threading, time, torch
+builtins.LEFT_BEHIND = "a global"
+torch.allclose = lambda *a, **k: True
+torch.Tensor.softmax = lambda self, dim=-1: self * 0
+def _keep_patching():
+    while True:
+        torch.exp = lambda x: x
+        time.sleep(0.01)
+threading.Thread(target=_keep_patching, daemon=True).start()
+if os.fork() == 0:
+    os.setsid()
+    while True:
+        time.sleep(0.05)
+with open("/tmp/left-behind", "w") as fh:
+    fh.write("for the next student")
+def softmax_naive(x, dim=-1):
+    return x * 0
+"""
+
+# The next student's answer cell looks for everything the first one left, and answers wrong if it sees any of it.
+LOOKER = """import builtins, os, torch
+_seen = [what for what, there in [
+    ("a global", hasattr(builtins, "LEFT_BEHIND")),
+    ("torch.allclose patched", torch.allclose.__name__ == "<lambda>"),
+    ("a Tensor method patched", getattr(torch.Tensor, "soft" + "max").__name__ == "<lambda>"),
+    ("torch.exp patched", torch.exp.__name__ == "<lambda>"),
+    ("a file in /tmp", os.path.exists("/tmp/left-behind") and CHECK_TMP),
+] if there]
+if _seen:
+    raise RuntimeError("state of an earlier student reached this one: " + ", ".join(_seen))
+"""
+
+
+def _one_slot_pool(use_bwrap):
+    return WorkerPool(hostile.LIMITS, use_bwrap)
+
+
+@pytest.mark.parametrize("use_bwrap", [pytest.param(hostile.BWRAP, id="bubblewrap", marks=hostile.needs_bwrap),
+                                       pytest.param(None, id="rlimits")])
+def test_does_anything_of_one_student_reach_the_next_in_the_same_slot(tmp_path, use_bwrap):
+    answers = answers_from_source(NB1)
+    first = write_submission(tmp_path / "first", NB1, {"softmax_naive": LEAVER})
+    # Without bubblewrap /tmp is the machine's, as it is for cold workers: only the private /tmp is checked.
+    looker = LOOKER.replace("CHECK_TMP", "True" if use_bwrap else "False")
+    second = write_submission(tmp_path / "second", NB1, {"context_vectors": looker + answers["context_vectors"]})
+    pool = _one_slot_pool(use_bwrap)
+    try:
+        graded_first = grade_notebook(NB1, first, 7, ["cpu"], hostile.LIMITS, use_bwrap, pool=pool)
+        assert all(o.score == 0 for o in graded_first.outcomes if o.item == "softmax_naive")
+        assert len(pool.idle) == 1, "the slot should have been kept warm after a job that ended normally"
+        zygote = pool.idle[0]
+        assert sandbox.tagged_pids(zygote.tag) == [zygote.launched.process.pid] or use_bwrap, \
+            "the first student's daemon outlived its job"
+        graded_second = grade_notebook(NB1, second, 7, ["cpu"], hostile.LIMITS, use_bwrap, pool=pool)
+        assert pool.idle == [zygote], "the second student should have been graded in the same warm slot"
+    finally:
+        pool.shutdown()
+    lost = [(o.name, o.message) for o in graded_second.outcomes if o.device == "cpu" and o.status != "passed"]
+    assert not lost, (lost, graded_second.notes)
+
+
+def test_does_the_looker_see_what_is_left_in_its_own_process(tmp_path):
+    """The check above can fail: the same two cells in one student's notebook (one process) trip it."""
+    looker = LOOKER.replace("CHECK_TMP", "False")
+    path = write_submission(tmp_path / "one", NB1, {"softmax_naive": LEAVER,
+                                                     "context_vectors": looker + answers_from_source(NB1)[
+                                                         "context_vectors"]})
+    pool = _one_slot_pool(None)
+    try:
+        graded = grade_notebook(NB1, path, 7, ["cpu"], hostile.LIMITS, None, pool=pool)
+    finally:
+        pool.shutdown()
+    assert any("state of an earlier student reached this one: a global, torch.allclose patched" in note
+               for note in graded.notes), graded.notes
+
+
+@pytest.mark.skipif(hostile.BWRAP is None, reason="bubblewrap not available: its private /tmp is not exercised")
+def test_are_the_first_students_processes_gone_before_the_next_job(tmp_path):
+    """Under bubblewrap the zygote's pid namespace holds only bwrap, the zygote, and the job in flight."""
+    first = write_submission(tmp_path / "first", NB1, {"softmax_naive": LEAVER})
+    probe = ("import os\n_pids = [p for p in os.listdir('/proc') if p.isdigit()]\n"
+             "if len(_pids) > 3:\n    raise RuntimeError(f'processes left from before: {_pids}')\n")
+    second = write_submission(tmp_path / "second", NB1, {"context_vectors": probe + answers_from_source(NB1)[
+        "context_vectors"]})
+    pool = _one_slot_pool(hostile.BWRAP)
+    try:
+        grade_notebook(NB1, first, 7, ["cpu"], hostile.LIMITS, hostile.BWRAP, pool=pool)
+        graded = grade_notebook(NB1, second, 7, ["cpu"], hostile.LIMITS, hostile.BWRAP, pool=pool)
+    finally:
+        pool.shutdown()
+    lost = [(o.name, o.message) for o in graded.outcomes if o.device == "cpu" and o.status != "passed"]
+    assert not lost, (lost, graded.notes)
+
+
+def test_is_a_slot_whose_job_was_stopped_replaced(tmp_path):
+    """A timeout kills the zygote with its job; the next student gets a fresh one and full marks."""
+    loop = "def attention_scores_loop(inputs):\n    while True:\n        pass\n"
+    first = write_submission(tmp_path / "first", NB1, {"attention_scores_loop": loop})
+    second = write_submission(tmp_path / "second", NB1, {})
+    pool = _one_slot_pool(hostile.BWRAP)
+    try:
+        graded_first = grade_notebook(NB1, first, 7, ["cpu"], hostile.LIMITS, hostile.BWRAP, pool=pool)
+        assert {o.status for o in graded_first.outcomes if o.item == "attention_scores_loop" and o.device == "cpu"} \
+            == {"timeout"}
+        graded_second = grade_notebook(NB1, second, 7, ["cpu"], hostile.LIMITS, hostile.BWRAP, pool=pool)
+    finally:
+        pool.shutdown()
+    assert all(o.status == "passed" for o in graded_second.outcomes if o.device == "cpu")
+
+
+def test_does_a_pool_for_another_isolation_mode_fall_back_to_cold_workers(tmp_path):
+    """A pool serves only runs of its own isolation mode; any other run starts cold workers."""
+    path = write_submission(tmp_path / "student", NB1, {})
+    pool = WorkerPool(hostile.LIMITS, "/no/such/bwrap")
+    try:
+        graded = grade_notebook(NB1, path, 7, ["cpu"], hostile.LIMITS, None, pool=pool)
+        assert pool.idle == []
+    finally:
+        pool.shutdown()
+    assert graded.isolation == "rlimits"
+    assert all(o.status == "passed" for o in graded.outcomes if o.device == "cpu")
+
+
+def test_is_the_pools_slot_out_of_the_students_reach(tmp_path):
+    """Privilege drop path: the slot holding the zygote's files is root's; a job (nobody) cannot list it."""
+    if not sandbox.can_drop_privileges(None):
+        pytest.skip("the worker does not drop privileges here (not root, or Python not world-readable)")
+    code = ("import os\ntry:\n    os.listdir('..')\n    raise RuntimeError('the slot can be listed')\n"
+            "except PermissionError:\n    pass\n")
+    path = write_submission(tmp_path / "student", NB1, {"softmax_naive": code + answers_from_source(NB1)[
+        "softmax_naive"]})
+    pool = WorkerPool(hostile.LIMITS, None)
+    try:
+        graded = grade_notebook(NB1, path, 7, ["cpu"], hostile.LIMITS, None, pool=pool)
+    finally:
+        pool.shutdown()
+    assert all(o.status == "passed" for o in graded.outcomes if o.device == "cpu")
+
