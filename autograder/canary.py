@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from autograder.grading import TestOutcome, build_calls, judge_run
 from autograder.intake import PreparedNotebook
+from autograder.pool import WorkerPool
 from autograder.runner import CellSpec, GraderError, run_plan
 from autograder.sandbox import Limits
 from exercises.catalogue import ITEMS
@@ -58,13 +59,14 @@ def reference_cells() -> list[CellSpec]:
             for module in modules]
 
 
-def run_canary(devices: list[str], limits: Limits, use_bwrap: str | None) -> CanaryResult:
+def run_canary(devices: list[str], limits: Limits, use_bwrap: str | None,
+               pool: WorkerPool | None = None) -> CanaryResult:
     """Grade the reference through the worker on ``devices``; the outcome of every row."""
     started = time.monotonic()
     items = list(ITEMS.values())
     plan, calls = build_calls(items, devices, CANARY_SEED)
     cells = reference_cells()
-    run = run_plan(cells, calls, limits, cuda="cuda" in devices, use_bwrap=use_bwrap, record=RECORDED)
+    run = run_plan(cells, calls, limits, cuda="cuda" in devices, use_bwrap=use_bwrap, record=RECORDED, pool=pool)
     points = {f"test_{item.name}": 1.0 for item in items}
     outcomes = judge_run(items, "(canary)", devices, plan, run.calls, points, PreparedNotebook(cells=[]))
     cell_errors = [f"cell {spec.grade_id}: {cell.status} {cell.error}" for spec, cell in
@@ -73,9 +75,10 @@ def run_canary(devices: list[str], limits: Limits, use_bwrap: str | None) -> Can
     return CanaryResult(outcomes, run.isolation, devices, time.monotonic() - started, output)
 
 
-def check_grader(devices: list[str], limits: Limits, use_bwrap: str | None) -> CanaryResult:
+def check_grader(devices: list[str], limits: Limits, use_bwrap: str | None,
+                 pool: WorkerPool | None = None) -> CanaryResult:
     """Run the canary; ``GraderError`` (with the cause) unless the reference gets full marks everywhere."""
-    result = run_canary(devices, limits, use_bwrap)
+    result = run_canary(devices, limits, use_bwrap, pool)
     if result.failed:
         rows = "\n".join(f"    - {o.name}: [{o.status}] {o.message[:300]}" for o in result.failed[:8])
         more = f"\n    ... and {len(result.failed) - 8} more" if len(result.failed) > 8 else ""

@@ -57,7 +57,7 @@ class GradingSession:
         from autograder.canary import check_grader
 
         try:
-            self.canary_seconds = check_grader(self.devices, self.limits, self.use_bwrap).seconds
+            self.canary_seconds = check_grader(self.devices, self.limits, self.use_bwrap, self.workers).seconds
         except GraderError as exc:
             self.fatal = f"could not grade: {exc}"
             raise GraderFault("the grader's self-check failed (the reason is printed at the end); nobody was "

@@ -184,7 +184,7 @@ def needed_cells(cells: list[CellSpec], roots: set[str]) -> list[bool]:
                 continue
             outside = (f.touches - f.defines) & needed
             objects_touched = outside & objects  # a module passed around or called is not changed by it
-            if (f.defines & needed) or objects_touched or (f.setters & modules & needed):
+            if (f.defines & needed) or objects_touched or (f.setters & modules):  # settings reach all code
                 keep[index] = changed = True
                 needed |= f.uses
     return keep

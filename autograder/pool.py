@@ -153,13 +153,12 @@ class ForkedJob:
             self.zygote.kill()
 
     def output(self) -> str:
-        cap = self.zygote.limits.output_bytes
+        cap = self.zygote.limits.output_bytes + 200  # the zygote kept the first output_bytes, and a note
         try:
             with open(self.workdir / protocol.OUTPUT, "rb") as fh:
-                data = fh.read(cap + 1)
+                text = fh.read(cap).decode("utf-8", "replace")
         except OSError:
-            data = b""
-        text = data[:cap].decode("utf-8", "replace") + ("\n[... more output dropped]" if len(data) > cap else "")
+            text = ""
         if not self.zygote.alive() and self.zygote.text:
             text += self.zygote.text
         return text

@@ -194,11 +194,13 @@ def launch(workdir: Path, limits: Limits, cuda: bool, use_bwrap: str | None, zyg
         resource.setrlimit(resource.RLIMIT_NPROC, (limits.processes, limits.processes))
 
     if use_bwrap:
-        cmd = _bwrap_command(use_bwrap, workdir, env, cuda, ["--zygote", "--private-tmp"] if zygote else [])
+        warm = ["--zygote", "--private-tmp", f"--output-cap={limits.output_bytes}"] if zygote else []
+        cmd = _bwrap_command(use_bwrap, workdir, env, cuda, warm)
         isolation = "bubblewrap"
         plan_env = None
     else:
-        cmd = [sys.executable, "-I", str(workdir / "main.py"), str(workdir), *(["--zygote"] if zygote else [])]
+        warm = ["--zygote", f"--output-cap={limits.output_bytes}"] if zygote else []
+        cmd = [sys.executable, "-I", str(workdir / "main.py"), str(workdir), *warm]
         isolation = "rlimits"
         plan_env = env
     process = subprocess.Popen(

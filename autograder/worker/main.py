@@ -373,12 +373,11 @@ def _empty_private_dirs() -> None:
                     pass
 
 
-def _run_job(job: str) -> None:
-    """In the forked child: become an ordinary worker on ``job`` (never returns)."""
+def _run_job(job: str, out: int) -> None:
+    """In the forked child: become an ordinary worker on ``job``, printing into pipe ``out`` (never returns)."""
     global WORKDIR
     try:
         os.setsid()
-        out = os.open(os.path.join(job, protocol.OUTPUT), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         os.dup2(out, 1)
@@ -395,8 +394,48 @@ def _run_job(job: str) -> None:
         os._exit(protocol.HARNESS_EXIT)
 
 
-def zygote(private_dirs: bool) -> None:
-    """Serve jobs named on stdin, one at a time; report each one's end on stdout (``protocol.job_done``)."""
+class _Drain:
+    """Read a job's output pipe to its end in a thread; keep the first ``cap`` bytes (as a cold worker's pipe is)."""
+
+    def __init__(self, fd: int, cap: int):
+        import threading
+
+        self.fd, self.cap, self.kept, self.dropped = fd, cap, bytearray(), 0
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        try:
+            while chunk := os.read(self.fd, 65536):
+                room = max(self.cap - len(self.kept), 0)
+                self.kept += chunk[:room]
+                self.dropped += len(chunk) - min(room, len(chunk))
+        except OSError:
+            pass
+
+    def finish(self, path: str) -> None:
+        """Wait for the end of the output (every writer gone), then write what was kept to ``path``."""
+        self.thread.join(timeout=10)
+        os.close(self.fd)
+        note = f"\n[... {self.dropped} more bytes of output dropped]".encode() if self.dropped else b""
+        try:  # whatever the job left at this path (a link, a fifo) goes first: the job and its leftovers are dead
+            os.unlink(path)
+        except OSError:
+            pass
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(bytes(self.kept) + note)
+        except OSError:  # the output is for the report only: never let it stop the zygote
+            pass
+
+
+def zygote(private_dirs: bool, output_cap: int) -> None:
+    """Serve jobs named on stdin, one at a time; report each one's end on stdout (``protocol.job_done``).
+
+    Each job prints into a pipe that a thread of this process drains (the first ``output_cap`` bytes are
+    kept, in the job's ``output.txt``); no thread is left when the next job is forked.
+    """
     slot = WORKDIR
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
     control = sys.stdout
@@ -406,11 +445,17 @@ def zygote(private_dirs: bool) -> None:
         name = line.strip()
         if not protocol.valid_job_name(name):
             continue
+        job = os.path.join(slot, name)
+        read_end, write_end = os.pipe()
         pid = os.fork()
         if pid == 0:
-            _run_job(os.path.join(slot, name))
+            os.close(read_end)
+            _run_job(job, write_end)
+        os.close(write_end)
+        drain = _Drain(read_end, output_cap)
         _, status = os.waitpid(pid, 0)
-        _reap_leftovers()
+        _reap_leftovers()  # also closes the pipe's last write ends, held by leftovers
+        drain.finish(os.path.join(job, protocol.OUTPUT))
         if private_dirs:
             _empty_private_dirs()
         control.write(protocol.job_done(name, os.waitstatus_to_exitcode(status)) + "\n")
@@ -419,6 +464,7 @@ def zygote(private_dirs: bool) -> None:
 
 if __name__ == "__main__":
     if "--zygote" in sys.argv[2:]:
-        zygote(private_dirs="--private-tmp" in sys.argv[2:])
+        caps = [int(a.split("=", 1)[1]) for a in sys.argv[2:] if a.startswith("--output-cap=")]
+        zygote(private_dirs="--private-tmp" in sys.argv[2:], output_cap=caps[0] if caps else 64 << 10)
     else:
         main()
