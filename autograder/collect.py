@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from autograder import report
+from autograder import report, shard
 from autograder.grading import GPU_NOT_EXERCISED, NotebookResult, TestOutcome, grade_notebook
 from autograder.intake import find_notebooks
 from autograder.options import SESSION_KEY, resolve
@@ -43,6 +43,7 @@ class GradingSession:
         self.canary_wanted = not opt["no_canary"]
         self.canary_seconds: float | None = None
         self.fatal: str | None = None
+        self.batch: dict | None = None  # the JSON report's "batch" record (autograder/shard.py)
         become_subreaper()
         torch.set_num_threads(1)  # tiny reference computations; threads only contend with the workers
 
@@ -118,9 +119,9 @@ class Manifest(pytest.File):
         data = json.loads(self.path.read_text(encoding="utf-8"))
         source = Path(data["source"]) if data.get("source") else None
         session = _session(self.config, data)
+        mine, session.batch = shard.plan(data, session.options)  # --shard: this run's slice of the batch
         session.check_grader()
-        for raw in data["submissions"]:
-            path = Path(raw)
+        for path in mine:
             session.current[str(path)] = report.SubmissionReport(str(path), session.seed, session.devices,
                                                                  "bubblewrap" if session.use_bwrap else "rlimits")
             session.submissions.append(session.current[str(path)])
