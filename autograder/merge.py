@@ -147,7 +147,7 @@ def junit_xml(data: dict) -> str:
     score, max_score and status as properties; one failing case per notebook the grader could not grade."""
     cases, failures, skipped = [], 0, 0
     for entry in data["submissions"]:
-        for t in entry["tests"]:
+        for t in pytest_order(entry["tests"]):
             props = "".join(f'<property name="{k}" value={quoteattr(str(t[k]))} />'
                             for k in ("score", "max_score", "status"))
             body = ""
@@ -170,6 +170,16 @@ def junit_xml(data: dict) -> str:
             f'<testsuite name="pytest" errors="0" failures="{failures}" skipped="{skipped}" tests="{len(cases)}" '
             f'time="0.000" timestamp="{stamp}" hostname={quoteattr(socket.gethostname())}>'
             + "".join(cases) + "</testsuite></testsuites>")
+
+
+def pytest_order(tests: list[dict]) -> list[dict]:
+    """The tests in the order pytest collects their items: by notebook, then item, then device (cpu before
+    cuda), then dtype; the JSON lists a notebook's cuda rows after its cpu rows."""
+    notebooks = list(dict.fromkeys(t["notebook"] for t in tests))
+    items = list(dict.fromkeys((t["notebook"], t["item"]) for t in tests))
+    devices = ["cpu", "cuda"]
+    return sorted(tests, key=lambda t: (notebooks.index(t["notebook"]), items.index((t["notebook"], t["item"])),
+                                        devices.index(t["device"]) if t["device"] in devices else len(devices)))
 
 
 def _case(path: str, notebook: str, name: str, inner: str) -> str:
