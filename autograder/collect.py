@@ -113,7 +113,9 @@ class Manifest(pytest.File):
     def repr_failure(self, excinfo, style=None):
         if isinstance(excinfo.value, GraderFault):
             return f"[grader error] {excinfo.value}"
-        return super().repr_failure(excinfo, style)
+        if isinstance(excinfo.value, shard.ShardError):
+            return f"error: {excinfo.value}"
+        return super().repr_failure(excinfo)  # a Collector's takes no style
 
     def collect(self):
         data = json.loads(self.path.read_text(encoding="utf-8"))

@@ -199,3 +199,28 @@ def test_are_the_merged_csv_and_gradescope_files_the_graders_own(tmp_path):
     assert (tmp_path / "m.csv").read_text() == (tmp_path / "g.csv").read_text()
     for name in ("results-ada.json", "results-bob.json"):
         assert (tmp_path / "mgs" / name).read_text() == (tmp_path / "gs" / name).read_text()
+
+
+# --- the pytest plugin's --selfattn-shard ----------------------------------------------------------
+
+pytest_plugins = ["pytester"]
+
+
+def _plugin_run(pytester, *args):
+    for name in ("ada", "bob", "cy"):
+        (pytester.path / "batch" / name).mkdir(parents=True)
+    manifest = pytester.path / "run.selfattn.json"
+    manifest.write_text(json.dumps({"submissions": [str(pytester.path / "batch" / n) for n in ("cy", "ada", "bob")]}))
+    return pytester.runpytest_inprocess(str(manifest), "--collect-only", "-q", "--selfattn-no-canary", *args)
+
+
+def test_does_the_plugin_refuse_a_shard_without_a_seed(pytester):
+    result = _plugin_run(pytester, "--selfattn-shard=1/2")
+    assert result.ret != 0
+    result.stdout.fnmatch_lines(["*--shard needs an explicit --seed*"])
+
+
+def test_does_the_plugin_collect_only_its_shard(pytester):
+    result = _plugin_run(pytester, "--selfattn-shard=2/2", "--selfattn-seed=3")
+    collected = {line.split("::")[1] for line in result.stdout.lines if "::" in line}
+    assert collected == {"bob"}, result.stdout.str()
