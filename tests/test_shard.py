@@ -12,6 +12,7 @@ from autograder import cli, merge, report, shard
 from autograder.grading import NotebookResult, TestOutcome
 from autograder.shard import ShardError
 
+pytest_plugins = ["pytester"]
 NAMES = ["zoe", "ada", "bob", "cy", "dan", "eve", "fay"]
 
 
@@ -202,8 +203,6 @@ def test_are_the_merged_csv_and_gradescope_files_the_graders_own(tmp_path):
 
 
 # --- the pytest plugin's --selfattn-shard ----------------------------------------------------------
-
-pytest_plugins = ["pytester"]
 
 
 def _plugin_run(pytester, *args):
