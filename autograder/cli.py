@@ -1,5 +1,8 @@
 """``python -m autograder grade SUBMISSION... [--json PATH]``: grade with the pytest plugin, write reports.
 
+``python -m autograder merge SHARD.json... --json/--csv/--junit/--gradescope OUT``: combine the JSON
+reports of ``grade --shard I/N`` runs into the reports of one unsharded run (autograder/merge.py).
+
 Exit status: 0 when grading ran (whatever the score), 2 when it could not (bad arguments, no
 submission found, the self-check failed, a worker that could not start, an internal error of the
 grader). A submission the grader failed on is never given a score.
@@ -15,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from autograder import merge, shard
 from autograder.intake import expand_batch
 from autograder.options import MANIFEST_SUFFIX, add_cli_options, from_cli
 from exercises.catalogue import NOTEBOOKS
@@ -31,26 +35,44 @@ def build_parser() -> argparse.ArgumentParser:
     grade.add_argument("--source", type=Path, metavar="DIR",
                        help="the course's source/ folder (default: this repository's, else ./source)")
     grade.add_argument("-q", "--quiet", action="store_true", help="only the score tables")
+    merge.add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "merge":
+        return merge.main(args)
     try:
         source = find_source_dir(args.source, NOTEBOOKS)
     except FileNotFoundError as exc:
         print(f"error: could not grade: {exc}", file=sys.stderr)
         return 2
     submissions: list[Path] = []
+    names: list[str] = []  # relative to the batch: what --shard slices by (autograder/shard.py)
     for path in args.submissions:
         if not path.exists():
             print(f"error: {path} does not exist", file=sys.stderr)
             return 2
-        submissions += expand_batch(path.resolve(), NOTEBOOKS)
+        found = expand_batch(path.resolve(), NOTEBOOKS)
+        submissions += found
+        names += [shard.batch_name(path.resolve(), p) for p in found]
+    data = {"submissions": [str(p) for p in submissions], "names": names, "source": str(source),
+            "options": from_cli(args)}
+    if args.shard:
+        try:  # the plugin slices again from the manifest; checked here first for a clear message
+            mine, batch = shard.plan(data, data["options"])
+        except shard.ShardError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        if not mine:  # more shards than submissions: an empty report, so that the merge finds every shard
+            merge.write_outputs(merge.empty_shard_report(batch, args.seed, args.device), json_path=args.json,
+                                csv_path=args.csv, junit_path=args.junit, gradescope_path=args.gradescope)
+            print(f"shard {args.shard}: no submission falls to this shard; wrote empty reports")
+            return 0
     with tempfile.TemporaryDirectory(prefix="selfattn-manifest-") as tmp:
         manifest = Path(tmp) / f"grading{MANIFEST_SUFFIX}"
-        manifest.write_text(json.dumps({"submissions": [str(p) for p in submissions], "source": str(source),
-                                        "options": from_cli(args)}))
+        manifest.write_text(json.dumps(data))
         (Path(tmp) / "pytest.ini").write_text("[pytest]\n")
         pytest_args = [str(manifest), "-c", str(Path(tmp) / "pytest.ini"), "--rootdir", tmp,
                        "-p", "no:cacheprovider", "-o", "console_output_style=count",

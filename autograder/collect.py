@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from autograder import report
+from autograder import report, shard
 from autograder.grading import GPU_NOT_EXERCISED, NotebookResult, ReferenceCache, TestOutcome, grade_notebook
 from autograder.intake import find_notebooks
 from autograder.options import SESSION_KEY, resolve
@@ -47,6 +47,7 @@ class GradingSession:
         self.canary_wanted = not opt["no_canary"]
         self.canary_seconds: float | None = None
         self.fatal: str | None = None
+        self.batch: dict | None = None  # the JSON report's "batch" record (autograder/shard.py)
         become_subreaper()
         torch.set_num_threads(1)  # tiny reference computations; threads only contend with the workers
 
@@ -118,15 +119,17 @@ class Manifest(pytest.File):
     def repr_failure(self, excinfo, style=None):
         if isinstance(excinfo.value, GraderFault):
             return f"[grader error] {excinfo.value}"
-        return super().repr_failure(excinfo, style)
+        if isinstance(excinfo.value, shard.ShardError):
+            return f"error: {excinfo.value}"
+        return super().repr_failure(excinfo)  # a Collector's takes no style
 
     def collect(self):
         data = json.loads(self.path.read_text(encoding="utf-8"))
         source = Path(data["source"]) if data.get("source") else None
         session = _session(self.config, data)
+        mine, session.batch = shard.plan(data, session.options)  # --shard: this run's slice of the batch
         session.check_grader()
-        for raw in data["submissions"]:
-            path = Path(raw)
+        for path in mine:
             session.current[str(path)] = report.SubmissionReport(str(path), session.seed, session.devices,
                                                                  "bubblewrap" if session.use_bwrap else "rlimits")
             session.submissions.append(session.current[str(path)])

@@ -63,6 +63,9 @@ OPTIONS: tuple[Option, ...] = (
            choices=("cpu", "cuda"), repeat=True),
     Option("no-bwrap", "do not use bubblewrap even where it works (reduced isolation, reported)"),
     Option("no-canary", "skip the self-check that first grades the reference solutions through the worker"),
+    Option("shard", "grade only shard I of N of the batch (1-based; the slice is decided from the submissions' "
+           "names, sorted, round-robin); needs --seed; merge the shards with `python -m autograder merge`", str,
+           metavar="I/N"),
     Option("jobs", "notebooks graded at once, each in its own worker (default: the CPU count)", int,
            metavar="N"),
     Option("all-cells", "run every given cell, the lesson's demos and plots too, not only those the graded code "

@@ -76,7 +76,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
                 terminalreporter.write_line(f"  {Path(sub.path).name} / {notebook}: {why}")
     opt = session.options
     if opt["json"]:
-        report.write_json(session.submissions, Path(opt["json"]))
+        batch = {"seed": session.seed, "devices": session.devices, **(session.batch or {})}
+        report.write_json(session.submissions, Path(opt["json"]), batch=batch)
     if opt["gradescope"]:
         report.write_gradescope(session.submissions, Path(opt["gradescope"]))
     if opt["csv"]:

@@ -89,18 +89,36 @@ def graded(subs: list[SubmissionReport]) -> list[SubmissionReport]:
     return [s for s in subs if not s.grader_errors]
 
 
-def write_json(subs: list[SubmissionReport], path: Path) -> None:
-    """The spec's JSON; submissions the grader failed on are listed under ``not_graded``, with no score."""
+def report_json(subs: list[SubmissionReport], batch: dict | None = None) -> dict:
+    """The spec's JSON report as a dict; submissions the grader failed on are under ``not_graded``, with no
+    score. ``batch`` (autograder/shard.py: seed, devices, course version, shard, members) lets
+    ``python -m autograder merge`` check and order shard reports."""
     not_graded = [{"path": s.path, "errors": s.grader_errors} for s in subs if s.grader_errors]
-    _atomic_write(path, json.dumps({"submissions": [s.to_json() for s in graded(subs)],
-                                    **({"not_graded": not_graded} if not_graded else {})}, indent=2) + "\n")
+    return {"submissions": [s.to_json() for s in graded(subs)],
+            **({"not_graded": not_graded} if not_graded else {}),
+            **({"batch": batch} if batch is not None else {})}
+
+
+def write_json(subs: list[SubmissionReport], path: Path, batch: dict | None = None) -> None:
+    """Write :func:`report_json` to ``path``."""
+    write_json_report(report_json(subs, batch), path)
+
+
+def write_json_report(data: dict, path: Path) -> None:
+    """Write a JSON report dict (the merge writes its merged one through here too)."""
+    _atomic_write(path, json.dumps(data, indent=2) + "\n")
+
+
+def gradescope_targets(paths: list[str], path: Path) -> list[Path]:
+    """Where each submission's ``results.json`` goes: ``path`` for one; ``<stem>-<student><suffix>`` for a batch."""
+    if len(paths) == 1:
+        return [path]
+    return [path.with_name(f"{path.stem}-{Path(p).name}{path.suffix}") for p in paths]
 
 
 def gradescope_paths(subs: list[SubmissionReport], path: Path) -> list[tuple[SubmissionReport, Path]]:
-    """Where each submission's ``results.json`` goes: ``path`` for one; ``<stem>-<student><suffix>`` for a batch."""
-    if len(subs) == 1:
-        return [(subs[0], path)]
-    return [(sub, path.with_name(f"{path.stem}-{Path(sub.path).name}{path.suffix}")) for sub in subs]
+    """Each submission with the path of its ``results.json`` (:func:`gradescope_targets`)."""
+    return list(zip(subs, gradescope_targets([s.path for s in subs], path), strict=True))
 
 
 def write_gradescope(subs: list[SubmissionReport], path: Path) -> None:
@@ -108,31 +126,42 @@ def write_gradescope(subs: list[SubmissionReport], path: Path) -> None:
     (Gradescope then shows an autograder failure: the truth, rather than a zero)."""
     for sub, target in gradescope_paths(subs, path):
         if not sub.grader_errors:
-            _write_gradescope_one(sub, target)
+            write_gradescope_one(sub.to_json(), target)
 
 
-def _write_gradescope_one(sub: SubmissionReport, path: Path) -> None:
+def gradescope_result(entry: dict) -> dict:
+    """Gradescope's ``results.json`` for one graded submission, from its entry in the JSON report."""
     tests = [{
-        "name": f"{t.notebook} :: {t.name}", "score": t.score, "max_score": t.max_score,
-        "status": "passed" if t.status in ("passed", "skipped") else "failed",
-        "output": t.message or ("passed" if t.status == "passed" else ""),
-        **({"visibility": "hidden"} if t.status == "skipped" else {}),
-    } for t in sub.tests]
-    output = "; ".join(sub.to_json()["warnings"])
-    _atomic_write(path, json.dumps({"score": sub.score, "output": output, "tests": tests}, indent=2) + "\n")
+        "name": f"{t['notebook']} :: {t['name']}", "score": t["score"], "max_score": t["max_score"],
+        "status": "passed" if t["status"] in ("passed", "skipped") else "failed",
+        "output": t["message"] or ("passed" if t["status"] == "passed" else ""),
+        **({"visibility": "hidden"} if t["status"] == "skipped" else {}),
+    } for t in entry["tests"]]
+    return {"score": entry["score"], "output": "; ".join(entry["warnings"]), "tests": tests}
 
 
-def write_csv(subs: list[SubmissionReport], path: Path) -> None:
+def write_gradescope_one(entry: dict, path: Path) -> None:
+    """Write :func:`gradescope_result` of one JSON report entry to ``path``."""
+    _atomic_write(path, json.dumps(gradescope_result(entry), indent=2) + "\n")
+
+
+def csv_text(entries: list[dict]) -> str:
+    """The CSV of grades, one row per graded submission's JSON report entry, one column per graded item."""
     import io
 
-    items = list(dict.fromkeys(t.item for s in subs for t in s.tests))
+    items = list(dict.fromkeys(t["item"] for e in entries for t in e["tests"]))
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["submission", "score", "max_score", *items])
-    for sub in graded(subs):
-        per_item = {item: round(sum(t.score for t in sub.tests if t.item == item), 3) for item in items}
-        writer.writerow([Path(sub.path).name, sub.score, sub.max_score, *(per_item[i] for i in items)])
-    _atomic_write(path, buffer.getvalue())
+    for entry in entries:
+        per_item = {item: round(sum(t["score"] for t in entry["tests"] if t["item"] == item), 3) for item in items}
+        writer.writerow([Path(entry["path"]).name, entry["score"], entry["max_score"], *(per_item[i] for i in items)])
+    return buffer.getvalue()
+
+
+def write_csv(subs: list[SubmissionReport], path: Path) -> None:
+    """The CSV of grades (:func:`csv_text`) of the submissions the grader could grade."""
+    _atomic_write(path, csv_text([s.to_json() for s in graded(subs)]))
 
 
 SHORT = {"float64": "f64", "float32": "f32", "bfloat16": "bf16", "float16": "f16"}

@@ -1,0 +1,80 @@
+"""The unsharded grading of ``examples/submissions`` that sharded runs are compared with, and the comparisons.
+
+A pytest plugin (``pytest_plugins = ["shard_fixtures"]``), so that test_shard_merge.py and
+test_slurm.py share one session-scoped unsharded run instead of paying for it twice.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+BATCH = REPO / "examples" / "submissions"
+SEED = 20261127
+# The canary (the grader's self-check) is not what these tests are about; every run skips it alike.
+GRADE = [sys.executable, "-m", "autograder", "grade", "--no-canary", "--seed", str(SEED), "-q"]
+EXPECTED_SCORES = {"empty": 0.0, "one_wrong": 40.0, "perfect": 43.0}
+
+
+def outputs(out: Path) -> list[str]:
+    """The report options of a run writing into ``out``."""
+    return ["--json", str(out / "grades.json"), "--csv", str(out / "grades.csv"), "--junit", str(out / "grades.xml"),
+            "--gradescope", str(out / "gradescope" / "results.json")]
+
+
+def run(argv: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run the grader's CLI from the repository; fail the test with its output when it does not exit 0."""
+    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="session")
+def unsharded(tmp_path_factory) -> Path:
+    """The folder of an unsharded run's reports (grades.json, .csv, .xml, gradescope/) of the three examples."""
+    out = tmp_path_factory.mktemp("unsharded")
+    run([*GRADE, str(BATCH), *outputs(out)])
+    return out
+
+
+def without_timings(data):
+    """A JSON report without what may differ between two honest runs: timings (``seconds``) only."""
+    if isinstance(data, dict):
+        return {k: without_timings(v) for k, v in data.items() if k != "seconds"}
+    if isinstance(data, list):
+        return [without_timings(v) for v in data]
+    return data
+
+
+def junit_cases(path: Path) -> list[tuple]:
+    """Each test case of a JUnit XML file as (classname, name, outcome, score, max_score, status)."""
+    cases = []
+    for case in ET.parse(path).getroot().iter("testcase"):
+        outcome = next((child.tag for child in case if child.tag in ("failure", "error", "skipped")), "passed")
+        props = {p.get("name"): p.get("value") for p in case.iter("property")}
+        cases.append((case.get("classname"), case.get("name"), outcome, props.get("score"), props.get("max_score"),
+                      props.get("status")))
+    return cases
+
+
+def assert_same_reports(merged: Path, whole: Path) -> None:
+    """The merged reports are the unsharded run's: JSON (but for timings), CSV, Gradescope files, JUnit cases."""
+    expected = json.loads((whole / "grades.json").read_text())
+    got = json.loads((merged / "grades.json").read_text())
+    assert {Path(s["path"]).name: s["score"] for s in expected["submissions"]} == EXPECTED_SCORES
+    assert without_timings(got) == without_timings(expected)
+    assert (merged / "grades.csv").read_text() == (whole / "grades.csv").read_text()
+    names = sorted(p.name for p in (whole / "gradescope").iterdir())
+    assert names == [f"results-{n}.json" for n in sorted(EXPECTED_SCORES)]
+    assert sorted(p.name for p in (merged / "gradescope").iterdir()) == names
+    for name in names:
+        assert (merged / "gradescope" / name).read_text() == (whole / "gradescope" / name).read_text()
+    cases = junit_cases(whole / "grades.xml")
+    assert len(cases) == sum(len(s["tests"]) for s in expected["submissions"]) > 0
+    assert junit_cases(merged / "grades.xml") == cases
