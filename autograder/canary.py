@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from autograder.grading import TestOutcome, build_calls, judge_run
 from autograder.intake import PreparedNotebook
 from autograder.pool import WorkerPool
-from autograder.runner import CellSpec, GraderError, run_plan
+from autograder.runner import CellSpec, GraderError, run_calls
 from autograder.sandbox import Limits
 from exercises.catalogue import ITEMS
 from exercises.rules import RECORDED
@@ -66,7 +66,7 @@ def run_canary(devices: list[str], limits: Limits, use_bwrap: str | None,
     items = list(ITEMS.values())
     plan, calls = build_calls(items, devices, CANARY_SEED)
     cells = reference_cells()
-    run = run_plan(cells, calls, limits, cuda="cuda" in devices, use_bwrap=use_bwrap, record=RECORDED, pool=pool)
+    run = run_calls(cells, calls, limits, use_bwrap, pool, record=RECORDED)
     points = {f"test_{item.name}": 1.0 for item in items}
     outcomes = judge_run(items, "(canary)", devices, plan, run.calls, points, PreparedNotebook(cells=[]))
     cell_errors = [f"cell {spec.grade_id}: {cell.status} {cell.error}" for spec, cell in

@@ -38,7 +38,8 @@ class GradingSession:
         self.jobs = max(1, opt["jobs"] or os.cpu_count() or 1)
         self.pool = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="selfattn-grade")
         # warm workers (CPU only) and the reference outputs are shared by every submission of the run
-        self.workers = None if opt["cold_workers"] else WorkerPool(self.limits, self.use_bwrap)
+        gpus = torch.cuda.device_count() if "cuda" in self.devices else 0
+        self.workers = None if opt["cold_workers"] else WorkerPool(self.limits, self.use_bwrap, gpus)
         self.references = ReferenceCache()
         self.futures: dict[tuple[str, str], Future] = {}
         self.submissions: list[report.SubmissionReport] = []

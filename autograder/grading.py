@@ -15,7 +15,7 @@ from pathlib import Path
 from autograder.intake import IntakeError, PreparedNotebook, prepare, read_student_notebook
 from autograder.needed import needed_cells, program_names
 from autograder.pool import WorkerPool
-from autograder.runner import CallResult, CallSpec, run_plan
+from autograder.runner import CallResult, CallSpec, run_calls
 from autograder.sandbox import Limits
 from exercises.catalogue import Case, Item, available_devices, items_in
 from exercises.diagnosis import diagnose, explain_error
@@ -149,8 +149,7 @@ def grade_notebook(notebook: str, student_path: Path | None, seed: int, devices:
     if not all_cells:
         keep = needed_cells(prepared.cells, program_names([c.program for c in calls]))
         prepared.cells = [cell for cell, kept in zip(prepared.cells, keep, strict=True) if kept]
-    run = run_plan(prepared.cells, calls, limits, cuda="cuda" in devices, use_bwrap=use_bwrap, record=RECORDED,
-                   pool=pool)
+    run = run_calls(prepared.cells, calls, limits, use_bwrap, pool, record=RECORDED)
     notes = list(prepared.notes)
     for spec, cell in zip(prepared.cells, run.cells, strict=True):
         if cell.status in ("timeout", "crashed"):
@@ -284,8 +283,8 @@ def _isolate_failures(items: list[Item], notebook: str, devices: list[str], plan
     oracles = {d: "class" if d[0].isupper() else "function" for deps in retry.values() for d in deps}
     again = [c for c, (it, *_rest) in zip(calls, plan, strict=True)
              if it.name in retry and not any(step["op"] == "backward" for step in c.program)]
-    run = run_plan(prepared.cells, again, limits, cuda="cuda" in devices, use_bwrap=use_bwrap, oracles=oracles,
-                   responder=OracleResponder(oracles), pool=pool)
+    run = run_calls(prepared.cells, again, limits, use_bwrap, pool, oracles=oracles,
+                    responder=OracleResponder(oracles))
     second = judge_run([i for i in items if i.name in retry], notebook, devices, plan, run.calls, points, prepared,
                         references)
     return merge_regrades(outcomes, second, retry)

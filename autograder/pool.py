@@ -167,12 +167,18 @@ class ForkedJob:
 class WorkerPool:
     """Warm zygotes shared by a grading session's threads: at most one job at a time in each."""
 
-    def __init__(self, limits: sandbox.Limits, use_bwrap: str | None):
+    def __init__(self, limits: sandbox.Limits, use_bwrap: str | None, gpus: int = 1):
         self.limits, self.use_bwrap = limits, use_bwrap
         self.drop = sandbox.can_drop_privileges(use_bwrap)
+        # one CUDA worker at a time per GPU: each would take its own context and memory share of the card
+        self.gpu_slots = threading.BoundedSemaphore(max(gpus, 1))
         self.idle: list[Zygote] = []
         self.lock = threading.Lock()
         self.closed = False
+
+    def gpu_slot(self) -> threading.BoundedSemaphore:
+        """Held while a CUDA worker runs (``with pool.gpu_slot(): ...``)."""
+        return self.gpu_slots
 
     def acquire(self) -> Zygote:
         """An idle live zygote, or a new one (it may still be importing: the job's start-up limit covers it)."""

@@ -239,6 +239,24 @@ def run_plan(cells: list[CellSpec], calls: list[CallSpec], limits: sandbox.Limit
                      time.monotonic() - started)
 
 
+def run_calls(cells: list[CellSpec], calls: list[CallSpec], limits: sandbox.Limits, use_bwrap: str | None,
+              pool: WorkerPool | None = None, **options: Any) -> RunResult:
+    """``run_plan`` for calls on any devices: with a pool, the CPU calls in a worker forked from a warm one and
+    the CUDA calls in a cold worker (a CUDA context does not survive ``fork``), one at a time per GPU.
+
+    Without a pool, one cold worker runs them all, as ``run_plan`` does.
+    """
+    on_gpu = [c for c in calls if c.device.startswith("cuda")]
+    if pool is None or not on_gpu:
+        return run_plan(cells, calls, limits, cuda=bool(on_gpu), use_bwrap=use_bwrap, pool=pool, **options)
+    on_cpu = [c for c in calls if not c.device.startswith("cuda")]
+    runs = [run_plan(cells, on_cpu, limits, cuda=False, use_bwrap=use_bwrap, pool=pool, **options)] if on_cpu else []
+    with pool.gpu_slot():
+        runs.append(run_plan(cells, on_gpu, limits, cuda=True, use_bwrap=use_bwrap, pool=pool, **options))
+    return RunResult(runs[0].cells, {cid: r for run in runs for cid, r in run.calls.items()}, runs[-1].isolation,
+                     "".join(run.output for run in runs), sum(run.seconds for run in runs))
+
+
 JOB_END_WAIT = 10.0  # seconds a warm job that said it finished gets to end before its zygote is killed
 
 
