@@ -35,7 +35,7 @@ class GradingSession:
         wanted = opt["device"] or present
         self.devices = [d for d in wanted if d in present]
         self.use_bwrap = None if opt["no_bwrap"] else default_bwrap()
-        self.jobs = max(1, opt["jobs"] or os.cpu_count() or 1)
+        self.jobs = max(1, opt["jobs"] or len(os.sched_getaffinity(0)))  # the CPUs this process may use
         self.pool = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="selfattn-grade")
         # warm workers (CPU only) and the reference outputs are shared by every submission of the run
         gpus = torch.cuda.device_count() if "cuda" in self.devices else 0
