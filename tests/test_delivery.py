@@ -174,6 +174,19 @@ def test_grader_exit_2_gives_no_score(bundle, tmp_path):
     _not_graded(_results(root))
 
 
+def test_refuses_to_grade_where_student_code_could_read_the_solutions(bundle, tmp_path):
+    """Without bubblewrap (--no-bwrap), a worker that cannot become ``nobody`` would run as the grader's user."""
+    from autograder import sandbox
+
+    if sandbox.can_drop_privileges(None):
+        pytest.skip("here the worker can run as nobody without bubblewrap: nothing to refuse")
+    root = _unpack(bundle, tmp_path / "ag", EXAMPLES / "perfect")
+    done = _run_autograder(root, "--no-bwrap")
+    assert done.returncode == 2, done.stderr
+    _not_graded(_results(root))
+    assert "kept away from the solutions" in _results(root)["output"]
+
+
 def test_an_upload_without_notebooks_scores_zero_and_says_what_to_upload(bundle, tmp_path):
     root = _unpack(bundle, tmp_path / "ag", None)
     (root / "submission" / "answers.zip").write_bytes(b"PK")
