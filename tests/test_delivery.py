@@ -187,6 +187,7 @@ def test_refuses_to_grade_where_student_code_could_read_the_solutions(bundle, tm
     assert "kept away from the solutions" in _results(root)["output"]
 
 
+@pytest.mark.slow
 def test_an_upload_without_notebooks_scores_zero_and_says_what_to_upload(bundle, tmp_path):
     root = _unpack(bundle, tmp_path / "ag", None)
     (root / "submission" / "answers.zip").write_bytes(b"PK")
@@ -224,7 +225,10 @@ def _item_points(sub: dict) -> dict[str, str]:
 
 
 def _summary_rows(markdown: str) -> dict[str, str]:
-    rows = [line.split(" | ") for line in markdown.splitlines() if line.startswith("| ") and "---" not in line]
+    """item -> points, read as Markdown reads the table: split at unescaped pipes, four columns a row."""
+    rows = [[c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+            for line in markdown.splitlines() if line.startswith("| ") and "---" not in line]
+    assert all(len(cells) == 4 for cells in rows), rows
     return {cells[1]: cells[2] for cells in rows[1:]}
 
 
