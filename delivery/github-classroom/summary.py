@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     encoded = base64.b64encode(json.dumps(classroom_result(sub)).encode()).decode()
     _append("GITHUB_OUTPUT", f"graded=true\nscore={total}\nmax_score={maximum}\nresult={encoded}\n")
     print(f"::notice title=Autograding complete::Points {total}/{maximum}")
-    print(f"::notice title=Autograding report::{json.dumps({'totalPoints': total, 'maxPoints': maximum})}")
+    report_json = json.dumps({"totalPoints": total, "maxPoints": maximum}, separators=(",", ":"))
+    print(f"::notice title=Autograding report::{report_json}")
     return 0
 
 
