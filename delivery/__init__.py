@@ -1,0 +1,1 @@
+"""Front ends that deliver the course: the Gradescope bundle's and GitHub Classroom's helpers."""
