@@ -22,6 +22,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -203,11 +204,13 @@ def launch(workdir: Path, limits: Limits, cuda: bool, use_bwrap: str | None, zyg
         cmd = [sys.executable, "-I", str(workdir / "main.py"), str(workdir), *warm]
         isolation = "rlimits"
         plan_env = env
-    process = subprocess.Popen(
-        cmd, cwd=workdir, env=plan_env if plan_env is not None else {},
-        stdin=subprocess.PIPE if zygote else subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=limit_resources,
-    )
+    with _LAUNCH_LOCK:  # registered before any reap_orphans can see it
+        process = subprocess.Popen(
+            cmd, cwd=workdir, env=plan_env if plan_env is not None else {},
+            stdin=subprocess.PIPE if zygote else subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=limit_resources,
+        )
+        _LAUNCHED.add(process.pid)
     return Launched(process, tag, isolation)
 
 
@@ -268,6 +271,10 @@ def make_grading_root(for_other_user: bool) -> Path:
                   f"others can traverse (tried $TMPDIR, {', '.join(SHARED_TEMP_DIRS)})")
 
 
+_LAUNCHED: set[int] = set()  # pids of the workers we started and have not waited for yet (see reap_orphans)
+_LAUNCH_LOCK = threading.Lock()
+
+
 def terminate(launched: Launched) -> None:
     """Kill the worker's process group, then anything else carrying its tag (daemons that left the group)."""
     try:
@@ -278,4 +285,32 @@ def terminate(launched: Launched) -> None:
         launched.process.wait(timeout=10)
     except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL cannot be ignored
         pass
+    _LAUNCHED.discard(launched.process.pid)
     kill_tagged(launched.tag)
+    reap_orphans()
+
+
+def reap_orphans() -> int:
+    """Wait for dead orphans re-parented to us (we are a subreaper), so a long batch leaves no zombies.
+
+    Only zombies that are not workers some thread still has to wait for (their ``Popen`` does that), and
+    not in our own session (a ``subprocess.run`` of ours is; a worker's descendants are not).
+    """
+    with _LAUNCH_LOCK:
+        return _reap_unlaunched()
+
+
+def _reap_unlaunched() -> int:
+    reaped = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in _LAUNCHED:
+            continue
+        try:
+            stat = (entry / "stat").read_bytes()
+            state, ppid, _group, session = stat[stat.rindex(b")") + 2:].split()[:4]
+            if (state == b"Z" and int(ppid) == os.getpid() and int(session) != os.getsid(0)
+                    and os.waitpid(int(entry.name), os.WNOHANG)[0]):
+                reaped += 1
+        except (OSError, ValueError, ChildProcessError):
+            continue
+    return reaped
