@@ -623,8 +623,9 @@ def agreement_report(rows: list[dict]) -> str:
         if not r["agree"]:
             items = ", ".join(f"{k} {a}/{b}" for k, (a, b) in r["items"].items())
             what = ", ".join(r["mistakes"]) or r["kind"]
-            out.append(f"  differs: {r['student']} ({what}): nbgrader {r['nbgrader']}, "
-                       f"this grader {r['grader']}; items (nbgrader/grader): {items or '-'}")
+            a, b = ("no grade" if v is None else v for v in (r["nbgrader"], r["grader"]))
+            out.append(f"  differs: {r['student']} ({what}): nbgrader {a}, this grader {b}; "
+                       f"items (nbgrader/grader): {items or '-'}")
     if any(r["kind"] == "hostile" for r in rows):
         out.append("  expected today for hostile: nbgrader runs its hidden tests in the student's kernel, so an "
                    "answer that patches torch.allclose/torch.equal fools it; this grader judges outside that process")
