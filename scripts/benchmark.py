@@ -364,12 +364,13 @@ def nbgrader_scores(course: Path, students: Sequence[str]) -> tuple[dict[str, fl
 # --- this grader --------------------------------------------------------------------------------
 
 
-def grade_with_grader(batch: Path, work: Path, seed: int, jobs: int, devices: Sequence[str] = ()) -> Measured:
+def grade_with_grader(batch: Path, work: Path, seed: int, jobs: int, devices: Sequence[str] = (),
+                      canary: bool = True) -> Measured:
     """``python -m autograder grade BATCH --json ... --seed S --jobs J`` (canary on), timed as a subprocess."""
     report = work / "grader.json"
     report.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "autograder", "grade", str(batch), "--json", str(report), "--seed", str(seed),
-           "--jobs", str(jobs), "-q", *(f"--device={d}" for d in devices)]
+           "--jobs", str(jobs), "-q", *(f"--device={d}" for d in devices), *([] if canary else ["--no-canary"])]
     log = work / "grader.log"
     seconds, peak, code = run_logged(cmd, ROOT, log, python_env())
     if code != 0 or not report.exists():
@@ -522,6 +523,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         grader_runs: list[Measured] = []
         nbgrader_runs: list[Measured] = []
         single: list[float] = []
+        single_no_canary: list[float] = []
         floors: list[dict] = []
         for r in range(args.repeat):
             print(f"[repeat {r + 1}/{args.repeat}] grader on {args.n} ...", flush=True)
@@ -534,6 +536,9 @@ def run_benchmark(args: argparse.Namespace) -> dict:
                 print(f"[repeat {r + 1}/{args.repeat}] floor and one submission ...", flush=True)
                 floors.append(measure_floor(EXAMPLES / "perfect", work))
                 single.append(grade_with_grader(EXAMPLES / "perfect", work, args.seed, args.jobs, args.device).seconds)
+                if not args.quick:
+                    single_no_canary.append(grade_with_grader(EXAMPLES / "perfect", work, args.seed, args.jobs,
+                                                              args.device, canary=False).seconds)
     result["grader"] = runs_summary(grader_runs, args.n, args.n)
     result["grader"]["scores_stable"] = all(m.scores == grader_runs[0].scores for m in grader_runs)
     if nbgrader_runs:
@@ -549,6 +554,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
                            "notebooks": floors[-1]["notebooks"], "errors": floors[-1]["errors"]}
         result["single"] = summary(single)
         result["single_overhead"] = overhead(result["single"]["median"], floor["median"])
+        if single_no_canary:
+            result["single_no_canary"] = summary(single_no_canary)
     return result
 
 
@@ -601,9 +608,15 @@ def report(result: dict) -> str:
                 ["  of which the cells", f["cells"]["median"], f["cells"]["max"], None],
                 ["one submission graded (perfect, canary on)", result["single"]["median"], result["single"]["max"],
                  result["single_overhead"]["ratio"]]]
+        if "single_no_canary" in result:
+            s = result["single_no_canary"]
+            ratio = s["median"] / f["floor"]["median"]
+            rows.append(["one submission graded, --no-canary", s["median"], s["max"], ratio])
         out.append(format_table(["what", "median s", "max s", "x floor"], rows))
         o = result["single_overhead"]
         out.append(f"overhead over the floor: {o['ratio']:.2f}x, {o['seconds']:+.1f} s")
+        out.append("floor per notebook (cells only, s): "
+                   + ", ".join(f"{name.split('_')[0]} {sec:.1f}" for name, sec in f["notebooks"].items()))
         if f["errors"]:
             out.append("cells that raised in the floor process: " + "; ".join(f["errors"]))
     return "\n".join(out)
@@ -646,7 +659,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", action="append", default=[], choices=("cpu", "cuda"),
                         help="passed to the grader (repeatable; default: the grader's, every device present)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="save every number here")
-    parser.add_argument("--quick", action="store_true", help="a short functional run: N=6, nbgrader on 2, one repeat")
+    parser.add_argument("--quick", action="store_true",
+                        help="a short functional run: N=6, nbgrader on 2, one repeat, no --no-canary row")
     parser.add_argument("--skip-nbgrader", action="store_true", help="only this grader and the floor")
     parser.add_argument("--skip-floor", action="store_true", help="no floor and no single-submission timing")
     parser.add_argument("--notebooks", action="store_true",

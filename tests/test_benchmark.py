@@ -160,6 +160,21 @@ def test_report_says_when_nbgrader_was_extrapolated():
     assert "5.00" in text  # the ratio: 6/min against 1.2/min
 
 
+def test_report_gives_the_overhead_over_the_floor():
+    floor = {"floor": bench.summary([20.0]), "python_import_torch": bench.summary([3.0]),
+             "cells": bench.summary([12.0]), "cells_run": 77, "notebooks": {"01_a.ipynb": 2.0}, "errors": []}
+    result = {"n": 2, "seed": 0, "repeat": 1, "jobs": 2, "kinds": bench.kind_counts(2), "nbgrader_jobs": 1,
+              "grader": bench.runs_summary([bench.Measured(60.0, 100.0)], 2, 2), "floor": floor,
+              "single": bench.summary([50.0]), "single_overhead": bench.overhead(50.0, 20.0),
+              "single_no_canary": bench.summary([30.0])}
+    text = bench.report(result)
+    assert "overhead over the floor: 2.50x, +30.0 s" in text
+    assert ["one", "submission", "graded,", "--no-canary", "30.00", "30.00", "1.50"] in [
+        line.split() for line in text.splitlines()]
+    assert "floor per notebook (cells only, s): 01 2.0" in text
+    assert not any(line.startswith("nbgrader autograde") for line in text.splitlines())  # skipped: no row
+
+
 def test_peak_memory_sees_a_child_process():
     child = subprocess.Popen([sys.executable, "-c", "import time; x = bytearray(64 << 20); time.sleep(30)"])
     try:
