@@ -622,6 +622,11 @@ def report(result: dict) -> str:
     return "\n".join(out)
 
 
+def points(value: float | None) -> str:
+    """Points as printed: at most 4 significant decimals; ``no grade`` for None."""
+    return "no grade" if value is None else f"{value:.4g}"
+
+
 def agreement_report(rows: list[dict]) -> str:
     """Agreement counts by kind, then every disagreement with the items whose points differ."""
     out = [f"\nscores, nbgrader vs this grader, on the {len(rows)} submissions nbgrader graded:"]
@@ -634,9 +639,9 @@ def agreement_report(rows: list[dict]) -> str:
     out.append(format_table(["kind", "compared", "agree", "disagree"], table))
     for r in rows:
         if not r["agree"]:
-            items = ", ".join(f"{k} {a}/{b}" for k, (a, b) in r["items"].items())
+            items = ", ".join(f"{k} {points(a)}/{points(b)}" for k, (a, b) in r["items"].items())
             what = ", ".join(r["mistakes"]) or r["kind"]
-            a, b = ("no grade" if v is None else v for v in (r["nbgrader"], r["grader"]))
+            a, b = points(r["nbgrader"]), points(r["grader"])
             out.append(f"  differs: {r['student']} ({what}): nbgrader {a}, this grader {b}; "
                        f"items (nbgrader/grader): {items or '-'}")
     if any(r["kind"] == "hostile" for r in rows):
