@@ -546,6 +546,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         result["nbgrader"]["scores_stable"] = all(m.scores == nbgrader_runs[0].scores for m in nbgrader_runs)
         result["ratio"] = result["grader"]["throughput"]["median"] / result["nbgrader"]["throughput"]["median"]
         result["agreement"] = agreement(students, nbgrader_runs[-1], grader_runs[-1])
+        result["nbgrader_scores"] = nbgrader_runs[-1].scores
     result["grader_scores"] = grader_runs[-1].scores
     if floors:
         floor = summary([f["floor"] for f in floors])
@@ -592,6 +593,9 @@ def report(result: dict) -> str:
     out.append(format_table(headers, rows))
     out.append("ratio: this grader's throughput / nbgrader's (higher is faster); peak MiB: summed RSS of the "
                "grader (or nbgrader) and every process below it")
+    for name, runs in (("this grader", g), ("nbgrader", nb)):
+        if runs and not runs["scores_stable"]:
+            out.append(f"warning: {name} gave different scores in different repeats (the last repeat's are compared)")
     if nb and nb["measured_on"] < n:
         out.append(f"nbgrader: measured on {nb['measured_on']} of {n} submissions "
                    f"({', '.join(result['nbgrader_sample'])}) in {nb['measured_seconds']['median']:.1f} s (median), "
@@ -690,7 +694,11 @@ def main(argv: list[str] | None = None) -> int:
         print(format_table(["notebook", "median s", "max s"], rows))
         return 0
     started = time.perf_counter()
-    result = run_benchmark(args)
+    try:
+        result = run_benchmark(args)
+    except (RuntimeError, subprocess.CalledProcessError) as exc:
+        print(f"error: the benchmark could not finish: {exc}", file=sys.stderr)
+        return 2
     result["benchmark_seconds"] = time.perf_counter() - started
     print(report(result))
     print(f"\n(the benchmark took {result['benchmark_seconds']:.0f} s)")

@@ -152,6 +152,7 @@ def test_agreement_counts_and_lists_disagreements():
 def test_report_says_when_nbgrader_was_extrapolated():
     run = bench.runs_summary([bench.Measured(60.0, 100.0)], 6, 6)
     nb = bench.runs_summary([bench.Measured(100.0, 200.0)], 2, 6)
+    run["scores_stable"] = nb["scores_stable"] = True
     result = {"n": 6, "seed": 0, "repeat": 1, "jobs": 2, "kinds": bench.kind_counts(6), "grader": run,
               "nbgrader": nb, "ratio": run["throughput"]["median"] / nb["throughput"]["median"],
               "nbgrader_sample": ["s001_perfect", "s005_hostile"], "nbgrader_jobs": 1}
@@ -159,13 +160,17 @@ def test_report_says_when_nbgrader_was_extrapolated():
     assert "measured on 2 of 6, extrapolated" in text
     assert "300.00" in text  # nbgrader's wall, extrapolated to 6
     assert "5.00" in text  # the ratio: 6/min against 1.2/min
+    assert "warning" not in text
+    run["scores_stable"] = False
+    assert "warning: this grader gave different scores in different repeats" in bench.report(result)
 
 
 def test_report_gives_the_overhead_over_the_floor():
     floor = {"floor": bench.summary([20.0]), "python_import_torch": bench.summary([3.0]),
              "cells": bench.summary([12.0]), "cells_run": 77, "notebooks": {"01_a.ipynb": 2.0}, "errors": []}
     result = {"n": 2, "seed": 0, "repeat": 1, "jobs": 2, "kinds": bench.kind_counts(2), "nbgrader_jobs": 1,
-              "grader": bench.runs_summary([bench.Measured(60.0, 100.0)], 2, 2), "floor": floor,
+              "grader": bench.runs_summary([bench.Measured(60.0, 100.0)], 2, 2) | {"scores_stable": True},
+              "floor": floor,
               "single": bench.summary([50.0]), "single_overhead": bench.overhead(50.0, 20.0),
               "single_no_canary": bench.summary([30.0])}
     text = bench.report(result)
