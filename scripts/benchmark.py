@@ -648,6 +648,9 @@ def agreement_report(rows: list[dict]) -> str:
             a, b = points(r["nbgrader"]), points(r["grader"])
             out.append(f"  differs: {r['student']} ({what}): nbgrader {a}, this grader {b}; "
                        f"items (nbgrader/grader): {items or '-'}")
+    if any(not r["agree"] and r["kind"] in ("one_wrong", "several_wrong") for r in rows):
+        out.append("  by design for wrong answers: this grader gives partial credit per case and grades an item that "
+                   "calls a wrong one with a stand-in for it; nbgrader's test cell is all or nothing")
     if any(r["kind"] == "hostile" for r in rows):
         out.append("  expected today for hostile: nbgrader runs its hidden tests in the student's kernel, so an "
                    "answer that patches torch.allclose/torch.equal fools it; this grader judges outside that process")

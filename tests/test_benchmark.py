@@ -144,6 +144,9 @@ def test_agreement_counts_and_lists_disagreements():
     assert "differs: s2 (softmax_naive__patches): nbgrader 43, this grader 40" in text
     assert "softmax_naive 3/0" in text
     assert "expected today for hostile" in text
+    assert "by design for wrong answers" not in text  # s4 (one wrong) was not compared
+    rows.append({**rows[0], "student": "s5", "kind": "several_wrong", "agree": False})
+    assert "by design for wrong answers" in bench.agreement_report(rows)
     assert ["all", "3", "1", "2"] in [line.split() for line in text.splitlines()]
     assert "differs: s3 (empty): nbgrader no grade, this grader 0" in text
     assert bench.points(2 / 3) == "0.6667" and bench.points(42.66666) == "42.67"
