@@ -416,11 +416,24 @@ def agreement(students: Sequence[Student], nbgrader: Measured, grader: Measured)
 
 
 def cells_the_grader_runs(notebook: str, path: Path) -> list:
-    """The cells the grader executes for ``notebook`` of a submission at ``path`` (the floor follows this)."""
+    """The cells the grader executes for ``notebook`` of a submission at ``path`` (the floor follows this).
+
+    The given cells and the answers (``autograder.intake.prepare``); where the grader has
+    ``autograder/needed.py``, only the given cells the graded code needs, chosen as ``grading.py`` does.
+    """
+    from autograder import grading
     from autograder.intake import prepare, read_student_notebook
+    from exercises.catalogue import items_in
     from exercises.source import load_source
 
-    return prepare(load_source(notebook), read_student_notebook(path)).cells
+    cells = prepare(load_source(notebook), read_student_notebook(path)).cells
+    # Asked of grading.py itself, not by trying to import autograder.needed: an editable install of
+    # another checkout can supply a module this one lacks.
+    if not hasattr(grading, "needed_cells"):  # a grader that runs every given cell
+        return cells
+    _, calls = grading.build_calls(items_in(notebook), ["cpu"], 0)
+    keep = grading.needed_cells(cells, grading.program_names([c.program for c in calls]))
+    return [cell for cell, kept in zip(cells, keep, strict=True) if kept]
 
 
 FLOOR_PROGRAM = r"""
