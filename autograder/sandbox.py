@@ -145,7 +145,9 @@ def _bwrap_command(bwrap: str, workdir: Path, env: dict[str, str], cuda: bool, e
     if cuda:
         for dev in Path("/dev").glob("nvidia*"):
             cmd += ["--dev-bind", str(dev), str(dev)]
-        for extra in ("/usr/local/nvidia", "/usr/local/cuda", "/run/nvidia-persistenced"):
+        # /usr/local/nvidia and /usr/local/cuda come with /usr (bound whole above; binding them again
+        # inside that read-only mount fails)
+        for extra in ("/run/nvidia-persistenced",):
             if Path(extra).exists():
                 cmd += ["--ro-bind", extra, extra]
     cmd += ["--bind", str(workdir), "/sandbox", "--chdir", "/sandbox"]
