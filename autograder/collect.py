@@ -129,6 +129,8 @@ class Manifest(pytest.File):
         source = Path(data["source"]) if data.get("source") else None
         session = _session(self.config, data)
         mine, session.batch = shard.plan(data, session.options)  # --shard: this run's slice of the batch
+        if session.workers is not None:  # the warm workers import torch while the canary runs
+            session.workers.prewarm(min(session.jobs, len(NOTEBOOKS) * len(mine) + 1))
         session.check_grader()
         for path in mine:
             session.current[str(path)] = report.SubmissionReport(str(path), session.seed, session.devices,

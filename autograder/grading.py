@@ -8,6 +8,7 @@ passed. A device that is not present is reported as ``skipped`` and counts for n
 from __future__ import annotations
 
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,7 +150,11 @@ def grade_notebook(notebook: str, student_path: Path | None, seed: int, devices:
     if not all_cells:
         keep = needed_cells(prepared.cells, program_names([c.program for c in calls]))
         prepared.cells = [cell for cell, kept in zip(prepared.cells, keep, strict=True) if kept]
+    references = references if references is not None else ReferenceCache()
+    prefetch = threading.Thread(target=references.fill, args=(plan,), daemon=True)
+    prefetch.start()  # the reference outputs are computed here while the worker runs the student's code
     run = run_calls(prepared.cells, calls, limits, use_bwrap, pool, record=RECORDED)
+    prefetch.join()
     notes = list(prepared.notes)
     for spec, cell in zip(prepared.cells, run.cells, strict=True):
         if cell.status in ("timeout", "crashed"):
@@ -158,7 +163,6 @@ def grade_notebook(notebook: str, student_path: Path | None, seed: int, devices:
             err = cell.error
             notes.append(f"answer cell `{spec.grade_id}` raised {err.get('type')}: {err.get('message', '')[:200]}")
 
-    references = references if references is not None else ReferenceCache()
     outcomes = judge_run(items, notebook, devices, plan, run.calls, source.points, prepared, references)
     retried = _isolate_failures(items, notebook, devices, plan, calls, outcomes, source.points, prepared, references,
                                 limits, use_bwrap, pool)
@@ -189,6 +193,14 @@ class ReferenceCache(dict):
     One cache serves one seed: a notebook's grading (an item graded again with stand-ins reuses them),
     or a whole batch, whose submissions all get the same inputs (``GradingSession``).
     """
+
+    def fill(self, plan: Plan) -> None:
+        """Compute every call's reference outputs now (in a thread of its own while a worker runs)."""
+        for item, device, dtype, case, _call_id in plan:
+            try:
+                self.get_for(item.name, case, device, dtype)
+            except Exception:  # noqa: BLE001 - judging computes it again and reports the failure where it belongs
+                continue
 
     def get_for(self, item: str, case: Case, device: str, dtype: str | None):
         key = (item, case.name, device, dtype)

@@ -430,6 +430,27 @@ class _Drain:
             pass
 
 
+def _warm_up() -> None:
+    """Pay once, before any fork, what a fresh process pays on first use: an optimizer's first construction
+    imports torch._dynamo and sympy (about 1.4 s), autograd, masking and a first figure draw warm up
+    too. Nothing of it stays in the state a job sees: each call re-seeds, the figure is closed."""
+    import matplotlib.pyplot as plt
+
+    layer = torch.nn.Linear(4, 4)
+    x = torch.rand(3, 4)
+    scores = (layer(x) @ x.T).masked_fill(torch.ones(3, 3, dtype=torch.bool).triu(1), float("-inf"))
+    loss = torch.nn.functional.dropout(torch.softmax(scores, dim=-1), 0.1).sum()
+    for optimizer in (torch.optim.SGD(layer.parameters(), lr=0.1), torch.optim.Adam(layer.parameters())):
+        optimizer.zero_grad()
+        loss.backward(retain_graph=True)
+        optimizer.step()
+    fig, ax = plt.subplots()
+    ax.imshow(scores.detach().numpy())
+    ax.set_title("warm-up")
+    fig.canvas.draw()
+    plt.close(fig)
+
+
 def zygote(private_dirs: bool, output_cap: int) -> None:
     """Serve jobs named on stdin, one at a time; report each one's end on stdout (``protocol.job_done``).
 
@@ -438,6 +459,10 @@ def zygote(private_dirs: bool, output_cap: int) -> None:
     """
     slot = WORKDIR
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
+    try:
+        _warm_up()
+    except Exception:  # noqa: BLE001 - only a matter of speed: the jobs pay it themselves then
+        traceback.print_exc(file=sys.stdout)
     control = sys.stdout
     control.write(protocol.ZYGOTE_READY + "\n")
     control.flush()
