@@ -13,8 +13,10 @@ validate`` show it, and changes its content:
 
 * the first ``failed`` entry is the summary: its ``source`` has one line per graded cell,
   ``passed``, ``FAILED`` (with the error's last line) or ``not answered`` (the cell's check raised
-  ``NotImplementedError``: the stub is still there), and the points at stake;
-* a cell that is only *not answered* gets one short entry (no source, no traceback);
+  ``NotImplementedError``: the stub is still there), and the points at stake; its ``error`` says
+  what to do about them;
+* a cell that is only *not answered* has no entry of its own (its source and traceback would bury
+  the rest; the summary names it);
 * a cell that *failed* keeps its source and error, as nbgrader shows them.
 
 When nothing fails the result stays ``{}`` (the extension's "Success!"). ``changed`` and
@@ -28,6 +30,7 @@ validate), points those names at :class:`CourseValidator`.
 
 from __future__ import annotations
 
+import html
 from dataclasses import dataclass
 
 from nbconvert.filters import strip_ansi
@@ -92,13 +95,13 @@ def _points(x: float) -> str:
 
 
 def summary_text(results: list[CellResult], max_reason: int = 160) -> str:
-    """The summary: a count line, then one line per graded cell."""
+    """The summary: a count line, a line on the points, then one line per graded cell."""
     counts = {s: sum(r.status == s for r in results) for s in (PASSED, FAILED, NOT_ANSWERED)}
     earned = sum(r.points for r in results if r.status == PASSED)
     total = sum(r.points for r in results)
     lines = [
-        f"{SUMMARY_TITLE}: {counts[PASSED]} passed, {counts[FAILED]} failed, {counts[NOT_ANSWERED]} not answered "
-        f"({earned:g} of {total:g} visible-check points; hidden checks run when it is graded)"
+        f"{SUMMARY_TITLE}: {counts[PASSED]} passed, {counts[FAILED]} failed, {counts[NOT_ANSWERED]} not answered",
+        f"({earned:g} of {total:g} points pass the visible checks; more checks run when the notebook is graded)",
     ]
     width = max((len(r.name) for r in results), default=0)
     for r in results:
@@ -107,9 +110,18 @@ def summary_text(results: list[CellResult], max_reason: int = 160) -> str:
         if r.status == FAILED:
             line += f"  {reason}"
         lines.append(line)
-    if counts[NOT_ANSWERED]:
-        lines.append("Not answered: the answer cell still raises NotImplementedError; write your answer there.")
     return "\n".join(lines)
+
+
+def notes_text(results: list[CellResult]) -> str:
+    """What to do about the summary's cells, for the box under it."""
+    notes = []
+    if any(r.status == NOT_ANSWERED for r in results):
+        notes.append("not answered: the answer cell still raises NotImplementedError; replace that line with your "
+                     "answer, then run the cell and the check below it.")
+    if any(r.status == FAILED for r in results):
+        notes.append("FAILED: each failed check cell follows, with its error.")
+    return "\n".join(notes)
 
 
 class CourseValidator(Validator):
@@ -128,18 +140,15 @@ class CourseValidator(Validator):
         if "failed" not in results or self._executed is None:
             return results
         rows = cell_results(self._executed)
-        summary = summary_text(rows)
-        not_answered = {r.name for r in rows if r.status == NOT_ANSWERED}
-        entries = [{"source": summary, "error": "", "raw_error": ""}, *results["failed"]]
-        # collapse the entries of cells that are only unanswered: one line each, no traceback
-        graded = [c for c in self._executed.cells if c.cell_type == "code" and utils.is_grade(c)]
-        short = {c.source.strip(): c for c in graded if _name(c) in not_answered}
-        for i, entry in enumerate(entries[1:], start=1):
-            cell = short.get(entry["source"])
-            if cell is not None:
-                line = f"{_name(cell)}: not answered ({_error_line(cell)})"
-                entries[i] = {"source": line, "error": "", "raw_error": ""}
-        results["failed"] = entries
+        notes = notes_text(rows)
+        summary = {"source": summary_text(rows), "error": html.escape(notes), "raw_error": notes}
+        # a cell that is only unanswered is in the summary; its source and traceback would bury the rest
+        unanswered = {
+            c.source.strip()
+            for c in self._executed.cells
+            if c.cell_type == "code" and utils.is_grade(c) and _not_answered(c)
+        }
+        results["failed"] = [summary, *(entry for entry in results["failed"] if entry["source"] not in unanswered)]
         return results
 
     def validate_and_print(self, filename: str) -> None:
@@ -153,17 +162,9 @@ class CourseValidator(Validator):
             finally:
                 del self.validate
             return
-        self.stream.write(failed[0]["source"] + "\n")
+        self.stream.write(failed[0]["source"] + "\n" + failed[0]["raw_error"] + "\n")
         for entry in failed[1:]:
-            if entry["raw_error"]:
-                self._print_error(entry["source"], entry["raw_error"])
-            else:
-                self.stream.write(entry["source"] + "\n")
-
-
-def _name(cell: NotebookNode) -> str:
-    grade_id = cell.metadata["nbgrader"].get("grade_id", "?")
-    return grade_id[len("test_"):] if grade_id.startswith("test_") else grade_id
+            self._print_error(entry["source"], entry["raw_error"])
 
 
 def register() -> None:
