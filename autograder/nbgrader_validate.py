@@ -117,10 +117,10 @@ def notes_text(results: list[CellResult]) -> str:
     """What to do about the summary's cells, for the box under it."""
     notes = []
     if any(r.status == NOT_ANSWERED for r in results):
-        notes.append("not answered: the answer cell still raises NotImplementedError; replace that line with your "
-                     "answer, then run the cell and the check below it.")
+        notes.append("not answered: the answer cell still raises NotImplementedError.\n"
+                     "  Replace that line with your answer, then run the cell and the check below it.")
     if any(r.status == FAILED for r in results):
-        notes.append("FAILED: each failed check cell follows, with its error.")
+        notes.append("FAILED: the source and the error of each failed check cell follow.")
     return "\n".join(notes)
 
 
