@@ -9,8 +9,9 @@ test suite copies it with ``source/`` into a temporary directory and runs the re
     nbgrader generate_feedback self_attention              # feedback/, hidden tests hidden
     nbgrader export                                        # grades.csv
 
-Run nbgrader from the project's environment (activated): when it creates the gradebook it runs the
-``alembic`` executable found on PATH (nbgrader/api.py, get_alembic_version).
+JupyterLab (``bash run.sh lab``, or ``.venv/bin/jupyter lab`` from the course root, activated or not)
+loads this file for the Formgrader, the Assignment List and the Validate button; the block "JupyterLab
+and the Formgrader" at the end makes those work however the Lab was started.
 """
 
 import os
@@ -36,9 +37,8 @@ c.CourseDirectory.release_directory = "release"
 c.CourseDirectory.db_url = "sqlite:///" + os.path.join(COURSE_ROOT, "gradebook.db")
 
 # --- generate_assignment ----------------------------------------------------------------------
-# An answer cell's solution region becomes this stub, so a released notebook fails every test with
-# NotImplementedError and nothing else.
-c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
+# An answer cell's solution region becomes this stub (see STUB_MESSAGE in the JupyterLab block below),
+# so a released notebook fails every test with NotImplementedError and nothing else.
 
 # --- autograde --------------------------------------------------------------------------------
 # Seconds per cell (nbgrader's default is 30). The whole notebook runs in the `python3` kernel of
@@ -56,3 +56,33 @@ c.OverwriteCells.add_missing_cells = True
 # nbgrader's chain is [GetGrades, CSSHTMLHeaderPreprocessor]; HideHiddenTests runs before the HTML
 # export and removes hidden-test source and its tracebacks from what students receive.
 c.GenerateFeedback.preprocessors = [GetGrades, HideHiddenTests, CSSHTMLHeaderPreprocessor]
+
+# --- JupyterLab and the Formgrader (issue 11) -----------------------------------------------------
+# Each nbgrader process (command line, Formgrader, Assignment List, Validate button) loads this file
+# before it does anything, so what is set up here holds however JupyterLab was started.
+from autograder import nbgrader_gradebook, nbgrader_validate  # noqa: E402
+
+# Tools nbgrader runs as subprocesses are found from the running Python, not from whatever PATH the
+# Lab was started with (`.venv/bin/jupyter lab` without activating the environment).
+_BIN = os.path.dirname(sys.executable)
+if os.environ.get("PATH", "").split(os.pathsep)[0] != _BIN:
+    os.environ["PATH"] = _BIN + os.pathsep + os.environ.get("PATH", "")
+
+# The gradebook is created fully migrated (its alembic version is read in-process, no `alembic` on
+# PATH needed) or refused with a clear error if an earlier run left it without its version table.
+nbgrader_gradebook.install()
+
+# A single-machine exchange inside the course (gitignored), created on demand: the Assignment List
+# and the Formgrader's release/collect work without /usr/local/share/nbgrader/exchange.
+EXCHANGE = os.path.join(COURSE_ROOT, "exchange")
+os.makedirs(EXCHANGE, exist_ok=True)
+c.Exchange.root = EXCHANGE
+
+# The stub that replaces each solution region says what to do (nbgrader's default is a bare
+# `raise NotImplementedError()`). The grader reports a call that raises it as "not implemented".
+STUB_MESSAGE = "write your answer here, then run this cell and the check below it"
+c.ClearSolutions.code_stub = {"python": f'# YOUR CODE HERE\nraise NotImplementedError("{STUB_MESSAGE}")'}
+
+# Validate (the Lab toolbar button and `nbgrader validate`) starts its result with one line per
+# graded cell: passed / FAILED / not answered (autograder/nbgrader_validate.py).
+nbgrader_validate.register()

@@ -4,6 +4,7 @@
 #   bash run.sh main   regenerate release/ from source/, grade the bundled example submissions,
 #                      print their scores (reports in reports/)
 #   bash run.sh test   run the whole test suite (CPU; GPU tests report "GPU not exercised")
+#   bash run.sh lab    start JupyterLab in this folder, with the Formgrader and the Validate button
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -57,6 +58,15 @@ case "${1:-}" in
     shift
     python -m pytest "$@"
     ;;
+  lab)
+    # JupyterLab in the course root (nbgrader reads nbgrader_config.py from here); extra arguments go
+    # to `jupyter lab`, e.g. bash run.sh lab --no-browser --port 8888
+    setup
+    shift
+    # jupyter refuses to run as root without --allow-root (Docker images, course VMs)
+    if [ "$(id -u)" = 0 ]; then set -- --allow-root "$@"; fi
+    exec jupyter lab "$@"
+    ;;
   gpu-check)
     # For a GPU machine with torch, numpy, pytest and safetensors but no package index (and maybe no
     # bubblewrap): no .venv, nothing downloaded. The course goes into a venv that sees the machine's
@@ -97,7 +107,7 @@ case "${1:-}" in
     exec "$GPY" scripts/gpu_check.py "$@"
     ;;
   *)
-    echo "usage: bash run.sh main | bash run.sh test [pytest args]" >&2
+    echo "usage: bash run.sh main | bash run.sh test [pytest args] | bash run.sh lab [jupyter lab args]" >&2
     exit 2
     ;;
 esac

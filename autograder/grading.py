@@ -99,8 +99,8 @@ def _call_problem(item: Item, result: CallResult, prepared: PreparedNotebook) ->
     if result.status in ("crashed", "missing", "harness"):
         return "error", error.get("message", "the worker died")
     if error.get("type") == "NotImplementedError":
-        return "error", (f"not implemented: replace `raise NotImplementedError()` in the answer cell "
-                         f"`{item.name}` with your code")
+        return "error", (f"not implemented: the answer cell `{item.name}` still raises NotImplementedError; "
+                         f"replace the `raise NotImplementedError(...)` line with your code")
     if result.status == "program":
         cause = prepared.syntax_errors.get(item.name)
         if item.name in prepared.missing_answers:

@@ -13,7 +13,9 @@ nothing. Cell checksums are md5 sums of the cell's source and nbgrader metadata
 (``nbgrader/utils.py: compute_checksum``), cell ids are copied from the source, and
 ``ClearOutput`` empties outputs. The release is nevertheless normalised, and the comparison
 normalises both sides, so a ``release/`` written by a plain ``nbgrader generate_assignment`` run
-also counts as in sync: code cells lose outputs and execution counts, and the file is written in
+also counts as in sync: code cells lose outputs and execution counts, the notebook metadata that
+JupyterLab rewrites when it opens a notebook (``language_info``, the kernel's display name) takes one
+fixed form, so opening and saving a notebook in the Lab changes nothing here, and the file is written in
 nbformat's canonical layout (one-space indent, sorted keys, trailing newline). Other files that
 nbgrader copies from ``source/self_attention/`` are compared byte for byte.
 
@@ -109,9 +111,27 @@ def generate_assignment(course_root: Path) -> Path:
     return release
 
 
+# Notebook metadata that JupyterLab rewrites when a kernel starts: it fills in ``language_info`` from the
+# kernel (the Python version included) and renames the kernel to its spec's display name ("Python 3
+# (ipykernel)"). Neither is course content, so the release keeps a fixed form of both.
+KERNEL_DISPLAY_NAMES = {"python3": "Python 3"}
+
+
+def normalise_metadata(nb: nbformat.NotebookNode) -> None:
+    """Give ``nb`` the fixed ``language_info`` (its name only) and kernel display name of the release."""
+    meta = nb.metadata
+    if "language_info" in meta:
+        meta["language_info"] = {"name": meta["language_info"].get("name", "python")}
+    kernelspec = meta.get("kernelspec")
+    if kernelspec and kernelspec.get("name") in KERNEL_DISPLAY_NAMES:
+        kernelspec["display_name"] = KERNEL_DISPLAY_NAMES[kernelspec["name"]]
+
+
 def normalise_notebook(text: str) -> str:
-    """A release notebook's text without what may vary: outputs and execution counts, layout."""
+    """A release notebook's text without what may vary: outputs and execution counts, the metadata
+    JupyterLab rewrites on opening (:func:`normalise_metadata`), layout."""
     nb = nbformat.reads(text, as_version=4)
+    normalise_metadata(nb)
     for cell in nb.cells:
         if cell.cell_type == "code":
             cell.outputs = []

@@ -46,6 +46,8 @@ JOBS = max(1, min(2, os.cpu_count() or 1))  # notebooks run side by side (CI run
 
 SOLUTION = ("BEGIN SOLUTION", "END SOLUTION")
 HIDDEN = ("BEGIN HIDDEN TESTS", "END HIDDEN TESTS")
+# nbgrader's stub, as nbgrader_config.py sets it
+STUB = PyFileConfigLoader("nbgrader_config.py", path=str(ROOT)).load_config().ClearSolutions.code_stub["python"]
 MIN_CHARS = 12  # a secret line shorter than this (without spaces) is too generic to call a leak
 
 
@@ -93,7 +95,7 @@ def secret_and_visible(notebooks) -> tuple[dict[str, set[str]], str]:
     characters and does not occur in the visible text (``import torch`` inside a solution is no leak).
     """
     secrets: dict[str, set[str]] = {"solution": set(), "hidden": set()}
-    visible = ["# YOUR CODE HERE\nraise NotImplementedError()"]
+    visible = [STUB]
     for nb in notebooks.values():
         for cell in nb.cells:
             outside, solution = split_regions(cell.source, SOLUTION)

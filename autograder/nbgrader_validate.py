@@ -1,0 +1,176 @@
+"""nbgrader's Validate with a summary first: one line per graded cell (passed / failed / not answered).
+
+The Validate button of nbgrader's JupyterLab extension posts the notebook's path to the server
+handler ``/assignments/validate`` (``nbgrader/server_extensions/validate_assignment/handlers.py``),
+which loads ``nbgrader_config.py`` and calls ``Validator(config=config).validate(path)``. The result
+is a dict; when cells fail, ``failed`` lists ``{"source", "error", "raw_error"}`` per failing cell,
+and the extension shows each as "The following cell failed:", the cell's source and the error (HTML).
+For a fresh release notebook that is every check cell's source and a full traceback each (about
+17,000 characters for lesson 1) and no overview.
+
+:class:`CourseValidator` keeps nbgrader's format, so the unchanged extension and ``nbgrader
+validate`` show it, and changes its content:
+
+* the first ``failed`` entry is the summary: its ``source`` has one line per graded cell,
+  ``passed``, ``FAILED`` (with the error's last line) or ``not answered`` (the cell's check raised
+  ``NotImplementedError``: the stub is still there), and the points at stake; its ``error`` says
+  what to do about them;
+* a cell that is only *not answered* has no entry of its own (its source and traceback would bury
+  the rest; the summary names it);
+* a cell that *failed* keeps its source and error, as nbgrader shows them.
+
+When nothing fails the result stays ``{}`` (the extension's "Success!"). ``changed`` and
+``type_changed`` results (a locked cell was edited) are nbgrader's, unchanged.
+
+nbgrader has no configuration option for the validator class: the handler and ``nbgrader
+validate`` (``nbgrader/apps/validateapp.py``) each use the name ``Validator`` imported into their
+module. :func:`register`, called from ``nbgrader_config.py`` (which both load before they
+validate), points those names at :class:`CourseValidator`.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+
+from nbconvert.filters import strip_ansi
+from nbformat.notebooknode import NotebookNode
+from nbgrader import utils
+from nbgrader.validator import Validator
+
+__all__ = ["CellResult", "CourseValidator", "cell_results", "register", "summary_text"]
+
+PASSED, FAILED, NOT_ANSWERED = "passed", "FAILED", "not answered"
+SUMMARY_TITLE = "Summary of the graded cells"
+
+
+@dataclass(frozen=True)
+class CellResult:
+    """The outcome of one graded cell after validation."""
+
+    name: str  # the answer's name (the check cell's grade_id without ``test_``)
+    points: float
+    status: str  # PASSED, FAILED or NOT_ANSWERED
+    reason: str  # the error's last line ("" when passed)
+
+
+def _error_line(cell: NotebookNode) -> str:
+    """The last line of the cell's error (or of its stderr output), without colours."""
+    for output in cell.get("outputs", []):
+        if output.output_type == "error":
+            text = f"{output.get('ename', 'Error')}: {output.get('evalue', '')}".rstrip(": ")
+            return strip_ansi(text).strip().splitlines()[-1] if text.strip() else "error"
+    for output in cell.get("outputs", []):
+        if output.output_type == "stream" and output.get("name") == "stderr":
+            lines = [x for x in strip_ansi(output.get("text", "")).splitlines() if x.strip()]
+            return "printed to stderr: " + (lines[-1].strip() if lines else "")
+    return "error"
+
+
+def _not_answered(cell: NotebookNode) -> bool:
+    return any(o.output_type == "error" and o.get("ename") == "NotImplementedError" for o in cell.get("outputs", []))
+
+
+def cell_results(nb: NotebookNode) -> list[CellResult]:
+    """One :class:`CellResult` per graded code cell of an executed notebook, in notebook order."""
+    results = []
+    for cell in nb.cells:
+        if cell.cell_type != "code" or not utils.is_grade(cell):
+            continue
+        grade_id = cell.metadata["nbgrader"].get("grade_id", "?")
+        name = grade_id[len("test_"):] if grade_id.startswith("test_") else grade_id
+        score, max_score = utils.determine_grade(cell)
+        if score is not None and score >= max_score and not (max_score == 0 and utils.has_failed(cell)):
+            results.append(CellResult(name, max_score, PASSED, ""))
+        elif _not_answered(cell):
+            results.append(CellResult(name, max_score, NOT_ANSWERED, _error_line(cell)))
+        else:
+            results.append(CellResult(name, max_score, FAILED, _error_line(cell)))
+    return results
+
+
+def _points(x: float) -> str:
+    text = f"{x:g}"
+    return f"{text} point" + ("" if text == "1" else "s")
+
+
+def summary_text(results: list[CellResult], max_reason: int = 160) -> str:
+    """The summary: a count line, a line on the points, then one line per graded cell."""
+    counts = {s: sum(r.status == s for r in results) for s in (PASSED, FAILED, NOT_ANSWERED)}
+    earned = sum(r.points for r in results if r.status == PASSED)
+    total = sum(r.points for r in results)
+    lines = [
+        f"{SUMMARY_TITLE}: {counts[PASSED]} passed, {counts[FAILED]} failed, {counts[NOT_ANSWERED]} not answered",
+        f"({earned:g} of {total:g} points pass the visible checks; more checks run when the notebook is graded)",
+    ]
+    width = max((len(r.name) for r in results), default=0)
+    for r in results:
+        reason = r.reason if len(r.reason) <= max_reason else r.reason[: max_reason - 1] + "…"
+        line = f"  {r.status:<12}  {r.name:<{width}}  ({_points(r.points)})"
+        if r.status == FAILED:
+            line += f"  {reason}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def notes_text(results: list[CellResult]) -> str:
+    """What to do about the summary's cells, for the box under it."""
+    notes = []
+    if any(r.status == NOT_ANSWERED for r in results):
+        notes.append("not answered: the answer cell still raises NotImplementedError.\n"
+                     "  Replace that line with your answer, then run the cell and the check below it.")
+    if any(r.status == FAILED for r in results):
+        notes.append("FAILED: the source and the error of each failed check cell follow.")
+    return "\n".join(notes)
+
+
+class CourseValidator(Validator):
+    """nbgrader's ``Validator`` whose result starts with a per-cell summary (see the module docstring)."""
+
+    _executed: NotebookNode | None = None
+
+    def _preprocess(self, nb: NotebookNode) -> NotebookNode:
+        nb = super()._preprocess(nb)
+        self._executed = nb  # the executed notebook, to classify every graded cell afterwards
+        return nb
+
+    def validate(self, filename: str) -> dict:
+        self._executed = None
+        results = super().validate(filename)
+        if "failed" not in results or self._executed is None:
+            return results
+        rows = cell_results(self._executed)
+        notes = notes_text(rows)
+        summary = {"source": summary_text(rows), "error": html.escape(notes), "raw_error": notes}
+        # a cell that is only unanswered is in the summary; its source and traceback would bury the rest
+        unanswered = {
+            c.source.strip()
+            for c in self._executed.cells
+            if c.cell_type == "code" and utils.is_grade(c) and _not_answered(c)
+        }
+        results["failed"] = [summary, *(entry for entry in results["failed"] if entry["source"] not in unanswered)]
+        return results
+
+    def validate_and_print(self, filename: str) -> None:
+        results = self.validate(filename)
+        failed = results.get("failed")
+        if not failed or failed[0]["source"].split(":")[0] != SUMMARY_TITLE:
+            # nbgrader's own report (changed / type_changed / success), from the results we have
+            self.validate = lambda _filename: results  # type: ignore[method-assign]
+            try:
+                super().validate_and_print(filename)
+            finally:
+                del self.validate
+            return
+        self.stream.write(failed[0]["source"] + "\n" + failed[0]["raw_error"] + "\n")
+        for entry in failed[1:]:
+            self._print_error(entry["source"], entry["raw_error"])
+
+
+def register() -> None:
+    """Make nbgrader's Validate button and ``nbgrader validate`` use :class:`CourseValidator`."""
+    import nbgrader.apps.validateapp as validateapp
+    import nbgrader.server_extensions.validate_assignment.handlers as handlers
+
+    handlers.Validator = CourseValidator
+    validateapp.Validator = CourseValidator
