@@ -6,10 +6,10 @@ once, in the same sandbox and with the same limits, that imports torch, numpy an
 forks one worker per job (``main.py`` explains what it does between jobs). A job is the same worker
 as a cold one, in a directory inside the zygote's slot, as ``nobody`` where the cold one would be.
 
-CUDA: a CUDA context does not survive ``fork``, so a zygote never initialises CUDA (importing torch
-does not); each job that uses the GPU initialises it after the fork, in its own process. Zygotes for
-GPU jobs are started like cold GPU workers (the devices bound in, no address-space limit: the RSS is
-polled); one GPU job runs at a time per GPU (``gpu_slot``). A zygote is killed, not reused, after any
+CPU only. CUDA does not survive ``fork`` (torch refuses to initialise it in a child of a process
+where it was initialised, and importing torch._dynamo, which the warm-up needs, can initialise it),
+so runs on the GPU start cold workers, one at a time per GPU (``gpu_slot``); a zygote sees no GPU at
+all (``CUDA_VISIBLE_DEVICES`` is empty for CPU workers). A zygote is killed, not reused, after any
 job that had to be stopped (a timeout, an RSS bound); the next job gets a fresh one.
 """
 
@@ -73,14 +73,14 @@ class ColdWorker:
 class Zygote:
     """A warm worker: imports done, forks one job at a time (see ``worker/main.py``, ``zygote``)."""
 
-    def __init__(self, limits: sandbox.Limits, use_bwrap: str | None, drop: bool, cuda: bool = False):
-        self.limits, self.cuda = limits, cuda
+    def __init__(self, limits: sandbox.Limits, use_bwrap: str | None, drop: bool):
+        self.limits = limits
         self.slot = sandbox.make_grading_root(drop and not use_bwrap)
         if drop:  # the jobs run as nobody and must pass through the slot to their own directory
             self.slot.chmod(0o711)
         for name, origin in sandbox.WORKER_FILES.items():
             shutil.copyfile(origin, self.slot / name)
-        self.launched = sandbox.launch(self.slot, limits, cuda, use_bwrap, zygote=True)
+        self.launched = sandbox.launch(self.slot, limits, False, use_bwrap, zygote=True)
         self.isolation, self.tag = self.launched.isolation, self.launched.tag
         self.ready = False
         self.done: dict[str, int] = {}
@@ -181,7 +181,7 @@ class WorkerPool:
     def prewarm(self, count: int) -> None:
         """Start ``count`` CPU zygotes now, so their imports overlap the grader's own start-up."""
         with self.lock:
-            missing = count - sum(1 for z in self.idle if not z.cuda)
+            missing = count - len(self.idle)
         started = [Zygote(self.limits, self.use_bwrap, self.drop) for _ in range(max(missing, 0))]
         with self.lock:
             self.idle += started
@@ -190,16 +190,15 @@ class WorkerPool:
         """Held while a CUDA worker runs (``with pool.gpu_slot(): ...``)."""
         return self.gpu_slots
 
-    def acquire(self, cuda: bool = False) -> Zygote:
-        """An idle live zygote for CPU or GPU jobs, or a new one (it may still be importing: the job's start-up
-        limit covers it)."""
+    def acquire(self) -> Zygote:
+        """An idle live zygote, or a new one (it may still be importing: the job's start-up limit covers it)."""
         with self.lock:
-            for zygote in [z for z in self.idle if z.cuda == cuda]:
-                self.idle.remove(zygote)
+            while self.idle:
+                zygote = self.idle.pop()
                 if zygote.alive():
                     return zygote
                 zygote.close()
-        return Zygote(self.limits, self.use_bwrap, self.drop, cuda)
+        return Zygote(self.limits, self.use_bwrap, self.drop)
 
     def release(self, zygote: Zygote) -> None:
         """Give a zygote back after a job: kept when alive and idle, else closed."""

@@ -127,7 +127,7 @@ def run_plan(cells: list[CellSpec], calls: list[CallSpec], limits: sandbox.Limit
     Never raises for student faults; raises ``GraderError`` for the grader's own (see there). When a
     call's outputs could not be written or read back after student code ran, a worker without any
     student code is tried (``verify_harness``): if it fails too, the fault is the grader's.
-    ``pool``: fork the workers from warm ones (``autograder/pool.py``), else start each cold.
+    ``pool``: fork the workers from warm ones (CPU only: ``autograder/pool.py``), else start each cold.
     """
     started = time.monotonic()
     cell_results = [CellResult("not run") for _ in cells]
@@ -137,7 +137,7 @@ def run_plan(cells: list[CellSpec], calls: list[CallSpec], limits: sandbox.Limit
     output_parts: list[str] = []
     isolation = "bubblewrap" if use_bwrap else "rlimits"
     drop = sandbox.can_drop_privileges(use_bwrap)
-    warm = pool is not None and pool.use_bwrap == use_bwrap  # a pool serves its own isolation mode only
+    warm = pool is not None and not cuda and pool.use_bwrap == use_bwrap  # CPU only, its own isolation mode only
     root = None
     if not warm:
         try:
@@ -150,7 +150,7 @@ def run_plan(cells: list[CellSpec], calls: list[CallSpec], limits: sandbox.Limit
             zygote: Zygote | None = None
             try:
                 if warm:
-                    zygote = pool.acquire(cuda)
+                    zygote = pool.acquire()
                     workdir = zygote.new_job_dir()
                 else:
                     workdir = root / f"w{attempt}"
@@ -241,9 +241,9 @@ def run_plan(cells: list[CellSpec], calls: list[CallSpec], limits: sandbox.Limit
 
 def run_calls(cells: list[CellSpec], calls: list[CallSpec], limits: sandbox.Limits, use_bwrap: str | None,
               pool: WorkerPool | None = None, **options: Any) -> RunResult:
-    """``run_plan`` for calls on any devices: with a pool, the CPU calls in one forked worker and the CUDA calls
-    in another, forked from a zygote of its own and holding a GPU slot (one GPU job at a time per GPU), so
-    the CPU work of other notebooks goes on meanwhile. Without a pool, one cold worker runs them all.
+    """``run_plan`` for calls on any devices: with a pool, the CPU calls in a forked worker and the CUDA calls in a
+    cold one (CUDA does not survive ``fork``) holding a GPU slot (one GPU worker at a time per GPU), so the
+    CPU work of other notebooks goes on meanwhile. Without a pool, one cold worker runs them all.
     """
     on_gpu = [c for c in calls if c.device.startswith("cuda")]
     if pool is None or not on_gpu:

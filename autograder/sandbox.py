@@ -188,6 +188,8 @@ def launch(workdir: Path, limits: Limits, cuda: bool, use_bwrap: str | None, zyg
         for key in ("CUDA_VISIBLE_DEVICES", "LD_LIBRARY_PATH", "NVIDIA_VISIBLE_DEVICES"):
             if key in os.environ:
                 env[key] = os.environ[key]
+    else:  # a CPU worker sees no GPU: its rows are the CPU's, and a warm one must never initialise CUDA
+        env["CUDA_VISIBLE_DEVICES"] = ""
 
     def limit_resources() -> None:
         if not cuda:  # CUDA maps tens of GB of virtual address space; it is bounded by polling RSS instead
