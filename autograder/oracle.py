@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from exercises.judge import REFERENCE_LOCK
 from exercises.program import ProgramError, run_program, serialise_outputs
 
 MAX_ELEMENTS = 50_000_000
@@ -25,8 +26,27 @@ class OracleResponder:
 
         self.allowed = allowed
         self.namespace = vars(solutions)
+        self.begin_call()
+
+    def begin_call(self) -> None:
+        """A new call in the worker: the stand-ins' random stream starts over, as the reference's did.
+
+        The reference ran each case after ``torch.manual_seed(0)``: module initialisation and dropout drew
+        from that stream in order. The stand-ins of one call draw from one stream of their own, kept
+        between requests, so their draws are the reference's, whatever else this process's threads do
+        with the global generator meanwhile.
+        """
+        self.rng = torch.Generator().manual_seed(0).get_state()
 
     def __call__(self, request: dict[str, Any], tensors: dict[str, torch.Tensor]) -> tuple[dict, dict]:
+        with REFERENCE_LOCK:  # the global generator is this call's stream while the stand-in runs
+            torch.set_rng_state(self.rng)
+            try:
+                return self._answer(request, tensors)
+            finally:
+                self.rng = torch.get_rng_state()
+
+    def _answer(self, request: dict[str, Any], tensors: dict[str, torch.Tensor]) -> tuple[dict, dict]:
         name, kind = request.get("name"), request.get("kind")
         if name not in self.allowed or kind not in ("call", "new", "forward"):
             raise ProgramError(f"no stand-in for `{name}`")

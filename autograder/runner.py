@@ -395,6 +395,8 @@ def _monitor(workdir: Path, worker: ColdWorker | ForkedJob, limits: sandbox.Limi
                 step = None
             elif kind == protocol.CALL_START and isinstance(event.get("id"), int):
                 step, step_started = ("call", event["id"], "timeout"), time.monotonic()
+                if responder is not None and hasattr(responder, "begin_call"):
+                    responder.begin_call()  # the stand-ins' random stream starts over with each call
             elif kind == protocol.CALL_DONE and step and step[0] == "call" and event.get("id") == step[1]:
                 status = event.get("status", "exception")
                 call_results[step[1]] = CallResult(status if status in protocol.CALL_STATUSES else "exception",

@@ -226,3 +226,26 @@ def test_are_cuda_calls_split_from_cpu_calls_when_workers_are_warm(monkeypatch):
     seen.clear()
     run_calls([], calls, Limits(), None, None)  # no pool: one cold worker for everything, as before
     assert seen == [(True, [0, 1, 2, 3], False)]
+
+
+def test_do_stand_ins_draw_the_references_random_numbers_whatever_other_threads_do():
+    """A stand-in's module is initialised from the call's own stream (seed 0, as the reference was), not from
+    whatever state other grading threads left the global generator in; its next draw continues that stream."""
+    import torch
+
+    import solutions
+    from autograder.oracle import OracleResponder
+
+    request = {"kind": "new", "name": "CausalAttention",
+               "ctor": {"args": [{"lit": 3}, {"lit": 2}, {"lit": 6}, {"lit": 0.0}], "kwargs": {}}}
+    responder = OracleResponder({"CausalAttention": "class"})
+    torch.rand(1000)  # another thread's work
+    first = responder(request, {})[1]
+    second = responder(request, {})[1]  # the same call goes on: a second head, from the continued stream
+    torch.manual_seed(0)
+    reference = dict(solutions.CausalAttention(3, 2, 6, 0.0).named_parameters())
+    assert all(torch.equal(first[k], reference[k].detach()) for k in reference)
+    assert not any(torch.equal(second[k], first[k]) for k in first)
+    responder.begin_call()  # the next call starts over
+    again = responder(request, {})[1]
+    assert all(torch.equal(again[k], first[k]) for k in first)
