@@ -8,7 +8,8 @@ as a cold one, in a directory inside the zygote's slot, as ``nobody`` where the 
 
 CPU only. CUDA does not survive ``fork`` (torch refuses to initialise it in a child of a process
 where it was initialised, and importing torch._dynamo, which the warm-up needs, can initialise it),
-so runs on the GPU start cold workers, one at a time per GPU (``gpu_slot``); a zygote sees no GPU at
+so runs on the GPU start cold workers, ``WORKERS_PER_GPU`` at a time per GPU (``gpu_slot``), each with
+that share of the memory fraction a worker may use; a zygote sees no GPU at
 all (``CUDA_VISIBLE_DEVICES`` is empty for CPU workers). A zygote is killed, not reused, after any
 job that had to be stopped (a timeout, an RSS bound); the next job gets a fresh one.
 """
@@ -23,6 +24,7 @@ from pathlib import Path
 from autograder import sandbox
 from autograder.worker import protocol
 
+WORKERS_PER_GPU = 4  # cold CUDA workers sharing one GPU at a time (their memory fraction is split four ways)
 OUTPUT_TAIL = 4000  # characters of a zygote's own output kept (its traceback when it could not start)
 
 
@@ -172,8 +174,8 @@ class WorkerPool:
     def __init__(self, limits: sandbox.Limits, use_bwrap: str | None, gpus: int = 1):
         self.limits, self.use_bwrap = limits, use_bwrap
         self.drop = sandbox.can_drop_privileges(use_bwrap)
-        # one CUDA worker at a time per GPU: each would take its own context and memory share of the card
-        self.gpu_slots = threading.BoundedSemaphore(max(gpus, 1))
+        # a few CUDA workers at a time per GPU, each with its share of the card's memory (see run_calls)
+        self.gpu_slots = threading.BoundedSemaphore(max(gpus, 1) * WORKERS_PER_GPU)
         self.idle: list[Zygote] = []
         self.lock = threading.Lock()
         self.closed = False

@@ -14,7 +14,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from autograder import sandbox
-from autograder.pool import ColdWorker, ForkedJob, WorkerPool, Zygote
+from autograder.pool import WORKERS_PER_GPU, ColdWorker, ForkedJob, WorkerPool, Zygote
 from autograder.worker import protocol
 from exercises.compare import Outputs
 
@@ -242,16 +242,18 @@ def run_plan(cells: list[CellSpec], calls: list[CallSpec], limits: sandbox.Limit
 def run_calls(cells: list[CellSpec], calls: list[CallSpec], limits: sandbox.Limits, use_bwrap: str | None,
               pool: WorkerPool | None = None, **options: Any) -> RunResult:
     """``run_plan`` for calls on any devices: with a pool, the CPU calls in a forked worker and the CUDA calls in a
-    cold one (CUDA does not survive ``fork``) holding a GPU slot (one GPU worker at a time per GPU), so the
-    CPU work of other notebooks goes on meanwhile. Without a pool, one cold worker runs them all.
+    cold one (CUDA does not survive ``fork``) holding a GPU slot (``pool.WORKERS_PER_GPU`` per GPU, each with
+    that share of the memory fraction), so the CPU work of other notebooks goes on meanwhile. Without a pool,
+    one cold worker runs them all.
     """
     on_gpu = [c for c in calls if c.device.startswith("cuda")]
     if pool is None or not on_gpu:
         return run_plan(cells, calls, limits, cuda=bool(on_gpu), use_bwrap=use_bwrap, pool=pool, **options)
     on_cpu = [c for c in calls if not c.device.startswith("cuda")]
     runs = [run_plan(cells, on_cpu, limits, cuda=False, use_bwrap=use_bwrap, pool=pool, **options)] if on_cpu else []
-    with pool.gpu_slot():
-        runs.append(run_plan(cells, on_gpu, limits, cuda=True, use_bwrap=use_bwrap, pool=pool, **options))
+    shared = replace(limits, cuda_memory_fraction=limits.cuda_memory_fraction / WORKERS_PER_GPU)
+    with pool.gpu_slot():  # WORKERS_PER_GPU cold CUDA workers at most on each GPU, each with its share
+        runs.append(run_plan(cells, on_gpu, shared, cuda=True, use_bwrap=use_bwrap, pool=pool, **options))
     return RunResult(runs[0].cells, {cid: r for run in runs for cid, r in run.calls.items()}, runs[-1].isolation,
                      "".join(run.output for run in runs), sum(run.seconds for run in runs))
 

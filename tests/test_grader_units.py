@@ -204,28 +204,27 @@ def test_does_the_json_report_keep_the_specs_fields(tmp_path: Path):
 def test_are_cuda_calls_split_from_cpu_calls_when_workers_are_warm(monkeypatch):
     """With a pool, CPU calls go to a forked worker and CUDA calls to a cold one holding a GPU slot."""
     from autograder import runner
-    from autograder.pool import WorkerPool
+    from autograder.pool import WORKERS_PER_GPU, WorkerPool
     from autograder.runner import CallResult, CallSpec, RunResult, run_calls
     from autograder.sandbox import Limits
 
     seen = []
 
     def fake_run_plan(cells, calls, limits, cuda=False, use_bwrap=None, pool=None, **options):
-        held = pool is not None and not pool.gpu_slots.acquire(blocking=False)
-        if pool is not None and not held:
-            pool.gpu_slots.release()
-        seen.append((cuda, [c.id for c in calls], held))
+        held = pool is not None and pool.gpu_slots._value == WORKERS_PER_GPU - 1  # one GPU slot taken
+        seen.append((cuda, [c.id for c in calls], held, limits.cuda_memory_fraction))
         return RunResult([], {c.id: CallResult("ok") for c in calls}, "rlimits", f"run{len(seen)}", 1.0)
 
     monkeypatch.setattr(runner, "run_plan", fake_run_plan)
     calls = [CallSpec(i, [], {}, device, None) for i, device in enumerate(["cpu", "cuda", "cpu", "cuda:0"])]
     pool = WorkerPool(Limits(), None, gpus=1)
     run = run_calls([], calls, Limits(), None, pool)
-    assert seen == [(False, [0, 2], False), (True, [1, 3], True)]
+    share = Limits().cuda_memory_fraction / WORKERS_PER_GPU
+    assert seen == [(False, [0, 2], False, Limits().cuda_memory_fraction), (True, [1, 3], True, share)]
     assert sorted(run.calls) == [0, 1, 2, 3] and run.output == "run1run2" and run.seconds == 2.0
     seen.clear()
     run_calls([], calls, Limits(), None, None)  # no pool: one cold worker for everything, as before
-    assert seen == [(True, [0, 1, 2, 3], False)]
+    assert seen == [(True, [0, 1, 2, 3], False, Limits().cuda_memory_fraction)]
 
 
 def test_do_stand_ins_draw_the_references_random_numbers_whatever_other_threads_do():
