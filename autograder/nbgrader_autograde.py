@@ -33,6 +33,9 @@ cell for (or disagrees on its points), the preprocessor raises :class:`SandboxGr
 nbgrader then logs the error for that student, removes their half-written ``autograded/`` folder,
 goes on with the other students and exits non-zero.
 
+The grader's self-check (it grades the reference solutions first and stops with exit 2 when they
+lose points) runs once per run, for the first submission (``SandboxAutograde.canary_once``).
+
 One seed per ``nbgrader autograde`` run (drawn once per run, or ``SandboxAutograde.seed``):
 every student of a run gets the same random inputs; the seed is logged and written into every test
 cell's message.
@@ -53,7 +56,7 @@ from nbformat.notebooknode import NotebookNode, from_dict
 from nbgrader import utils
 from nbgrader.coursedir import CourseDirectory
 from nbgrader.preprocessors import NbGraderPreprocessor
-from traitlets import Float, Integer, List, Unicode
+from traitlets import Bool, Float, Integer, List, Unicode
 
 __all__ = ["SandboxAutograde", "SandboxGradingError", "cell_outcome", "item_rows", "run_grader"]
 
@@ -157,6 +160,12 @@ class SandboxAutograde(NbGraderPreprocessor):
         help="Extra arguments for `python -m autograder grade`, e.g. ['--device', 'cpu', '--call-timeout', '10'].",
     ).tag(config=True)
 
+    canary_once = Bool(
+        True,
+        help="Run the grader's self-check (the canary) for the first submission of a run only; later ones "
+             "get --no-canary. A worker that fails for a later student is still a grader error.",
+    ).tag(config=True)
+
     timeout = Float(
         3600.0, help="Seconds the grader may take for one submission before the submission fails loudly.",
     ).tag(config=True)
@@ -172,7 +181,7 @@ class SandboxAutograde(NbGraderPreprocessor):
         state = getattr(holder, "_selfattn_sandbox_run", None)
         if state is None:
             seed = int(self.seed) if self.seed is not None else secrets.randbelow(2**31)
-            state = {"seed": seed, "reports": {}}
+            state = {"seed": seed, "reports": {}, "canary_ran": False}
             holder._selfattn_sandbox_run = state
             self.log.info("Sandboxed grader: seed %d for this autograde run", seed)
         return state
@@ -186,9 +195,14 @@ class SandboxAutograde(NbGraderPreprocessor):
         submitted = Path(coursedir.format_path(coursedir.submitted_directory, student, assignment)).resolve()
         key = str(submitted)
         if key not in state["reports"]:
-            self.log.info("Sandboxed grader: grading %s (seed %d)", submitted, state["seed"])
+            args = list(self.grader_args)
+            if self.canary_once and state["canary_ran"] and "--no-canary" not in args:
+                args.append("--no-canary")  # this run's self-check passed already
+            self.log.info("Sandboxed grader: grading %s (seed %d, %s)", submitted, state["seed"],
+                          "no self-check" if "--no-canary" in args else "self-check first")
             report = run_grader(submitted, Path(coursedir.root) / coursedir.source_directory, state["seed"],
-                                list(self.grader_args), self.timeout, cwd=Path(coursedir.root))
+                                args, self.timeout, cwd=Path(coursedir.root))
+            state["canary_ran"] = True
             report.setdefault("seed", state["seed"])
             self.log.info("Sandboxed grader: %s scored %s / %s (seed %s)", student, report["score"],
                           report["max_score"], report["seed"])

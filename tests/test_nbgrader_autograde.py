@@ -124,6 +124,7 @@ def test_one_grading_per_submission_and_run_one_seed_per_run(calls, tmp_path):
         _preprocessor(run, tmp_path).preprocess(_notebook(), _resources(student))
     assert [c["submission"].parent.name for c in calls] == ["s1", "s2"]
     assert calls[0]["seed"] == calls[1]["seed"]
+    assert [c["args"] for c in calls] == [[], ["--no-canary"]]  # the self-check once per run
     _preprocessor(_Exporter(), tmp_path).preprocess(_notebook(), _resources("s1"))  # a new run grades afresh
     assert len(calls) == 3
 

@@ -439,20 +439,13 @@ def cli_scores(submission: dict) -> dict[str, float]:
     return scores
 
 
-def autograde(course: Path, student: str) -> subprocess.CompletedProcess:
-    """``nbgrader autograde`` of one student; retried once if the shared sqlite gradebook was busy."""
-    proc = release_script.run_nbgrader(["autograde", ASSIGNMENT, "--student", student], course)
-    if proc.returncode != 0 and "database is locked" in proc.stdout + proc.stderr:
-        proc = release_script.run_nbgrader(["autograde", ASSIGNMENT, "--student", student, "--force"], course)
-    return proc
-
-
 @pytest.fixture(scope="module")
 def graded(course):
-    """Three students submitted, autograded (``JOBS`` at a time), given feedback, exported to ``grades.csv``.
+    """Three students submitted, autograded in one run, given feedback, exported to ``grades.csv``.
 
-    The course's config gets ``SandboxAutograde.seed = SEED`` (``JOBS`` autograde processes would
-    otherwise draw a seed each) so the CLI can be run on the same inputs and compared item by item.
+    One `nbgrader autograde` run: the sandboxed grader's self-check runs once and each grading uses
+    the cores itself. The course's config gets ``SandboxAutograde.seed = SEED`` so the CLI can be run
+    on the same inputs and compared item by item.
     """
     add_config(course, f"c.SandboxAutograde.seed = {SEED}")
     students = build_students(course / "source" / ASSIGNMENT, course / "release" / ASSIGNMENT, STUDENTS)
@@ -462,11 +455,12 @@ def graded(course):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text, encoding="utf-8")
     start = time.perf_counter()
-    with ThreadPoolExecutor(JOBS) as pool:
-        procs = dict(zip(students, pool.map(lambda s: autograde(course, s), students), strict=True))
+    proc = release_script.run_nbgrader(["autograde", ASSIGNMENT], course)
     print(f"\n[timing] nbgrader autograde, {len(students)} students: {time.perf_counter() - start:.1f}s")
-    for student, proc in procs.items():
-        assert proc.returncode == 0, f"autograde {student} failed:\n{proc.stdout[-3000:]}{proc.stderr[-8000:]}"
+    assert proc.returncode == 0, f"autograde failed:\n{proc.stdout[-3000:]}{proc.stderr[-8000:]}"
+    log = proc.stdout + proc.stderr
+    assert log.count("Sandboxed grader: grading") == len(students)
+    assert log.count("self-check first)") == 1  # the grader's self-check once per run
     for command in (["generate_feedback", ASSIGNMENT], ["export", "--to", "grades.csv"]):
         start = time.perf_counter()
         proc = release_script.run_nbgrader(command, course)
