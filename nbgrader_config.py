@@ -64,6 +64,8 @@ c.GenerateFeedback.preprocessors = [GetGrades, HideHiddenTests, CSSHTMLHeaderPre
 # subprocess, one seed per run) and writes each test cell's score (partial credit) and message, which
 # SaveAutoGrades stores. Student code is never run in the instructor's kernel. A grader fault makes
 # autograde fail for that student (never a zero). See autograder/nbgrader_autograde.py.
+# The Execute settings above therefore apply to Validate (nbgrader's Validator runs Execute), not to
+# autograde.
 from nbconvert.preprocessors import ClearMetadataPreprocessor  # noqa: E402
 from nbgrader.preprocessors import (  # noqa: E402
     AssignLatePenalties,
