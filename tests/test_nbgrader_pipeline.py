@@ -431,6 +431,16 @@ def gradebook_scores(course: Path, student: str) -> dict[str, float | None]:
                 for notebook in submission.notebooks for grade in notebook.grades}
 
 
+def cell_messages(course: Path, student: str, grade_ids: set[str]) -> dict[str, str]:
+    """What the autograded test cells ``grade_ids`` of ``student`` say (for a failing assertion's message)."""
+    out = {}
+    for path in sorted((course / "autograded" / student / ASSIGNMENT).glob("*.ipynb")):
+        for cell in nbformat.read(path, as_version=4).cells:
+            if nbgrader_meta(cell).get("grade_id") in grade_ids:
+                out[nbgrader_meta(cell)["grade_id"]] = "".join(str(o.get("text", "")) for o in cell.outputs)
+    return out
+
+
 def cli_scores(submission: dict) -> dict[str, float]:
     """``{item: points}`` of one submission of the CLI's JSON report (its rows summed per item)."""
     scores: dict[str, float] = {}
@@ -496,9 +506,10 @@ def test_autograde_scores(graded):
                 for grade in notebook.grades:
                     if grade.score != grade.max_score:
                         lost[student][grade.name] = grade.max_score - grade.score
-    assert lost["perfect"] == {}
+    why = {student: cell_messages(graded, student, set(lost[student])) for student in ("perfect", "one_wrong")}
+    assert lost["perfect"] == {}, why["perfect"]
     assert lost["empty"] == item_points
-    assert lost["one_wrong"] == {f"test_{ONE_WRONG_ITEM}": item_points[f"test_{ONE_WRONG_ITEM}"]}
+    assert lost["one_wrong"] == {f"test_{ONE_WRONG_ITEM}": item_points[f"test_{ONE_WRONG_ITEM}"]}, why["one_wrong"]
     assert {s: float(r["score"]) for s, r in rows.items()} == expected_total
 
 
