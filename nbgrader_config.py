@@ -86,3 +86,36 @@ c.ClearSolutions.code_stub = {"python": f'# YOUR CODE HERE\nraise NotImplemented
 # Validate (the Lab toolbar button and `nbgrader validate`) starts its result with one line per
 # graded cell: passed / FAILED / not answered (autograder/nbgrader_validate.py).
 nbgrader_validate.register()
+
+# --- autograde: the sandboxed grader's scores (issue 11, "one score, whichever front end") -------
+# nbgrader's Execute would run the student's notebook, hidden tests included, in a kernel the student's
+# code can patch (replace torch.allclose and every hidden test passes). SandboxAutograde takes its
+# place: it grades each submission once with the isolated grader (`python -m autograder grade`,
+# subprocess, one seed per run) and writes each test cell's score (partial credit) and message, which
+# SaveAutoGrades stores. Student code is never run in the instructor's kernel. A grader fault makes
+# autograde fail for that student (never a zero). See autograder/nbgrader_autograde.py.
+# The Execute settings above therefore apply to Validate (nbgrader's Validator runs Execute), not to
+# autograde.
+from nbconvert.preprocessors import ClearMetadataPreprocessor  # noqa: E402
+from nbgrader.preprocessors import (  # noqa: E402
+    AssignLatePenalties,
+    CheckCellMetadata,
+    IgnorePattern,
+    LimitOutput,
+    SaveAutoGrades,
+)
+
+from autograder.nbgrader_autograde import SandboxAutograde  # noqa: E402
+
+c.Autograde.autograde_preprocessors = [
+    SandboxAutograde,  # in place of nbgrader's Execute; the rest is nbgrader 0.9.6's default chain
+    IgnorePattern,
+    ClearMetadataPreprocessor,
+    LimitOutput,
+    SaveAutoGrades,
+    AssignLatePenalties,
+    CheckCellMetadata,
+]
+# c.SandboxAutograde.seed = 12345                    # fixed inputs for every run (default: fresh, logged)
+# c.SandboxAutograde.grader_args = ["--device", "cpu"]  # any `python -m autograder grade` option
+# --- end of the sandboxed-autograde block ---------------------------------------------------------

@@ -19,6 +19,10 @@ fixed form, so opening and saving a notebook in the Lab changes nothing here, an
 nbformat's canonical layout (one-space indent, sorted keys, trailing newline). Other files that
 nbgrader copies from ``source/self_attention/`` are compared byte for byte.
 
+After nbgrader, ``scripts/figures.py`` draws the figures of a few given cells (pictures before
+running) into the release as markdown cells with PNG attachments; the check compares where they are
+and which code drew them, not their pixels (see :func:`comparable`).
+
 nbgrader's gradebook runs the ``alembic`` executable from ``PATH`` when it creates a database
 (``nbgrader/api.py: get_alembic_version``); :func:`nbgrader_env` puts this interpreter's ``bin``
 directory first on ``PATH`` so that works from an environment that is not activated.
@@ -28,6 +32,8 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -156,11 +162,44 @@ def read_release(folder: Path) -> dict[str, bytes]:
     return files
 
 
+def figures_script():
+    """``scripts/figures.py`` (pictures before running), loaded beside this file (scripts are no package)."""
+    spec = importlib.util.spec_from_file_location("_selfattn_figures", Path(__file__).with_name("figures.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def regenerate(root: Path = ROOT) -> dict[str, bytes]:
-    """The normalised release of ``root``'s ``source/``, generated in a temporary course root."""
+    """The normalised release of ``root``'s ``source/``, generated in a temporary course root, with the
+    figures of ``scripts/figures.py`` drawn into it."""
     with tempfile.TemporaryDirectory(prefix="selfattn-release-") as tmp:
         course = prepare_course(Path(tmp) / "course", root)
-        return read_release(generate_assignment(course))
+        release = generate_assignment(course)
+        figures_script().add_figures_to_release(release, course / "source" / ASSIGNMENT)
+        return read_release(release)
+
+
+def comparable(files: dict[str, bytes]) -> dict[str, bytes]:
+    """``read_release`` output with each figure's PNG replaced by a placeholder, for comparison.
+
+    A figure cell records the SHA-256 of the code that drew it; that, its place and its text are
+    compared. The pixels are not: another matplotlib or FreeType draws the same figure with other
+    bytes, which is no change to the lesson. (``tests/test_figures.py`` redraws them and compares the
+    images approximately.)
+    """
+    mark = figures_script().MARK
+    out = {}
+    for name, data in files.items():
+        if name.endswith(".ipynb") and mark.encode() in data:
+            nb = json.loads(data)
+            for cell in nb["cells"]:
+                if mark in cell.get("metadata", {}):
+                    cell["attachments"] = {k: {"image/png": "(drawn by scripts/figures.py)"}
+                                           for k in cell.get("attachments", {})}
+            data = json.dumps(nb, indent=1, sort_keys=True).encode()
+        out[name] = data
+    return out
 
 
 def compare(expected: dict[str, bytes], actual: dict[str, bytes], max_lines: int = 40) -> list[str]:
@@ -215,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return 2
     if args.check:
-        problems = compare(generated, read_release(committed))
+        problems = compare(comparable(generated), comparable(read_release(committed)))
         if problems:
             print(f"release/{ASSIGNMENT} is out of sync with source/{ASSIGNMENT}:", file=sys.stderr)
             print("\n".join(problems), file=sys.stderr)

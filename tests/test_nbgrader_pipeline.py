@@ -16,6 +16,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -37,12 +38,14 @@ from autograder.examples import (
     build_submission,
     strip_solution_delimiters,
 )
+from autograder.nbgrader_autograde import SandboxAutograde
 from autograder.nbgrader_feedback import HideHiddenTests
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "source" / ASSIGNMENT
 RELEASE = ROOT / "release" / ASSIGNMENT
 JOBS = max(1, min(2, os.cpu_count() or 1))  # notebooks run side by side (CI runners have 2 cores)
+SEED = 20261127  # the grader's seed in the temporary courses, so the CLI can be compared with it item by item
 
 SOLUTION = ("BEGIN SOLUTION", "END SOLUTION")
 HIDDEN = ("BEGIN HIDDEN TESTS", "END HIDDEN TESTS")
@@ -156,7 +159,7 @@ def require_course() -> dict[str, nbformat.NotebookNode]:
 
 def test_config_resolves_to_its_own_directory_and_hides_hidden_tests(tmp_path):
     from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor
-    from nbgrader.converters import GenerateFeedback
+    from nbgrader.converters import Autograde, GenerateFeedback
     from nbgrader.coursedir import CourseDirectory
     from nbgrader.preprocessors import Execute, GetGrades, OverwriteCells
 
@@ -174,6 +177,11 @@ def test_config_resolves_to_its_own_directory_and_hides_hidden_tests(tmp_path):
     feedback = GenerateFeedback(coursedir=coursedir, config=config)
     chain = list(feedback.preprocessors)
     assert chain == [GetGrades, HideHiddenTests, CSSHTMLHeaderPreprocessor]
+    # autograde: nbgrader's own chain with Execute (the student's kernel) replaced by the sandboxed grader
+    stock = list(Autograde.class_traits()["autograde_preprocessors"].default())
+    assert Execute in stock
+    chain = list(Autograde(coursedir=coursedir, config=config).autograde_preprocessors)
+    assert chain == [SandboxAutograde if pp is Execute else pp for pp in stock]
 
 
 def test_kernel_is_this_environment():
@@ -327,9 +335,12 @@ def course(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_release_regenerated_from_source_equals_committed(course):
-    generated = release_script.read_release(course / "release" / ASSIGNMENT)
-    committed = release_script.read_release(RELEASE)
+def test_release_regenerated_from_source_equals_committed(course, tmp_path):
+    # on a copy: the course's release stays as nbgrader wrote it, for the students built from it
+    release = shutil.copytree(course / "release" / ASSIGNMENT, tmp_path / ASSIGNMENT)
+    release_script.figures_script().add_figures_to_release(release, course / "source" / ASSIGNMENT)
+    generated = release_script.comparable(release_script.read_release(release))
+    committed = release_script.comparable(release_script.read_release(RELEASE))
     assert release_script.compare(generated, committed) == [], "run python scripts/release.py"
 
 
@@ -402,17 +413,53 @@ def test_release_notebooks_fail_with_not_implemented_error_only(course):
             assert names == {"NotImplementedError"}, (name, names, lines[-12:])
 
 
-def autograde(course: Path, student: str) -> subprocess.CompletedProcess:
-    """``nbgrader autograde`` of one student; retried once if the shared sqlite gradebook was busy."""
-    proc = release_script.run_nbgrader(["autograde", ASSIGNMENT, "--student", student], course)
-    if proc.returncode != 0 and "database is locked" in proc.stdout + proc.stderr:
-        proc = release_script.run_nbgrader(["autograde", ASSIGNMENT, "--student", student, "--force"], course)
-    return proc
+def add_config(course: Path, *lines: str) -> None:
+    """Append settings to a temporary course's ``nbgrader_config.py`` (once each)."""
+    config = course / "nbgrader_config.py"
+    text = config.read_text(encoding="utf-8")
+    new = [line for line in lines if line not in text.splitlines()]
+    if new:
+        config.write_text(text + "\n" + "\n".join(new) + "\n", encoding="utf-8")
+
+
+def gradebook_scores(course: Path, student: str) -> dict[str, float | None]:
+    """``{item: auto_score}`` of one student's test cells in the course's gradebook (``test_<item>``)."""
+    from nbgrader.api import Gradebook
+
+    config = PyFileConfigLoader("nbgrader_config.py", path=str(course)).load_config()
+    with Gradebook(config.CourseDirectory.db_url, config.CourseDirectory.course_id) as gb:
+        submission = gb.find_submission(ASSIGNMENT, student)
+        return {grade.name.removeprefix("test_"): grade.auto_score
+                for notebook in submission.notebooks for grade in notebook.grades}
+
+
+def cell_messages(course: Path, student: str, grade_ids: set[str]) -> dict[str, str]:
+    """What the autograded test cells ``grade_ids`` of ``student`` say (for a failing assertion's message)."""
+    out = {}
+    for path in sorted((course / "autograded" / student / ASSIGNMENT).glob("*.ipynb")):
+        for cell in nbformat.read(path, as_version=4).cells:
+            if nbgrader_meta(cell).get("grade_id") in grade_ids:
+                out[nbgrader_meta(cell)["grade_id"]] = "".join(str(o.get("text", "")) for o in cell.outputs)
+    return out
+
+
+def cli_scores(submission: dict) -> dict[str, float]:
+    """``{item: points}`` of one submission of the CLI's JSON report (its rows summed per item)."""
+    scores: dict[str, float] = {}
+    for test in submission["tests"]:
+        scores[test["item"]] = round(scores.get(test["item"], 0.0) + test["score"], 4)
+    return scores
 
 
 @pytest.fixture(scope="module")
 def graded(course):
-    """Three students submitted, autograded (``JOBS`` at a time), given feedback, exported to ``grades.csv``."""
+    """Three students submitted, autograded in one run, given feedback, exported to ``grades.csv``.
+
+    One `nbgrader autograde` run: the sandboxed grader's self-check runs once and each grading uses
+    the cores itself. The course's config gets ``SandboxAutograde.seed = SEED`` so the CLI can be run
+    on the same inputs and compared item by item.
+    """
+    add_config(course, f"c.SandboxAutograde.seed = {SEED}")
     students = build_students(course / "source" / ASSIGNMENT, course / "release" / ASSIGNMENT, STUDENTS)
     for student, files in students.items():
         for name, text in files.items():
@@ -420,11 +467,12 @@ def graded(course):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text, encoding="utf-8")
     start = time.perf_counter()
-    with ThreadPoolExecutor(JOBS) as pool:
-        procs = dict(zip(students, pool.map(lambda s: autograde(course, s), students), strict=True))
+    proc = release_script.run_nbgrader(["autograde", ASSIGNMENT], course)
     print(f"\n[timing] nbgrader autograde, {len(students)} students: {time.perf_counter() - start:.1f}s")
-    for student, proc in procs.items():
-        assert proc.returncode == 0, f"autograde {student} failed:\n{proc.stdout[-3000:]}{proc.stderr[-8000:]}"
+    assert proc.returncode == 0, f"autograde failed:\n{proc.stdout[-3000:]}{proc.stderr[-8000:]}"
+    log = proc.stdout + proc.stderr
+    assert log.count("Sandboxed grader: grading") == len(students)
+    assert log.count("self-check first)") == 1  # the grader's self-check once per run
     for command in (["generate_feedback", ASSIGNMENT], ["export", "--to", "grades.csv"]):
         start = time.perf_counter()
         proc = release_script.run_nbgrader(command, course)
@@ -460,9 +508,10 @@ def test_autograde_scores(graded):
                 for grade in notebook.grades:
                     if grade.score != grade.max_score:
                         lost[student][grade.name] = grade.max_score - grade.score
-    assert lost["perfect"] == {}
+    why = {student: cell_messages(graded, student, set(lost[student])) for student in ("perfect", "one_wrong")}
+    assert lost["perfect"] == {}, why["perfect"]
     assert lost["empty"] == item_points
-    assert lost["one_wrong"] == {f"test_{ONE_WRONG_ITEM}": item_points[f"test_{ONE_WRONG_ITEM}"]}
+    assert lost["one_wrong"] == {f"test_{ONE_WRONG_ITEM}": item_points[f"test_{ONE_WRONG_ITEM}"]}, why["one_wrong"]
     assert {s: float(r["score"]) for s, r in rows.items()} == expected_total
 
 
@@ -495,15 +544,24 @@ def test_feedback_shows_no_hidden_test_and_no_solution(graded):
     perfect = "\n".join(texts[("perfect", name)] for name in sources)
     own = secrets["solution"] & {x.strip() for x in perfect.splitlines()}
     assert own, "the perfect student's answers are not visible in their feedback: text extraction broken?"
-    # one_wrong's test cell errors: the feedback shows the exception and its message
+    # one_wrong's test cell: the feedback shows the sandboxed grader's score and what to fix
     wrong = next(name for name, nb in sources.items() if ONE_WRONG_ITEM in answer_cells(nb))
     autograded = nbformat.read(graded / "autograded" / "one_wrong" / ASSIGNMENT / wrong, as_version=4)
     (cell,) = [c for c in autograded.cells if nbgrader_meta(c).get("grade_id") == f"test_{ONE_WRONG_ITEM}"]
-    (error,) = [o for o in cell.outputs if o.output_type == "error"]
-    assert f"{error.ename}: {error.evalue}" in texts[("one_wrong", wrong)]
+    (stream,) = [o for o in cell.outputs if o.output_type == "stream"]
+    first, *rows = stream.text.splitlines()
+    assert first == f"Sandboxed grader (seed {SEED}): 0 / 3 points for `{ONE_WRONG_ITEM}`"
+    assert any("the loss did not fall" in r for r in rows), rows
+    page = " ".join(texts[("one_wrong", wrong)].split())
+    for line in (first, *rows):
+        assert " ".join(line.split())[:200] in page
 
 
 # --- slow: a failing hidden test, end to end, in a fixture course ---------------------------------
+
+
+STOCK_AUTOGRADE = ("from nbgrader.converters import Autograde as _Autograde; c.Autograde.autograde_preprocessors = "
+                   "_Autograde.class_traits()['autograde_preprocessors'].default()")
 
 
 def _fixture_course(root: Path) -> Path:
@@ -536,6 +594,9 @@ def _fixture_course(root: Path) -> Path:
     (root / "source" / ASSIGNMENT).mkdir(parents=True)
     nbformat.write(nb, root / "source" / ASSIGNMENT / "01_fixture.ipynb")
     (root / "nbgrader_config.py").write_bytes((ROOT / "nbgrader_config.py").read_bytes())
+    # its items are not the course's, so the sandboxed grader cannot grade them: nbgrader's own chain
+    # (the student's kernel) runs here, as in a course that does not use SandboxAutograde
+    add_config(root, STOCK_AUTOGRADE)
     return root
 
 
@@ -579,14 +640,184 @@ def test_feedback_of_failing_hidden_tests_in_a_fixture_course(tmp_path):
 
 @pytest.mark.slow
 def test_pytest_grader_and_nbgrader_give_the_same_scores(graded, tmp_path):
-    """The bundled example submissions score the same from `nbgrader autograde` and the pytest grader."""
+    """The bundled example submissions score the same from `nbgrader autograde` and the CLI, item by item."""
     from autograder.cli import main
 
     with open(graded / "grades.csv", newline="") as f:
         nbgrader_scores = {row["student_id"]: float(row["score"]) for row in csv.DictReader(f)}
     report = tmp_path / "report.json"
-    assert main(["grade", str(ROOT / "examples" / "submissions"), "--json", str(report), "-q"]) == 0
+    assert main(["grade", str(ROOT / "examples" / "submissions"), "--json", str(report), "--seed", str(SEED),
+                 "-q"]) == 0
     subs = json.loads(report.read_text())["submissions"]
     pytest_scores = {Path(s["path"]).name: s["score"] for s in subs}
     assert pytest_scores == pytest.approx(nbgrader_scores, abs=1e-6)
+    for sub in subs:
+        assert gradebook_scores(graded, Path(sub["path"]).name) == pytest.approx(cli_scores(sub), abs=1e-6)
     assert {s["max_score"] for s in subs} == {sum(points(read_notebooks(graded / "source" / ASSIGNMENT)).values())}
+
+
+# --- slow: hostile submissions through the real `nbgrader autograde`, compared with the CLI ---------
+
+NB1, NB2 = "01_attention_scores.ipynb", "02_scaled_dot_product_attention.ipynb"
+#: grader options of the hostile runs, given to both front ends (nbgrader's through SandboxAutograde.grader_args)
+GRADER_ARGS = ["--device", "cpu"]
+
+#: The cheat of issue 11: the comparison functions always agree, the answer is zeros. In the student's
+#: kernel it passes every in-kernel check (the control below shows it).
+CHEAT = (
+    "import torch\n"
+    "torch.allclose = lambda *a, **k: True\n"
+    "torch.equal = lambda *a, **k: True\n"
+    "torch.testing.assert_close = lambda *a, **k: None\n"
+    "def attention_scores(inputs):\n"
+    "    return torch.zeros(*inputs.shape[:-1], inputs.shape[-2], dtype=inputs.dtype)\n")
+
+#: One hostile trick per item (``tests/test_grader_hostile.py`` has each on its own, hangs included: a
+#: hang costs its call timeout in both front ends, too slow here), in two notebooks so that the test sees
+#: a submission graded once for all its notebooks. ``None`` deletes the answer cell. ``softmax_stable`` is
+#: answered honestly and earns its points.
+HOSTILE: dict[str, str | None] = {
+    "attention_scores": CHEAT,
+    "attention_scores_loop": "import os\ndef attention_scores_loop(inputs):\n    os._exit(0)\n",
+    "softmax_naive": ("import torch\nclass Liar(torch.Tensor):\n    def __eq__(self, other):\n        return True\n"
+                      "    def allclose(self, *a, **k):\n        return True\n"
+                      "def softmax_naive(x, dim=-1):\n    return torch.zeros_like(x).as_subclass(Liar)\n"),
+    "context_vectors": None,
+    "simple_self_attention": ("def simple_self_attention(inputs):\n"
+                              "    from solutions import simple_self_attention as reference\n"
+                              "    return reference(inputs)\n"),
+    # partial credit: right in float64 only
+    "project_qkv": ("import torch\ndef project_qkv(x, W_q, W_k, W_v):\n"
+                    "    if x.dtype == torch.float32:\n        return x, x, x\n"
+                    "    return x @ W_q, x @ W_k, x @ W_v\n"),
+    "scaled_dot_product_attention": ("import torch.nn.functional as F\n"
+                                     "def scaled_dot_product_attention(q, k, v, mask=None):\n"
+                                     "    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)\n"
+                                     "    return out, out\n"),
+}
+
+
+def hostile_notebook(course: Path, name: str, overrides: dict[str, str | None], tamper: bool = False):
+    """The release notebook ``name`` answered from source/, with ``overrides`` (``None``: cell deleted).
+
+    ``tamper``: the test cell of ``softmax_naive`` is unlocked, emptied, claims 100 points and carries a
+    full-marks output (nbgrader's sanitising must restore it; the grader never reads it).
+    """
+    source = nbformat.read(course / "source" / ASSIGNMENT / name, as_version=4)
+    nb = build_submission(source, nbformat.read(course / "release" / ASSIGNMENT / name, as_version=4),
+                          {k: v for k, v in overrides.items() if v is not None})
+    nb.cells = [c for c in nb.cells if not (nbgrader_meta(c).get("grade_id") in overrides
+                                            and overrides[nbgrader_meta(c)["grade_id"]] is None)]
+    for cell in nb.cells:
+        if tamper and nbgrader_meta(cell).get("grade_id") == "test_softmax_naive":
+            cell.source = "pass"
+            cell.metadata["nbgrader"].update(locked=False, points=100)
+            cell.outputs = [new_output("execute_result", data={"text/plain": "100"}, execution_count=1)]
+    return nb
+
+
+def submit(course: Path, student: str, notebooks: dict[str, nbformat.NotebookNode]) -> None:
+    folder = course / "submitted" / student / ASSIGNMENT
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, nb in notebooks.items():
+        nbformat.write(nb, folder / name)
+
+
+def copy_course(course: Path, dest: Path) -> Path:
+    """A second course root with ``course``'s config, source/, release/ and gradebook (no submissions)."""
+    dest.mkdir(parents=True)
+    for name in ("nbgrader_config.py", "gradebook.db"):
+        shutil.copy2(course / name, dest / name)
+    for name in ("source", "release"):
+        shutil.copytree(course / name, dest / name)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def hostile(course, tmp_path_factory):
+    """A hostile student (two notebooks) through `nbgrader autograde`, and through the CLI on the same seed."""
+    root = copy_course(course, tmp_path_factory.mktemp("hostile") / "course")
+    add_config(root, f"c.SandboxAutograde.seed = {SEED}", f"c.SandboxAutograde.grader_args = {GRADER_ARGS!r}")
+    submit(root, "hostile", {NB1: hostile_notebook(root, NB1, HOSTILE, tamper=True),
+                             NB2: hostile_notebook(root, NB2, HOSTILE)})
+    start = time.perf_counter()
+    proc = release_script.run_nbgrader(["autograde", ASSIGNMENT], root)
+    print(f"\n[timing] nbgrader autograde, hostile student: {time.perf_counter() - start:.1f}s")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-8000:]
+    start = time.perf_counter()
+    cli = subprocess.run([sys.executable, "-m", "autograder", "grade", str(root / "submitted" / "hostile"), "--json",
+                          str(root / "cli.json"), "--seed", str(SEED), "-q", *GRADER_ARGS],
+                         capture_output=True, text=True, env=release_script.nbgrader_env(), timeout=1200)
+    print(f"\n[timing] CLI, hostile student: {time.perf_counter() - start:.1f}s")
+    assert cli.returncode == 0, cli.stdout[-3000:] + cli.stderr[-5000:]
+    (sub,) = json.loads((root / "cli.json").read_text())["submissions"]
+    return root, sub, proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_hostile_submission_scores_the_same_in_nbgrader_and_the_cli(hostile):
+    root, cli, log = hostile
+    book = gradebook_scores(root, "hostile")
+    assert book == pytest.approx(cli_scores(cli), abs=1e-6)
+    assert log.count(f"Sandboxed grader: grading {root / 'submitted' / 'hostile'}") == 1  # once, both notebooks
+    assert f"seed {SEED}" in log
+    for item in ("attention_scores", "attention_scores_loop", "softmax_naive", "context_vectors",
+                 "simple_self_attention", "scaled_dot_product_attention"):
+        assert book[item] == 0, item  # the issue's cheat (attention_scores) included
+    assert book["softmax_stable"] == 2  # the honest answer keeps its points
+    assert book["project_qkv"] == 0.5  # partial credit reaches the gradebook
+    assert book["causal_mask"] == 0  # a notebook not submitted
+    from nbgrader.api import Gradebook
+
+    with Gradebook(f"sqlite:///{root / 'gradebook.db'}", "self-attention") as gb:
+        grade = gb.find_grade("test_softmax_naive", Path(NB1).stem, ASSIGNMENT, "hostile")
+        assert (grade.max_score, grade.needs_manual_grade) == (1, False)  # the tampered cell's 100 points ignored
+        # the Formgrader's and export's total is the CLI's
+        assert gb.find_submission(ASSIGNMENT, "hostile").score == pytest.approx(cli["score"])
+
+
+@pytest.mark.slow
+def test_feedback_of_a_hostile_submission_hides_the_tests(hostile):
+    root, _, _ = hostile
+    proc = release_script.run_nbgrader(["generate_feedback", ASSIGNMENT, "--student", "hostile"], root)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    text = html_text(root / "feedback" / "hostile" / ASSIGNMENT / (Path(NB1).stem + ".html"))
+    secrets, _ = secret_and_visible(read_notebooks(root / "source" / ASSIGNMENT))
+    assert leaks(secrets["hidden"], text) == [] and "exercises.kernel" not in text
+    assert "Sandboxed grader (seed" in text and "not allowed" in text  # why simple_self_attention scored 0
+
+
+@pytest.mark.slow
+def test_the_cheat_beats_nbgraders_own_kernel_chain(course, tmp_path):
+    """Control: the same cheat, autograded with nbgrader's stock chain (the student's kernel), gets the
+    item's points. Without SandboxAutograde the hostile comparison above would fail."""
+    root = copy_course(course, tmp_path / "stock")
+    add_config(root, STOCK_AUTOGRADE)
+    submit(root, "cheat", {NB1: hostile_notebook(root, NB1, {"attention_scores": CHEAT})})
+    proc = release_script.run_nbgrader(["autograde", ASSIGNMENT], root)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-8000:]
+    assert "Sandboxed grader" not in proc.stdout + proc.stderr
+    assert gradebook_scores(root, "cheat")["attention_scores"] == 1
+
+
+@pytest.mark.slow
+def test_a_grader_fault_fails_the_student_loudly_and_scores_nothing(course, tmp_path):
+    """The grader's exit 2 (here: its self-check cannot run in 1 MiB) is no zero: autograde fails for the
+    student, leaves no autograded notebook, and the gradebook holds no automatic score."""
+    root = copy_course(course, tmp_path / "fault")
+    add_config(root, "c.SandboxAutograde.grader_args = ['--memory-mib', '1']")
+    # every notebook submitted (nbgrader itself scores a missing notebook 0): all of them perfect
+    submit(root, "unlucky", {p.name: hostile_notebook(root, p.name, {})
+                             for p in sorted((root / "release" / ASSIGNMENT).glob("*.ipynb"))})
+    proc = release_script.run_nbgrader(["autograde", ASSIGNMENT], root)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode != 0, log[-3000:]
+    assert "could not grade" in log and "exit status 2" in log and "not the student's fault" in log
+    assert "There was an error processing assignment 'self_attention' for student 'unlucky'" in log
+    assert not (root / "autograded" / "unlucky" / ASSIGNMENT / NB1).exists()
+    assert set(gradebook_scores(root, "unlucky").values()) == {None}
+    from nbgrader.api import Gradebook
+
+    with Gradebook(f"sqlite:///{root / 'gradebook.db'}", "self-attention") as gb:
+        grades = [g for nb in gb.find_submission(ASSIGNMENT, "unlucky").notebooks for g in nb.grades]
+        assert grades and all(g.needs_manual_grade for g in grades)  # the Formgrader flags them
