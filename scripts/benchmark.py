@@ -290,11 +290,23 @@ def python_env() -> dict[str, str]:
 # --- nbgrader -----------------------------------------------------------------------------------
 
 
+#: The course's nbgrader_config.py scores ``nbgrader autograde`` with this grader (SandboxAutograde in
+#: place of Execute). The baseline measured here is nbgrader's stock chain: the student's notebook and its
+#: hidden tests executed in a kernel, as any nbgrader course autogrades.
+STOCK_AUTOGRADE = ("\n# benchmark baseline: nbgrader's stock autograde chain (Execute: the student's kernel)\n"
+                   "from nbgrader.converters import Autograde as _Autograde\n"
+                   "c.Autograde.autograde_preprocessors = (\n"
+                   "    _Autograde.class_traits()['autograde_preprocessors'].default())\n")
+
+
 def prepare_nbgrader_course(dest: Path) -> Path:
-    """A course root (config + source/) after ``nbgrader generate_assignment`` (not timed)."""
+    """A course root (config + source/) after ``nbgrader generate_assignment`` (not timed), autograding with
+    nbgrader's stock chain (``STOCK_AUTOGRADE``)."""
     import release
 
     root = release.prepare_course(dest)
+    with open(root / "nbgrader_config.py", "a", encoding="utf-8") as fh:
+        fh.write(STOCK_AUTOGRADE)
     release.generate_assignment(root)
     return root
 
@@ -596,7 +608,7 @@ def report(result: dict) -> str:
         extrapolated = nb["measured_on"] < n
         label = (f"measured on {nb['measured_on']} of {n}, extrapolated" if extrapolated else f"all {n}")
         jobs = result["nbgrader_jobs"]
-        rows.append(["nbgrader autograde" + (f" ({jobs} at a time)" if jobs > 1 else ""),
+        rows.append(["nbgrader autograde (stock)" + (f" ({jobs} at a time)" if jobs > 1 else ""),
                      label, nb["wall"]["median"], nb["wall"]["max"], nb["per_submission"]["median"],
                      nb["throughput"]["median"], nb["peak_mib"]["median"], 1.0])
     g = result["grader"]
@@ -665,8 +677,9 @@ def agreement_report(rows: list[dict]) -> str:
         out.append("  by design for wrong answers: this grader gives partial credit per case and grades an item that "
                    "calls a wrong one with a stand-in for it; nbgrader's test cell is all or nothing")
     if any(r["kind"] == "hostile" for r in rows):
-        out.append("  expected today for hostile: nbgrader runs its hidden tests in the student's kernel, so an "
-                   "answer that patches torch.allclose/torch.equal fools it; this grader judges outside that process")
+        out.append("  expected for hostile: nbgrader's stock chain runs its hidden tests in the student's kernel, so "
+                   "an answer that patches torch.allclose/torch.equal fools it; this grader judges outside that "
+                   "process (the course's nbgrader_config.py makes `nbgrader autograde` use this grader's scores)")
     return "\n".join(out)
 
 
