@@ -1,6 +1,8 @@
 """Where grading time goes: one submission graded with timers around each stage, printed as a table.
 
-    python scripts/profile_grading.py [SUBMISSION] [--seed N] [--no-bwrap]
+    python scripts/profile_grading.py [SUBMISSION] [--seed N] [--no-bwrap] [--cold-workers] [--all-cells]
+
+``--cold-workers --all-cells`` is how grading ran before the warm pool and the needed-cells choice.
 
 SUBMISSION defaults to ``examples/submissions/perfect``; try ``examples/submissions/one_wrong`` for
 a submission with a wrong answer (diagnosis and stand-in re-grades then show up). The stages:
@@ -92,6 +94,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--no-bwrap", action="store_true")
     parser.add_argument("--cold-workers", action="store_true", help="a fresh worker process per notebook")
+    parser.add_argument("--all-cells", action="store_true", help="run every given cell (the lessons' demos too)")
     args = parser.parse_args()
     become_subreaper()
     _watch_events()
@@ -112,7 +115,8 @@ def main() -> int:
         print(f"warm worker ready in {time.perf_counter() - warm_up:.2f} s (once per slot, not counted below)")
     started = time.perf_counter()
     for notebook in NOTEBOOKS:
-        grading.grade_notebook(notebook, found.get(notebook), args.seed, ["cpu"], Limits(), bwrap, pool=pool)
+        grading.grade_notebook(notebook, found.get(notebook), args.seed, ["cpu"], Limits(), bwrap, pool=pool,
+                               all_cells=args.all_cells)
     total = time.perf_counter() - started
     if pool is not None:
         pool.shutdown()
