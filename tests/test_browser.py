@@ -339,9 +339,23 @@ def test_instructor_grades_in_the_formgrader(browser, lab, course):
         text = dialog.get_attribute("textContent")  # all of it, also what the dialog has scrolled away
         shot(browser, name)
         assert dialog.get_attribute("id") == "success-modal", text[-3000:]
-        dialog.find_element(By.CSS_SELECTOR, ".modal-footer button").click()
-        wait(browser, ec.invisibility_of_element_located((By.CSS_SELECTOR, "#success-modal, #error-modal")), 30)
+        close_dialog(dialog)
         return text
+
+    def close_dialog(dialog) -> None:
+        """Click the dialog's close button until it is gone: a click during its fade-in animation can be lost."""
+        from selenium.common.exceptions import WebDriverException
+
+        def closed(driver) -> bool:
+            try:
+                if not dialog.is_displayed():
+                    return True
+                dialog.find_element(By.CSS_SELECTOR, ".modal-footer button").click()
+                return not dialog.is_displayed()
+            except WebDriverException:  # detached (gone) or not clickable yet: look again
+                return not driver.find_elements(By.CSS_SELECTOR, "#success-modal.in, #error-modal.in")
+
+        wait(browser, closed, 30, "the result dialog did not close")
 
     with step("instructor: open the Formgrader from the Nbgrader menu"):
         browser.get(f"{url}/lab?token={TOKEN}")
