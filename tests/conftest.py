@@ -46,3 +46,16 @@ def close_pyplot_figures():
 
     if "matplotlib.pyplot" in sys.modules:
         sys.modules["matplotlib.pyplot"].close("all")
+
+
+@pytest.fixture(scope="session")
+def warm_pool():
+    """Warm workers (``autograder/pool.py``) for the tests that grade many notebooks in the worker, as the CLI
+    does; shut down at the end of the session. Bubblewrap where it works, the default limits with 30 s calls."""
+    from autograder.pool import WorkerPool
+    from autograder.runner import default_bwrap
+    from autograder.sandbox import Limits
+
+    pool = WorkerPool(Limits(call_timeout=30), default_bwrap())
+    yield pool
+    pool.shutdown()

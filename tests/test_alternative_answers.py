@@ -64,7 +64,7 @@ def test_alternative_passes_every_case(path: Path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("round_", [0, 1, 2])
-def test_do_alternatives_get_full_marks_through_the_sandboxed_grader(tmp_path, round_):
+def test_do_alternatives_get_full_marks_through_the_sandboxed_grader(tmp_path, round_, warm_pool):
     """End to end: whole submissions made of alternative answers, graded in the worker, score full marks."""
     from grader_fixtures import write_submission
 
@@ -82,7 +82,8 @@ def test_do_alternatives_get_full_marks_through_the_sandboxed_grader(tmp_path, r
         if not overrides:
             continue
         student = write_submission(tmp_path / notebook.split("_")[0], notebook, overrides)
-        result = grade_notebook(notebook, student, 100 + round_, ["cpu"], Limits(call_timeout=30), default_bwrap())
+        result = grade_notebook(notebook, student, 100 + round_, ["cpu"], Limits(call_timeout=30), default_bwrap(),
+                                pool=warm_pool)
         for row in result.outcomes:
             if row.device == "cpu":
                 label = chosen.get(row.item, "the reference answer")

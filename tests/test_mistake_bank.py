@@ -230,7 +230,7 @@ def test_undetected_mistakes_really_pass():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("round_", [0, 1, 2])
-def test_are_mistakes_named_through_the_sandboxed_grader(tmp_path, round_):
+def test_are_mistakes_named_through_the_sandboxed_grader(tmp_path, round_, warm_pool):
     """End to end: submissions with one known mistake in every item, graded in the worker; each item
     loses points and its message names the mistake of its fixture."""
     from grader_fixtures import write_submission
@@ -247,7 +247,8 @@ def test_are_mistakes_named_through_the_sandboxed_grader(tmp_path, round_):
     for notebook in NOTEBOOKS:
         overrides = {item: p.read_text() for item, p in chosen.items() if ITEMS[item].notebook == notebook}
         student = write_submission(tmp_path / notebook.split("_")[0], notebook, overrides)
-        result = grade_notebook(notebook, student, 200 + round_, ["cpu"], Limits(call_timeout=30), default_bwrap())
+        result = grade_notebook(notebook, student, 200 + round_, ["cpu"], Limits(call_timeout=30), default_bwrap(),
+                                pool=warm_pool)
         for item in overrides:
             rows = [r for r in result.outcomes if r.item == item and r.device == "cpu"]
             name = chosen[item].stem.split("__")[1]

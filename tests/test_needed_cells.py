@@ -23,6 +23,9 @@ from exercises.source import load_source
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+# Submissions per notebook made of fixture answers (at most one per item in each): up to four answers of every
+# item, within the suite's time budget. All 69 rounds passed once (2026-11-27); raise it to check them all.
+ROUNDS = 4
 
 
 def kept(*cells: tuple[str, str], roots=("graded",)) -> list[str]:
@@ -94,7 +97,8 @@ def test_are_the_lessons_demos_left_out():
 
 # --- the proof: the same scores as running every cell ----------------------------------------------------
 def _fixture_submissions(tmp_path: Path) -> list[tuple[str, Path]]:
-    """(notebook, path): the examples, then the fixture answers, at most one per item in each submission."""
+    """(notebook, path): the examples, then fixture answers: at most one per item in each submission, and at most
+    ``ROUNDS`` submissions per notebook."""
     found = [(nb, REPO / "examples" / "submissions" / who / "self_attention" / nb)
              for who in ("perfect", "one_wrong", "empty") for nb in NOTEBOOKS]
     by_notebook: dict[str, list[dict[str, str]]] = defaultdict(list)
@@ -105,6 +109,8 @@ def _fixture_submissions(tmp_path: Path) -> list[tuple[str, Path]]:
         rounds = by_notebook[ITEMS[item].notebook]
         slot = next((r for r in rounds if item not in r), None)
         if slot is None:
+            if len(rounds) == ROUNDS:
+                continue
             slot = {}
             rounds.append(slot)
         slot[item] = fixture.read_text(encoding="utf-8")
