@@ -48,10 +48,11 @@ def close_pyplot_figures():
         sys.modules["matplotlib.pyplot"].close("all")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def warm_pool():
     """Warm workers (``autograder/pool.py``) for the tests that grade many notebooks in the worker, as the CLI
-    does; shut down at the end of the session. Bubblewrap where it works, the default limits with 30 s calls."""
+    does; shut down at the end of the module (a live warm worker would count as a leftover process in
+    ``test_grader_hostile.py``'s daemon test). Bubblewrap where it works, the default limits with 30 s calls."""
     from autograder.pool import WorkerPool
     from autograder.runner import default_bwrap
     from autograder.sandbox import Limits
