@@ -290,23 +290,14 @@ def python_env() -> dict[str, str]:
 # --- nbgrader -----------------------------------------------------------------------------------
 
 
-#: The course's nbgrader_config.py scores ``nbgrader autograde`` with this grader (SandboxAutograde in
-#: place of Execute). The baseline measured here is nbgrader's stock chain: the student's notebook and its
-#: hidden tests executed in a kernel, as any nbgrader course autogrades.
-STOCK_AUTOGRADE = ("\n# benchmark baseline: nbgrader's stock autograde chain (Execute: the student's kernel)\n"
-                   "from nbgrader.converters import Autograde as _Autograde\n"
-                   "c.Autograde.autograde_preprocessors = (\n"
-                   "    _Autograde.class_traits()['autograde_preprocessors'].default())\n")
-
-
 def prepare_nbgrader_course(dest: Path) -> Path:
     """A course root (config + source/) after ``nbgrader generate_assignment`` (not timed), autograding with
-    nbgrader's stock chain (``STOCK_AUTOGRADE``)."""
+    nbgrader's stock chain (``release.STOCK_AUTOGRADE``): the course's own config scores with this grader."""
     import release
 
     root = release.prepare_course(dest)
     with open(root / "nbgrader_config.py", "a", encoding="utf-8") as fh:
-        fh.write(STOCK_AUTOGRADE)
+        fh.write(f"\n{release.STOCK_AUTOGRADE}\n")
     release.generate_assignment(root)
     return root
 

@@ -67,6 +67,12 @@ def run_nbgrader(args: list[str], course_root: Path, timeout: float = 1800) -> s
     )
 
 
+#: A line for a course copy's nbgrader_config.py that puts back nbgrader's stock autograde chain (Execute: the
+#: student's kernel) in place of the course's sandboxed one: the benchmark's baseline, the tests' control.
+STOCK_AUTOGRADE = ("from nbgrader.converters import Autograde as _Autograde; c.Autograde.autograde_preprocessors = "
+                   "_Autograde.class_traits()['autograde_preprocessors'].default()")
+
+
 def prepare_course(dest: Path, root: Path = ROOT) -> Path:
     """Copy ``nbgrader_config.py`` and ``source/`` of ``root`` to the new course root ``dest``."""
     dest = Path(dest)

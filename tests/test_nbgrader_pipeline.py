@@ -560,8 +560,7 @@ def test_feedback_shows_no_hidden_test_and_no_solution(graded):
 # --- slow: a failing hidden test, end to end, in a fixture course ---------------------------------
 
 
-STOCK_AUTOGRADE = ("from nbgrader.converters import Autograde as _Autograde; c.Autograde.autograde_preprocessors = "
-                   "_Autograde.class_traits()['autograde_preprocessors'].default()")
+STOCK_AUTOGRADE = release_script.STOCK_AUTOGRADE
 
 
 def _fixture_course(root: Path) -> Path:
