@@ -39,6 +39,9 @@ class Case:
     checks: tuple[Check, ...] = ()
     compare: bool = True  # compare every output with the reference's; False: only ``checks`` judge
     tolerance_scale: float = 1.0  # > 1 where the inputs themselves carry rounding error (see lesson 1's input_rounding)
+    # The most elements any tensor created while the call runs may have (lesson 8's "no (n_q, n_k)
+    # score matrix" rule: n_q * n_k - 1 on cases where every legitimate tensor is smaller); None: no limit.
+    max_numel: int | None = None
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Reference solutions of the self-attention course: the ground truth the grader compares against.
 
 Every graded name of the course specification is importable from here, plus the given
-``ToySelfAttention`` model of lesson 6, the toy data set, and the book's example inputs.
+``ToySelfAttention`` model of lesson 7, the toy data set, and the book's example inputs.
 Never shipped to students.
 """
 
@@ -25,8 +25,8 @@ from .lesson5_multihead import (
     merge_heads,
     split_heads,
 )
-from .lesson6_training import ToySelfAttention, plot_attention, toy_dataset, train_self_attention
-from .lesson7_efficient import online_softmax_attention, sliding_window_mask
+from .lesson7_training import ToySelfAttention, plot_attention, toy_dataset, train_self_attention
+from .lesson8_efficient import online_softmax_attention, sliding_window_mask
 
 __all__ = [
     # lesson 1
@@ -53,10 +53,10 @@ __all__ = [
     "merge_heads",
     "MultiHeadAttention",
     "count_parameters",
-    # lesson 6
+    # lesson 7
     "train_self_attention",
     "plot_attention",
-    # lesson 7
+    # lesson 8
     "sliding_window_mask",
     "online_softmax_attention",
     # given code and data

@@ -1,227 +1,173 @@
-"""Lesson 7 reference: sliding-window masks and online-softmax (tiled) attention."""
+"""Lesson 7 reference: the toy model and data, training, and the attention heatmap."""
 
-import math
+import time
 
 import pytest
 import torch
 import torch.nn.functional as F
-from tensor_helpers import DEVICES, randn
-from torch.overrides import TorchFunctionMode
+from matplotlib.figure import Figure
+from tensor_helpers import DEVICES
+from torch import nn
 
 import solutions as S
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16]
 TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=1e-5, atol=1e-5)}
-LOOSE = dict(rtol=5e-2, atol=5e-2)
-BLOCK_SIZES = [1, 3, 7, 64, 1000]
-
-# (batch dims, n_q, n_k, d, d_v)
-SHAPES = [
-    ((), 1, 1, 1, 1),
-    ((), 6, 6, 3, 3),
-    ((2,), 13, 13, 8, 4),
-    ((2, 3), 10, 17, 4, 6),
-    ((2,), 17, 10, 5, 5),
-    ((3,), 1, 9, 2, 3),
-]
-SHAPE_IDS = ["-".join(map(str, (*b, nq, nk, d, dv))) for b, nq, nk, d, dv in SHAPES]
 
 
-def qkv(gen, batch, n_q, n_k, d, d_v, dtype, device, scale=1.0):
-    return (
-        randn(gen, *batch, n_q, d, dtype=dtype, device=device, scale=scale),
-        randn(gen, *batch, n_k, d, dtype=dtype, device=device, scale=scale),
-        randn(gen, *batch, n_k, d_v, dtype=dtype, device=device),
-    )
+def toy_model(seed=0, dtype=torch.float32, device="cpu"):
+    torch.manual_seed(seed)
+    return S.ToySelfAttention(8).to(device=device, dtype=dtype)
 
 
-# --- sliding_window_mask ------------------------------------------------------------------------
+@pytest.fixture(scope="module", autouse=True)
+def warm_up_adam():
+    """The first torch.optim.Adam in a process pays a one-off import (about 1.5 s); keep it out of timings."""
+    torch.optim.Adam(nn.Linear(1, 1).parameters())
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("n", [1, 2, 7])
-@pytest.mark.parametrize("window", [1, 2, 3, 7, 10])
-def test_is_the_sliding_window_mask_causal_and_local(n, window, device):
-    mask = S.sliding_window_mask(n, window, device=device)
-    assert mask.shape == (n, n) and mask.dtype == torch.bool
-    assert mask.device.type == torch.device(device).type
-    for i in range(n):
-        for j in range(n):
-            assert bool(mask[i, j]) == (0 <= i - j < window), (i, j)
-    assert mask.diagonal().all()  # every token sees itself
-    assert torch.equal(mask & ~S.causal_mask(n, device=device), torch.zeros_like(mask))
+# --- given: ToySelfAttention and toy_dataset ----------------------------------------------------
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_does_a_wide_window_equal_the_causal_mask(device):
-    for n in (1, 5, 8):
-        for window in (n, n + 1, 100):
-            assert torch.equal(S.sliding_window_mask(n, window, device=device), S.causal_mask(n, device=device))
-    assert torch.equal(S.sliding_window_mask(5, 1, device=device), torch.eye(5, dtype=torch.bool, device=device))
-    expected = torch.tensor([[1, 0, 0, 0], [1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 1, 1]], dtype=torch.bool)
-    assert torch.equal(S.sliding_window_mask(4, 2, device=device), expected.to(device))
-
-
-@pytest.mark.parametrize("window", [0, -1])
-def test_does_sliding_window_mask_refuse_empty_windows(window):
-    with pytest.raises(ValueError):
-        S.sliding_window_mask(4, window)
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_is_windowed_attention_blind_outside_the_window(device):
-    n, window = 9, 3
-    mask = S.sliding_window_mask(n, window, device=device)
-    gen = torch.Generator().manual_seed(0)
-    q, k, v = qkv(gen, (2,), n, n, 4, 5, torch.float64, device)
-    out, weights = S.scaled_dot_product_attention(q, k, v, mask=mask)
-    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, attn_mask=mask), **TOL[torch.float64])
-    for j in range(n):  # change token j's key and value: only queries j .. j + window - 1 notice
-        k2, v2 = k.clone(), v.clone()
-        k2[:, j] += 1.0
-        v2[:, j] += 1.0
-        out2, _ = S.scaled_dot_product_attention(q, k2, v2, mask=mask)
-        changed = ~torch.isclose(out, out2, rtol=0, atol=1e-12).all(-1).all(0)  # (n,)
-        expected = torch.tensor([0 <= i - j < window for i in range(n)], device=device)
-        assert torch.equal(changed, expected), j
-
-
-# --- online_softmax_attention -------------------------------------------------------------------
+def test_does_toy_self_attention_have_the_documented_parts():
+    model = S.ToySelfAttention(8)
+    for name in ("W_query", "W_key", "W_value"):
+        layer = getattr(model, name)
+        assert isinstance(layer, nn.Linear) and layer.weight.shape == (8, 8) and layer.bias is None
+    assert isinstance(model.out_proj, nn.Linear) and model.out_proj.bias is not None
+    assert S.count_parameters(model) == 4 * 64 + 8
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
-@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
-def test_does_online_softmax_equal_exact_attention(shape, causal, dtype, device):
-    batch, n_q, n_k, d, d_v = shape
-    for seed in range(3):
-        gen = torch.Generator().manual_seed(seed)
-        q, k, v = qkv(gen, batch, n_q, n_k, d, d_v, dtype, device)
-        expected = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-        for block_size in BLOCK_SIZES:
-            out = S.online_softmax_attention(q, k, v, block_size=block_size, causal=causal)
-            assert out.shape == (*batch, n_q, d_v)
-            torch.testing.assert_close(out, expected, **TOL[dtype], msg=lambda m, b=block_size: f"block {b}: {m}")
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
-def test_does_online_softmax_use_the_default_block_of_64(causal, device):
-    gen = torch.Generator().manual_seed(0)
-    q, k, v = qkv(gen, (2,), 150, 150, 8, 8, torch.float64, device)
-    expected = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-    torch.testing.assert_close(S.online_softmax_attention(q, k, v, causal=causal), expected, **TOL[torch.float64])
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_does_online_softmax_survive_huge_scores(dtype, device):
-    # Scores around +-1e4: a later block raising the maximum must rescale what came before.
-    gen = torch.Generator().manual_seed(0)
-    q, k, v = qkv(gen, (2,), 8, 20, 4, 3, dtype, device, scale=50.0)
-    for causal in (False, True):
-        expected = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), is_causal=causal)
-        for block_size in (1, 3, 64):
-            out = S.online_softmax_attention(q, k, v, block_size=block_size, causal=causal)
-            assert torch.isfinite(out).all()
-            # float32 scores of size ~1e3 carry absolute rounding of ~1e-4, hence the looser tolerance
-            tol = 1e-3 if dtype == torch.float32 else 1e-10
-            torch.testing.assert_close(out.double(), expected, rtol=tol, atol=tol)
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_are_fully_masked_blocks_harmless(device):
-    # Causal, one key per block: for query 0 every block after the first is entirely -inf.
-    gen = torch.Generator().manual_seed(0)
-    q, k, v = qkv(gen, (), 5, 5, 3, 2, torch.float64, device)
-    out = S.online_softmax_attention(q, k, v, block_size=1, causal=True)
-    assert not torch.isnan(out).any()
-    torch.testing.assert_close(out[0], v[0])  # the first query sees only the first key
-    # More keys than queries, causal: the trailing keys are never seen.
-    q, k, v = qkv(gen, (2,), 3, 11, 4, 4, torch.float64, device)
-    out = S.online_softmax_attention(q, k, v, block_size=2, causal=True)
-    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, is_causal=True), **TOL[torch.float64])
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_is_a_block_of_only_minus_inf_scores_harmless(device):
-    # Keys at -inf make every score of the first block -inf, so the running maximum is still -inf
-    # after it: exp(-inf - (-inf)) would be NaN without the safe maximum. (With top-left causal
-    # masking this cannot happen through the mask alone: every query sees key 0.)
-    q = torch.tensor([[1.0], [2.0], [0.5]], dtype=torch.float64, device=device)
-    k = torch.tensor([[float("-inf")], [float("-inf")], [0.5], [1.0]], dtype=torch.float64, device=device)
-    v = torch.tensor([[7.0, 7.0], [9.0, 9.0], [1.0, 2.0], [3.0, 4.0]], dtype=torch.float64, device=device)
-    out = S.online_softmax_attention(q, k, v, block_size=2)
-    assert not torch.isnan(out).any()
-    expected = torch.softmax(q @ k[2:].T, dim=-1) @ v[2:]  # attention over the two finite keys
-    torch.testing.assert_close(out, expected, **TOL[torch.float64])
-
-
-class ShapeRecorder(TorchFunctionMode):
-    """Records the shape of every tensor produced by a torch function."""
-
-    def __init__(self):
-        super().__init__()
-        self.shapes = []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        result = func(*args, **(kwargs or {}))
-        for r in result if isinstance(result, tuple | list) else (result,):
-            if isinstance(r, torch.Tensor):
-                self.shapes.append(tuple(r.shape))
-        return result
-
-
-@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
-def test_does_online_softmax_never_build_the_full_score_matrix(causal):
-    gen = torch.Generator().manual_seed(0)
-    n_q, n_k, block_size = 12, 40, 8
-    q, k, v = qkv(gen, (2,), n_q, n_k, 4, 3, torch.float64, "cpu")
-    with ShapeRecorder() as recorder:
-        out = S.online_softmax_attention(q, k, v, block_size=block_size, causal=causal)
-    assert recorder.shapes, "nothing was recorded"
-    widest = max(shape[-1] for shape in recorder.shapes if len(shape) >= 2 and shape[-2] == n_q)
-    assert widest <= max(block_size, 4, 3), recorder.shapes
-    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, is_causal=causal))
-
-
-def test_does_online_softmax_refuse_empty_blocks():
-    q = torch.zeros(2, 3)
-    for block_size in (0, -2):
-        with pytest.raises(ValueError):
-            S.online_softmax_attention(q, q, q, block_size=block_size)
+def test_is_toy_self_attention_scaled_non_causal_attention(dtype, device):
+    model = toy_model(dtype=dtype, device=device)
+    x = torch.randn(3, 5, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(device, dtype)
+    output, weights = model(x)
+    assert output.shape == (3, 5, 8) and weights.shape == (3, 5, 5)
+    q, k, v = model.W_query(x), model.W_key(x), model.W_value(x)
+    torch.testing.assert_close(output, model.out_proj(F.scaled_dot_product_attention(q, k, v)), **TOL[dtype])
+    torch.testing.assert_close(weights, torch.softmax(q @ k.transpose(-2, -1) / 8**0.5, dim=-1), **TOL[dtype])
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
-def test_does_online_softmax_keep_dtype_and_device(causal, dtype, device):
-    gen = torch.Generator().manual_seed(0)
-    q, k, v = qkv(gen, (2,), 9, 9, 8, 4, dtype, device)
-    out = S.online_softmax_attention(q, k, v, block_size=4, causal=causal)
-    assert out.dtype == dtype and out.device.type == torch.device(device).type
-    expected = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), is_causal=causal)
-    torch.testing.assert_close(out.double(), expected, **(LOOSE if dtype == torch.bfloat16 else TOL[dtype]))
+def test_is_the_toy_dataset_a_seeded_reconstruction_task(dtype, device):
+    tokens, inputs, targets = S.toy_dataset(seed=0, dtype=dtype, device=device)
+    assert isinstance(tokens, list) and all(isinstance(t, str) for t in tokens)
+    assert inputs.shape == (1, len(tokens), 8)
+    assert inputs.dtype == dtype and inputs.device.type == torch.device(device).type
+    assert torch.equal(inputs, targets) and inputs.data_ptr() != targets.data_ptr()
+    _, again, _ = S.toy_dataset(seed=0, dtype=dtype, device=device)
+    assert torch.equal(inputs, again)
+    _, other, _ = S.toy_dataset(seed=1, dtype=dtype, device=device)
+    assert not torch.equal(inputs, other)
+    # One embedding per word: equal rows exactly for equal words.
+    for i, word_i in enumerate(tokens):
+        for j, word_j in enumerate(tokens):
+            assert torch.equal(inputs[0, i], inputs[0, j]) == (word_i == word_j)
+
+
+def test_is_the_toy_data_the_same_on_every_device_and_dtype():
+    _, x32, _ = S.toy_dataset(dtype=torch.float32)
+    _, x64, _ = S.toy_dataset(dtype=torch.float64)
+    torch.testing.assert_close(x64.float(), x32)
+
+
+# --- train_self_attention -----------------------------------------------------------------------
+
+
+def test_does_training_halve_the_loss_quickly_and_change_the_weights():
+    tokens, inputs, targets = S.toy_dataset()
+    for seed in range(3):
+        model = toy_model(seed)
+        before = {name: p.detach().clone() for name, p in model.named_parameters()}
+        start = time.perf_counter()
+        losses = S.train_self_attention(model, inputs, targets, steps=200, lr=0.05)
+        elapsed = time.perf_counter() - start
+        assert elapsed < 2.0, f"200 steps took {elapsed:.2f} s"
+        assert isinstance(losses, list) and len(losses) == 200
+        assert all(type(loss) is float for loss in losses)
+        assert losses[-1] <= 0.5 * losses[0], (losses[0], losses[-1])
+        for name, p in model.named_parameters():
+            assert not torch.equal(p, before[name]), f"{name} did not change"
+
+
+def test_is_each_loss_recorded_before_its_step():
+    _, inputs, targets = S.toy_dataset()
+    model = toy_model(1)
+    with torch.no_grad():
+        initial = F.mse_loss(model(inputs)[0], targets).item()
+    losses = S.train_self_attention(model, inputs, targets, steps=3, lr=0.01)
+    assert losses[0] == pytest.approx(initial, rel=1e-6)
+    # and the last recorded loss is not the final model's loss
+    with torch.no_grad():
+        final = F.mse_loss(model(inputs)[0], targets).item()
+    assert final != pytest.approx(losses[-1], rel=1e-9)
+
+
+def test_do_two_seeded_runs_give_the_same_losses():
+    _, inputs, targets = S.toy_dataset()
+    a = S.train_self_attention(toy_model(2), inputs, targets, steps=20, lr=0.05)
+    b = S.train_self_attention(toy_model(2), inputs, targets, steps=20, lr=0.05)
+    assert a == b
+
+
+def test_does_training_accept_a_model_that_returns_a_tensor():
+    _, inputs, targets = S.toy_dataset()
+    torch.manual_seed(0)
+    model = nn.Linear(8, 8)
+    model.eval()
+    losses = S.train_self_attention(model, inputs, targets, steps=100, lr=0.05)
+    assert model.training  # train mode is switched on
+    assert len(losses) == 100 and losses[-1] < 0.5 * losses[0]
+    assert S.train_self_attention(model, inputs, targets, steps=0, lr=0.05) == []
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_does_online_softmax_pass_gradients(device):
-    gen = torch.Generator().manual_seed(0)
-    q, k, v = (t.requires_grad_() for t in qkv(gen, (2,), 6, 7, 3, 2, torch.float64, device))
-    S.online_softmax_attention(q, k, v, block_size=3, causal=True).pow(2).sum().backward()
-    grads = [t.grad.clone() for t in (q, k, v)]
-    for t in (q, k, v):
-        t.grad = None
-    F.scaled_dot_product_attention(q, k, v, is_causal=True).pow(2).sum().backward()
-    for g, t in zip(grads, (q, k, v), strict=True):
-        torch.testing.assert_close(g, t.grad, **TOL[torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_does_training_work_on_every_device_and_dtype(dtype, device):
+    _, inputs, targets = S.toy_dataset(dtype=dtype, device=device)
+    model = toy_model(0, dtype=dtype, device=device)
+    losses = S.train_self_attention(model, inputs, targets, steps=50, lr=0.05)
+    assert len(losses) == 50 and losses[-1] < losses[0]
+    assert next(model.parameters()).dtype == dtype
 
 
-def test_is_the_scale_one_over_sqrt_d():
-    q = torch.tensor([[2.0, 2.0, 2.0, 2.0]], dtype=torch.float64)
-    k = torch.tensor([[0.0, 0.0, 0.0, 0.0], [2.0, 2.0, 2.0, 2.0]], dtype=torch.float64)
-    v = torch.tensor([[1.0], [0.0]], dtype=torch.float64)
-    expected = 1.0 / (1.0 + math.exp(16.0 / 2.0))
-    out = S.online_softmax_attention(q, k, v, block_size=1)
-    assert out.item() == pytest.approx(expected, rel=1e-12)
+# --- plot_attention -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_does_plot_attention_draw_the_weights_with_token_labels(dtype, device):
+    tokens, inputs, _ = S.toy_dataset(dtype=dtype, device=device)
+    _, weights = toy_model(dtype=dtype, device=device)(inputs)  # requires grad, maybe on the GPU
+    fig = S.plot_attention(weights[0], tokens)
+    assert isinstance(fig, Figure)
+    images = [im for ax in fig.axes for im in ax.images]
+    assert len(images) == 1
+    ax = images[0].axes
+    data = torch.as_tensor(images[0].get_array().data)
+    torch.testing.assert_close(data, weights[0].detach().cpu().float(), rtol=0, atol=0, check_dtype=False)
+    assert [t.get_text() for t in ax.get_xticklabels()] == tokens
+    assert [t.get_text() for t in ax.get_yticklabels()] == tokens
+    assert list(ax.get_xticks()) == list(range(len(tokens)))
+    assert list(ax.get_yticks()) == list(range(len(tokens)))
+    assert ax.get_xlabel() == "key" and ax.get_ylabel() == "query"
+
+
+def test_does_plot_attention_render_without_a_display(tmp_path):
+    fig = S.plot_attention(torch.softmax(S.attention_scores(S.BOOK_INPUTS), dim=-1), S.BOOK_TOKENS)
+    path = tmp_path / "attention.png"
+    fig.savefig(path)
+    assert path.stat().st_size > 1000
+
+
+@pytest.mark.parametrize(
+    "shape,n_tokens",
+    [((3, 4), 3), ((4, 4), 3), ((1, 4, 4), 4), ((4,), 4)],
+    ids=["non-square", "few-tokens", "3-d", "1-d"],
+)
+def test_does_plot_attention_refuse_bad_shapes(shape, n_tokens):
+    with pytest.raises(ValueError):
+        S.plot_attention(torch.rand(shape), [f"t{i}" for i in range(n_tokens)])

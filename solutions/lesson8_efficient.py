@@ -1,4 +1,4 @@
-"""Lesson 7: efficient attention, with sliding-window masks and tiled (online-softmax) attention."""
+"""Lesson 8: efficient attention, with sliding-window masks and tiled (online-softmax) attention."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Lesson 6, training self-attention: a training loop and a heatmap of the weights.
+"""Lesson 7, training self-attention: a training loop and a heatmap of the weights.
 Their cases, their items and their known mistakes.
 """
 
@@ -14,7 +14,7 @@ from exercises.cases import Case, Item, build_module, literal_arg, rand, referen
 from exercises.compare import Outputs, number_dtype, value_mismatch
 from exercises.mistakes import mistake
 
-NOTEBOOK = "06_training_self_attention.ipynb"
+NOTEBOOK = "07_training_self_attention.ipynb"
 
 
 # --- cases ----------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Lesson 6: training a tiny self-attention model on a toy task and drawing its attention."""
+"""Lesson 7: training a tiny self-attention model on a toy task and drawing its attention."""
 
 from __future__ import annotations
 

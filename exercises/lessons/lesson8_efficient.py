@@ -1,4 +1,4 @@
-"""Lesson 7, efficient attention: a sliding-window mask and online-softmax (tiled) attention.
+"""Lesson 8, efficient attention: a sliding-window mask and online-softmax (tiled) attention.
 Their cases, their items and their known mistakes.
 """
 
@@ -22,7 +22,7 @@ from exercises.compare import Outputs
 from exercises.mistake_core import NEG_INF
 from exercises.mistakes import mistake
 
-NOTEBOOK = "07_efficient_attention.ipynb"
+NOTEBOOK = "08_efficient_attention.ipynb"
 
 
 # --- cases ----------------------------------------------------------------------------------------------
