@@ -90,27 +90,75 @@ def split_regions(source: str, delimiters: tuple[str, str]) -> tuple[list[str], 
     return outside, inside
 
 
-def secret_and_visible(notebooks) -> tuple[dict[str, set[str]], str]:
-    """Secret lines by kind (``solution``, ``hidden``) and the text a release may legitimately show.
+# Lines of a solution or hidden region that give nothing away even where a release shows them: a def/class
+# header (the skeleton of an answer cell shows it; lesson 5's pasted class repeats lesson 4's), a statement
+# that only calls something without arguments (``loss.backward()``, ``super().__init__()``), a bare block
+# header (``with torch.no_grad():``, ``else:``).
+GENERIC = (
+    re.compile(r"(async\s+)?(def|class)\s.*:\s*(#.*)?"),
+    re.compile(r"[\w.]+(\(\))?(\.\w+)*\(\)\s*(#.*)?"),
+    re.compile(r"(with\s+torch\.no_grad\(\)|else|try|finally)\s*:\s*(#.*)?"),
+)
 
-    The visible text is every cell of every source notebook with both kinds of region removed, plus
-    nbgrader's code stub. A secret line counts only when it has at least ``MIN_CHARS`` non-space
-    characters and does not occur in the visible text (``import torch`` inside a solution is no leak).
+
+def is_generic(line: str) -> bool:
+    """A secret line too short (fewer than ``MIN_CHARS`` non-space characters) or too generic to be a leak."""
+    return len(re.sub(r"\s", "", line)) < MIN_CHARS or any(p.fullmatch(line) for p in GENERIC)
+
+
+def released_cells(nb) -> list[str]:
+    """What a release shows of each cell of a source notebook: solution regions become nbgrader's stub,
+    hidden regions go; markdown, given code, answer skeletons and visible tests stay."""
+    shown = []
+    for cell in nb.cells:
+        outside, _ = split_regions(cell.source, HIDDEN)
+        lines, within = [], False
+        for line in outside:
+            if SOLUTION[0] in line:
+                within = True
+                lines.append(line[:len(line) - len(line.lstrip())] + STUB)
+            elif SOLUTION[1] in line:
+                within = False
+            elif not within:
+                lines.append(line)
+        shown.append("\n".join(lines))
+    return shown
+
+
+def secret_and_visible(notebooks) -> tuple[dict[str, set[str]], str]:
+    """Secret lines by kind (``solution``, ``hidden``) and the text a release of ``notebooks`` shows.
+
+    A secret is a line of a solution or hidden region (stripped) unless it is generic (``is_generic``: short,
+    a def/class header, a call without arguments...). It is a secret wherever else it stands: a secret line
+    in a markdown cell, a given cell, a test cell or an answer cell's docstring is a leak, not a reason to
+    stop looking for it (the old rule, "not a secret if the visible text has it", hid exactly those leaks).
+    The visible text is every cell of every source notebook as a release shows it (``released_cells``).
     """
     secrets: dict[str, set[str]] = {"solution": set(), "hidden": set()}
     visible = [STUB]
     for nb in notebooks.values():
+        visible += released_cells(nb)
         for cell in nb.cells:
             outside, solution = split_regions(cell.source, SOLUTION)
             outside, hidden = split_regions("\n".join(outside), HIDDEN)
             _, hidden_in_solution = split_regions("\n".join(solution), HIDDEN)
-            visible.append("\n".join(outside))
             secrets["solution"] |= {x.strip() for x in solution}
             secrets["hidden"] |= {x.strip() for x in hidden + hidden_in_solution}
-    text = "\n".join(visible)
     for kind, lines in secrets.items():
-        secrets[kind] = {x for x in lines if len(re.sub(r"\s", "", x)) >= MIN_CHARS and x not in text}
-    return secrets, text
+        secrets[kind] = {x for x in lines if not is_generic(x)}
+    return secrets, "\n".join(visible)
+
+
+def source_leaks(notebooks) -> dict[str, list[str]]:
+    """Per notebook, the secret lines of any notebook that a release of it would show."""
+    secrets, _ = secret_and_visible(notebooks)
+    secret = secrets["solution"] | secrets["hidden"]
+    found = {}
+    for name, nb in notebooks.items():
+        hits = leaks(secret, "\n".join(released_cells(nb)))
+        if hits:
+            found[name] = hits
+    return found
 
 
 def notebook_text(nb) -> str:
@@ -295,6 +343,63 @@ def test_no_solution_or_hidden_test_in_release():
         assert marker not in text, f"{marker!r} in release/"
     assert leaks(secrets["solution"], text) == [], "solution lines in release/"
     assert leaks(secrets["hidden"], text) == [], "hidden-test lines in release/"
+
+
+def test_no_secret_line_in_what_a_release_of_source_shows():
+    """From source/ alone (release/ may be stale on a branch): no solution or hidden-test line of any
+    notebook stands in the markdown, given code, answer skeletons or visible tests of any notebook."""
+    assert source_leaks(require_course()) == {}
+
+
+LESSON4 = "04_causal_attention.ipynb"
+# the line lesson 4's markdown once showed, word for word (issue 10): the whole causal_mask answer too
+OLD_BUFFER_LINE = 'self.register_buffer("mask", torch.ones(context_length, context_length, dtype=torch.bool).tril())'
+
+
+def _with_cell(notebooks, name, index, cell):
+    copied = {k: nbformat.from_dict(json.loads(json.dumps(v))) for k, v in notebooks.items()}
+    copied[name].cells.insert(index, cell)
+    return copied
+
+
+def test_leak_check_sees_a_solution_line_in_markdown_given_code_tests_and_docstrings():
+    """The leak check fails on a copy of the course with a solution line put back where a release shows it."""
+    sources = require_course()
+    assert LESSON4 in sources
+    secrets, _ = secret_and_visible(sources)
+    # the old markdown of lesson 4 (a secret: lesson 5's MultiHeadAttention solution has this very line)
+    assert OLD_BUFFER_LINE in secrets["solution"]
+    old = new_markdown_cell(f"Register it:\n\n```python\n{OLD_BUFFER_LINE}\n```\n")
+    assert OLD_BUFFER_LINE in source_leaks(_with_cell(sources, LESSON4, 3, old)).get(LESSON4, [])
+    # any notebook's most specific solution line, wherever a release shows it
+    for name, nb in sources.items():
+        own, _ = secret_and_visible({name: nb})
+        line = max(sorted(own["solution"]), key=len)
+        answer = next(c for c in nb.cells if nbgrader_meta(c).get("solution"))
+        test = next(c for c in nb.cells if HIDDEN[0] in c.source)
+        docstring = answer.source.replace(SOLUTION[0], f"{SOLUTION[0]}\n    pass\n    ### END SOLUTION\n    "
+                                          f"# e.g. {line}\n    ### BEGIN SOLUTION", 1)
+        places = {
+            "markdown": new_markdown_cell(f"For instance `{line}`."),
+            "given code": new_code_cell(f"{line}\n", metadata={"nbgrader": {"grade_id": "given_x"}}),
+            "visible test": new_code_cell(f"{line}\n" + test.source, metadata=test.metadata),
+            "answer skeleton": new_code_cell(docstring, metadata=answer.metadata),
+        }
+        for where, cell in places.items():
+            found = source_leaks(_with_cell(sources, name, len(nb.cells), cell)).get(name, [])
+            assert line in found, f"{name}: a solution line in a {where} cell is not reported"
+
+
+def test_leak_check_ignores_generic_lines():
+    sources = require_course()
+    generic = ["return out", "def forward(self, x):", "super().__init__()", "loss.backward()",
+               "with torch.no_grad():", "optimizer.zero_grad()", "class CausalAttention(nn.Module):"]
+    for line in generic:
+        assert is_generic(line), line
+    cell = new_markdown_cell("\n".join(generic))
+    assert source_leaks(_with_cell(sources, LESSON4, 3, cell)).get(LESSON4, []) == []
+    assert not is_generic("self.dropout = nn.Dropout(dropout)")
+    assert not is_generic('masked = scores.masked_fill(~mask, float("-inf"))')
 
 
 def test_examples_are_in_sync():
