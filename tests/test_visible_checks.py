@@ -173,6 +173,8 @@ def test_reference_passes_every_visible_check(item):
 def test_visible_checks_catch_the_known_mistake(item, name, fixture, variant):
     if not fixture.is_file():
         pytest.fail(f"{fixture.name} is missing (tests/test_mistake_bank.py requires one per mistake)")
+    if item not in prepared(ITEMS[item].notebook):
+        pytest.fail(f"no test cell test_{item} after the answer cell {item} (the control test says so too)")
     hit, said = caught(item, fixture, variant)
     if (item, name) in NOT_CAUGHT:
         assert not hit, f"{item}/{name} is caught now ({said}): remove it from NOT_CAUGHT"
