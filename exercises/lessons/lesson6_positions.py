@@ -32,7 +32,7 @@ def _raised(student: Outputs) -> str | None:
     return None if found is None else found.get("value", "")
 
 
-def _raises_case(name: str, fn: str, args: list[dict], kwargs: dict[str, dict], inputs: dict, what: str) -> Case:
+def raises_value_error(name: str, fn: str, args: list[dict], kwargs: dict[str, dict], inputs: dict, what: str) -> Case:
     def check(student: Outputs, reference: Outputs) -> str | None:
         got = _raised(student)
         if got == "ValueError":
@@ -54,7 +54,7 @@ def _dtype_steps() -> list[dict[str, Any]]:
             {"op": "attr", "obj": "like", "name": "dtype", "out": "dtype"}]
 
 
-def _table_rows_right(student: Outputs, reference: Outputs) -> str | None:
+def position_0_and_unit_pairs(student: Outputs, reference: Outputs) -> str | None:
     """Row 0 is (sin 0, cos 0, ...) = (0, 1, 0, 1, ...); every pair lies on the unit circle."""
     pe = student.tensor("out")
     ref = reference.tensor("out")
@@ -99,26 +99,27 @@ def _sinusoidal(gen, dtype):
             {"op": "call", "fn": "sinusoidal_positional_encoding", "args": [literal_arg(n), literal_arg(d)],
              "kwargs": kwargs, "out": "result"},
             {"op": "output", "key": "out", "var": "result"}]
-        cases.append(Case(f"{name}_n{n}_d{d}", program, {"like": torch.zeros(0, dtype=dtype)},
-                          {"out": POSITION_FEATURE_DIMS}, (_table_rows_right,)))
+        cases.append(Case(name, program, {"like": torch.zeros(0, dtype=dtype)},
+                          {"out": POSITION_FEATURE_DIMS}, (position_0_and_unit_pairs,)))
     if dtype == torch.float32:  # the default dtype is float32
         n = _int(gen, 4, 12)
-        cases.append(Case(f"default_dtype_n{n}", [
+        cases.append(Case("default_dtype", [
             {"op": "call", "fn": "sinusoidal_positional_encoding", "args": [literal_arg(n), literal_arg(12)],
              "kwargs": {"device": DEVICE_ARG}, "out": "result"},
-            {"op": "output", "key": "out", "var": "result"}], {}, {"out": POSITION_FEATURE_DIMS}, (_table_rows_right,)))
+            {"op": "output", "key": "out", "var": "result"}], {}, {"out": POSITION_FEATURE_DIMS},
+            (position_0_and_unit_pairs,)))
     odd = 2 * _int(gen, 1, 8) + 1
-    cases.append(_raises_case(f"odd_d_model_{odd}_raises", "sinusoidal_positional_encoding",
-                              [literal_arg(4), literal_arg(odd)], {}, {},
-                              f"sinusoidal_positional_encoding(4, {odd}) (an odd d_model: sines and cosines come in "
-                              "pairs)"))
+    cases.append(raises_value_error("odd_d_model_raises", "sinusoidal_positional_encoding",
+                                    [literal_arg(4), literal_arg(odd)], {}, {},
+                                    f"sinusoidal_positional_encoding(4, {odd}) (an odd d_model: sines and cosines "
+                                    "come in pairs)"))
     return cases
 
 
 # --- apply_rope: cases -----------------------------------------------------------------------------------
 
 
-def _pair_norms_kept(x: torch.Tensor, key: str = "out") -> Check:
+def pair_norms_kept(x: torch.Tensor, key: str = "out") -> Check:
     """A rotation keeps the length of every feature pair."""
     def check(student: Outputs, reference: Outputs) -> str | None:
         out = student.tensor(key)
@@ -133,7 +134,7 @@ def _pair_norms_kept(x: torch.Tensor, key: str = "out") -> Check:
     return check
 
 
-def _relative(shift: int, dtype: torch.dtype) -> Check:
+def scores_depend_on_distance_only(shift: int, dtype: torch.dtype) -> Check:
     """Moving both the query's and the key's positions by ``shift`` leaves every score unchanged."""
     def check(student: Outputs, reference: Outputs) -> str | None:
         parts = [student.tensor(k) for k in ("q_at_m", "k_at_n", "q_at_m_shifted", "k_at_n_shifted")]
@@ -156,7 +157,7 @@ def _rope_case(name: str, x: torch.Tensor, positions: torch.Tensor | None, base:
                {"op": "output", "key": "out", "var": "result"}]
     inputs = {"x": x} | ({"positions": positions} if positions is not None else {})
     dims = {"out": ("batch",) * (x.dim() - 2) + POSITION_FEATURE_DIMS}
-    return Case(name, program, inputs, dims, (_pair_norms_kept(x),))
+    return Case(name, program, inputs, dims, (pair_norms_kept(x),))
 
 
 def _rope(gen, dtype):
@@ -168,41 +169,41 @@ def _rope(gen, dtype):
 
     cases = []
     n, d = _int(gen, 3, 9), 2 * _int(gen, 2, 6)
-    cases.append(_rope_case(f"one_sequence_n{n}_d{d}", rand(gen, n, d, dtype=dtype), None))
+    cases.append(_rope_case("one_sequence", rand(gen, n, d, dtype=dtype), None))
     n = _int(gen, 2, 8)
-    cases.append(_rope_case(f"batch_and_heads_n{n}", rand(gen, 2, 3, n, 8, dtype=dtype), None))
+    cases.append(_rope_case("batch_and_heads", rand(gen, 2, 3, n, 8, dtype=dtype), None))
     n, d = _int(gen, 3, 7), 2 * (2 * _int(gen, 2, 5) + 1)  # d/2 odd: not a power of two
-    cases.append(_rope_case(f"d_not_a_power_of_two_d{d}", rand(gen, 2, n, d, dtype=dtype), None))
+    cases.append(_rope_case("d_not_a_power_of_two", rand(gen, 2, n, d, dtype=dtype), None))
     cases.append(_rope_case("d_2", rand(gen, 3, _int(gen, 3, 8), 2, dtype=dtype), None))
     n = _int(gen, 3, 8)
     start = offset(n)
-    cases.append(_rope_case(f"positions_from_{start}", rand(gen, 2, n, 8, dtype=dtype),
+    cases.append(_rope_case("positions_from_an_offset", rand(gen, 2, n, 8, dtype=dtype),
                             torch.arange(start, start + n)))
     # decoding with a KV cache: one new token at position t, then a chunk that continues a prefix
     t = offset(1)
-    cases.append(_rope_case(f"kv_cache_one_token_at_{t}", rand(gen, 2, 2, 1, 8, dtype=dtype), torch.tensor([t])))
+    cases.append(_rope_case("kv_cache_one_new_token", rand(gen, 2, 2, 1, 8, dtype=dtype), torch.tensor([t])))
     n = _int(gen, 2, 5)
     start = offset(n)
-    cases.append(_rope_case(f"kv_cache_chunk_from_{start}", rand(gen, 1, 2, n, 6, dtype=dtype),
+    cases.append(_rope_case("kv_cache_chunk", rand(gen, 1, 2, n, 6, dtype=dtype),
                             torch.arange(start, start + n)))
     n = _int(gen, 4, 8)
     scattered = torch.randperm(limit, generator=gen)[:n].sort().values  # gaps between the positions
-    cases.append(_rope_case(f"non_contiguous_positions_n{n}", rand(gen, 2, n, 10, dtype=dtype), scattered))
+    cases.append(_rope_case("non_contiguous_positions", rand(gen, 2, n, 10, dtype=dtype), scattered))
     unordered = torch.randperm(limit, generator=gen)[:n]
-    cases.append(_rope_case(f"unordered_positions_n{n}", rand(gen, n, 4, dtype=dtype), unordered))
+    cases.append(_rope_case("unordered_positions", rand(gen, n, 4, dtype=dtype), unordered))
     n = (3, 5, 6)[_int(gen, 0, 2)]  # not d/2 = 4: positions[:, None] * theta then fails loudly
     starts = torch.tensor([offset(n), offset(n)])
     per_sequence = (starts[:, None] + torch.arange(n))[:, None, :]  # (b=2, 1, n): one offset per sequence
-    cases.append(_rope_case(f"positions_per_sequence_n{n}", rand(gen, 2, 3, n, 8, dtype=dtype), per_sequence))
+    cases.append(_rope_case("positions_per_sequence", rand(gen, 2, 3, n, 8, dtype=dtype), per_sequence))
     base = float(_int(gen, 10, 1000))
     n = _int(gen, 3, 8)
-    cases.append(_rope_case(f"custom_base_{base:g}", rand(gen, 2, n, 12, dtype=dtype), None, base=base))
+    cases.append(_rope_case("custom_base", rand(gen, 2, n, 12, dtype=dtype), None, base=base))
     cases.append(_relative_case(gen, dtype, limit))
     odd = 2 * _int(gen, 1, 5) + 1
-    cases.append(_raises_case(f"odd_d_{odd}_raises", "apply_rope", [tensor_arg("x")], {},
-                              {"x": rand(gen, 3, odd, dtype=dtype)},
-                              f"apply_rope on x of shape (3, {odd}) (an odd feature size: features are rotated in "
-                              "pairs)"))
+    cases.append(raises_value_error("odd_d_raises", "apply_rope", [tensor_arg("x")], {},
+                                    {"x": rand(gen, 3, odd, dtype=dtype)},
+                                    f"apply_rope on x of shape (3, {odd}) (an odd feature size: features are "
+                                    "rotated in pairs)"))
     return cases
 
 
@@ -220,7 +221,8 @@ def _relative_case(gen, dtype, limit: int) -> Case:
     inputs = {"q": rand(gen, n, d, dtype=dtype), "k": rand(gen, n, d, dtype=dtype), "m": m_pos, "n": n_pos,
               "m_shifted": m_pos + shift, "n_shifted": n_pos + shift}
     dims = {k: POSITION_FEATURE_DIMS for k in ("q_at_m", "k_at_n", "q_at_m_shifted", "k_at_n_shifted")}
-    return Case(f"scores_depend_on_distance_shift_{shift}", program, inputs, dims, (_relative(shift, dtype),))
+    return Case("scores_depend_on_the_distance_only", program, inputs, dims,
+                (scores_depend_on_distance_only(shift, dtype),))
 
 
 ITEMS: list[Item] = [
