@@ -25,6 +25,7 @@ from .lesson5_multihead import (
     merge_heads,
     split_heads,
 )
+from .lesson6_positions import apply_rope, sinusoidal_positional_encoding
 from .lesson7_training import ToySelfAttention, plot_attention, toy_dataset, train_self_attention
 from .lesson8_efficient import online_softmax_attention, sliding_window_mask
 
@@ -53,6 +54,9 @@ __all__ = [
     "merge_heads",
     "MultiHeadAttention",
     "count_parameters",
+    # lesson 6
+    "sinusoidal_positional_encoding",
+    "apply_rope",
     # lesson 7
     "train_self_attention",
     "plot_attention",
