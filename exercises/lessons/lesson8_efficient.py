@@ -33,7 +33,7 @@ from exercises.cases import (
 )
 from exercises.compare import Outputs, value_mismatch
 from exercises.mistake_core import NEG_INF
-from exercises.mistakes import mistake
+from exercises.mistakes import error_hint, mistake
 
 NOTEBOOK = "08_efficient_attention.ipynb"
 NO_BUILTIN_ATTENTION = BUILTIN_SOFTMAX + BUILTIN_SDPA + BUILTIN_MHA
@@ -161,15 +161,25 @@ def function_node(student: Outputs, reference: Outputs) -> str | None:
 
 
 def _gradient_steps(call_steps: list[dict]) -> list[dict]:
-    """Leaves ``q, k, v``; ``call_steps`` put the output in ``y``; then its node, and the gradients of
-    ``(y * grad_weights).sum()``."""
+    """Leaves ``q, k, v``; ``call_steps`` put the output in ``y``; then its autograd node, and the gradients of
+    ``(y * grad_weights).sum()`` with respect to each leaf.
+
+    The gradients come from ``torch.autograd.grad`` calls rather than a ``backward`` step: the grader grades
+    an item again with reference stand-ins for its failed dependencies (``Item.depends_on``) but leaves out
+    programs with a ``backward`` step, because a stand-in returns tensors without a graph. Here the graph is
+    the student's Function node itself (a stand-in inside its forward or backward needs none), so these
+    cases of ``FlashAttentionFunction`` can be graded again: a right Function over a wrong
+    ``flash_attention_forward`` earns its points, and its own mistakes are named even when the two functions
+    under it are wrong.
+    """
     steps = [{"op": "leaf", "tensor": key, "out": f"leaf_{key}"} for key in "qkv"] + call_steps
     steps += [{"op": "output", "key": "out", "var": "y"},
               {"op": "attr", "obj": "y", "name": "grad_fn", "out": "node"},
-              {"op": "output", "key": "node", "var": "node"},
-              {"op": "backward", "var": "y", "weights": "grad_weights"}]
+              {"op": "output", "key": "node", "var": "node"}]
     for key in "qkv":
-        steps += [{"op": "grad", "var": f"leaf_{key}", "out": f"g_{key}"},
+        steps += [{"op": "call", "fn": "torch.autograd.grad", "args": [var_arg("y"), var_arg(f"leaf_{key}")],
+                   "kwargs": {"grad_outputs": tensor_arg("grad_weights"), "retain_graph": literal_arg(True),
+                              "allow_unused": literal_arg(True)}, "out": f"g_{key}"},
                   {"op": "output", "key": f"grad_{key}", "var": f"g_{key}"}]
     return steps
 
@@ -225,21 +235,32 @@ def output_matches(key: str) -> Check:
 
 
 def _flash_function(gen, dtype):
-    cases = [_gradient_case(gen, dtype, shape, _apply_steps(shape[-1], shape[-3], shape[-2]))
-             for shape in GRADIENT_SHAPES]
     name, batch, nq, nk, d, dv, bq, bk, causal = FLASH_SHAPES[2]
     steps = [{"op": "leaf", "tensor": key, "out": f"leaf_{key}"} for key in "qkv"] + _apply_steps(causal, bq, bk)
     steps += [{"op": "output", "key": "out", "var": "y"},
               {"op": "attr", "obj": "y", "name": "grad_fn", "out": "node"},
               {"op": "attr", "obj": "node", "name": "saved_tensors", "out": "saved"},
               {"op": "output", "key": "saved", "var": "saved"}]
-    cases.append(Case("saves_only_q_k_v_out_lse", steps, _qkv(gen, batch, nq, nk, d, dv, dtype),
-                      checks=(output_matches("out"), saves_only_inputs_out_lse), compare=False))
-    return cases
+    cases = [Case("saves_only_q_k_v_out_lse", steps, _qkv(gen, batch, nq, nk, d, dv, dtype),
+                  checks=(output_matches("out"), saves_only_inputs_out_lse), compare=False)]
+    return cases + [_gradient_case(gen, dtype, shape, _apply_steps(shape[-1], shape[-3], shape[-2]))
+                    for shape in GRADIENT_SHAPES]
 
 
 def _flash_attention(gen, dtype):
+    """Case order matters for messages (the first failing cases are shown): first a non-causal gradient case
+    (the autograd node; right even over a causal-only slip further down), then the forward pass alone."""
     cases = []
+    # the forward pass alone, on inputs that need no gradient
+    for name, batch, nq, nk, d, dv, bq, bk, causal in [FLASH_SHAPES[2], FLASH_SHAPES[6], FLASH_SHAPES[10]]:
+        settings = [literal_arg(causal), literal_arg(bq), literal_arg(bk)]
+        program = [{"op": "call", "fn": "flash_attention", "out": "y",
+                    "args": [tensor_arg(key) for key in "qkv"] + (settings if name.startswith("causal_nq") else []),
+                    "kwargs": {} if name.startswith("causal_nq") else _settings(causal, bq, bk)},
+                   {"op": "output", "key": "out", "var": "y"}]
+        cases.append(Case(f"forward_{name}", program, _qkv(gen, batch, nq, nk, d, dv, dtype),
+                          {"out": ("batch",) * len(batch) + QUERY_FEATURE_DIMS}, max_numel=_limit(name, nq, nk)))
+    gradients = []
     for shape in GRADIENT_SHAPES:
         name, batch, nq, nk, d, dv, bq, bk, causal = shape
         args = [var_arg(f"leaf_{key}") for key in "qkv"]
@@ -249,7 +270,8 @@ def _flash_attention(gen, dtype):
         else:
             call_step = {"op": "call", "fn": "flash_attention", "args": args, "out": "y",
                          "kwargs": _settings(causal, bq, bk)}
-        cases.append(_gradient_case(gen, dtype, shape, [call_step]))
+        gradients.append(_gradient_case(gen, dtype, shape, [call_step]))
+    cases = gradients[:1] + cases + gradients[1:]  # GRADIENT_SHAPES[0] is not causal
     # the defaults: not causal, tiles of 64 (70 queries: two query tiles)
     inputs = {**_qkv(gen, (2,), 70, 70, 4, 4, dtype), "grad_weights": rand(gen, 2, 70, 4, dtype=dtype)}
     call_step = {"op": "call", "fn": "flash_attention", "args": [var_arg(f"leaf_{key}") for key in "qkv"], "out": "y"}
@@ -263,7 +285,11 @@ ITEMS: list[Item] = [
     Item("online_softmax_attention", NOTEBOOK, _online, forbidden=NO_BUILTIN_ATTENTION),
     Item("flash_attention_forward", NOTEBOOK, _flash_forward, forbidden=NO_BUILTIN_ATTENTION),
     Item("flash_attention_backward", NOTEBOOK, _flash_backward, forbidden=NO_BUILTIN_ATTENTION),
-    Item("FlashAttentionFunction", NOTEBOOK, _flash_function, forbidden=NO_BUILTIN_ATTENTION),
+    Item("FlashAttentionFunction", NOTEBOOK, _flash_function, forbidden=NO_BUILTIN_ATTENTION,
+         depends_on=("flash_attention_forward", "flash_attention_backward")),
+    # No depends_on: FlashAttentionFunction, what it calls, cannot be replaced by a stand-in (those are
+    # functions and nn.Modules), and with only the two functions under it replaced, the mistake of returning
+    # flash_attention_forward(...)[0] could no longer be shown (a stand-in's output has no graph)
     Item("flash_attention", NOTEBOOK, _flash_attention, forbidden=NO_BUILTIN_ATTENTION),
 ]
 
@@ -649,3 +675,9 @@ def _wrap_causal():
          "return FlashAttentionFunction.apply(q, k, v, causal, block_q, block_k)")
 def _wrap_autograd():
     return _wrapper_variant(through_function=False)
+
+
+error_hint("flash_attention", "output_without_graph", r"does not require grad and does not have a grad_fn",
+           "the output carries no autograd graph: it was computed under torch.no_grad() (or detached), so no "
+           "gradient can reach q, k and v",
+           "return FlashAttentionFunction.apply(...) as it is: autograd records the Function's node by itself")
