@@ -27,7 +27,14 @@ from .lesson5_multihead import (
 )
 from .lesson6_positions import apply_rope, sinusoidal_positional_encoding
 from .lesson7_training import ToySelfAttention, plot_attention, toy_dataset, train_self_attention
-from .lesson8_efficient import online_softmax_attention, sliding_window_mask
+from .lesson8_efficient import (
+    FlashAttentionFunction,
+    flash_attention,
+    flash_attention_backward,
+    flash_attention_forward,
+    online_softmax_attention,
+    sliding_window_mask,
+)
 
 __all__ = [
     # lesson 1
@@ -63,6 +70,10 @@ __all__ = [
     # lesson 8
     "sliding_window_mask",
     "online_softmax_attention",
+    "flash_attention_forward",
+    "flash_attention_backward",
+    "FlashAttentionFunction",
+    "flash_attention",
     # given code and data
     "ToySelfAttention",
     "toy_dataset",

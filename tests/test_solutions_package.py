@@ -42,13 +42,22 @@ SPEC = {
     "plot_attention": ["weights", "tokens"],
     "sliding_window_mask": ["num_tokens", "window_size", "device=None"],
     "online_softmax_attention": ["q", "k", "v", "block_size=64", "causal=False"],
+    "flash_attention_forward": ["q", "k", "v", "causal=False", "block_q=64", "block_k=64"],
+    "flash_attention_backward": [
+        "q", "k", "v", "out", "lse", "grad_out", "causal=False", "block_q=64", "block_k=64",
+    ],
+    "FlashAttentionFunction": ["q", "k", "v", "causal=False", "block_q=64", "block_k=64"],  # of .apply: forward's
+    "flash_attention": ["q", "k", "v", "causal=False", "block_q=64", "block_k=64"],
 }
 EXTRA = {"ToySelfAttention": ["d_model"], "toy_dataset": ["seed=0", "dtype=torch.float32", "device=None"]}
 
 
 def parameters(obj):
     out = []
-    for p in inspect.signature(obj).parameters.values():
+    params = list(inspect.signature(obj).parameters.values())
+    if inspect.isclass(obj) and issubclass(obj, torch.autograd.Function):  # obj.apply(...): forward, less ctx
+        params = list(inspect.signature(obj.forward).parameters.values())[1:]
+    for p in params:
         if p.default is inspect.Parameter.empty:
             out.append(p.name)
         elif isinstance(p.default, torch.dtype):
@@ -116,6 +125,11 @@ def test_does_nothing_fall_back_to_the_default_device():
         "merge_heads": S.merge_heads(t(2, 3, 4, 2)),
         "sliding_window_mask": S.sliding_window_mask(5, 2, device=meta),
         "online_softmax_attention": S.online_softmax_attention(t(2, 5, 3), t(2, 7, 3), t(2, 7, 4), 3, True),
+        "flash_attention_forward": S.flash_attention_forward(t(2, 5, 3), t(2, 7, 3), t(2, 7, 4), True, 2, 3)[1],
+        "flash_attention_backward": S.flash_attention_backward(
+            t(2, 5, 3), t(2, 7, 3), t(2, 7, 4), t(2, 5, 4), t(2, 5), t(2, 5, 4), True, 2, 3
+        )[1],
+        "flash_attention": S.flash_attention(t(2, 5, 3), t(2, 7, 3), t(2, 7, 4), True, 2, 3),
         "toy_dataset": S.toy_dataset(device=meta)[1],
     }
     modules = {
