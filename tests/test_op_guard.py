@@ -21,6 +21,7 @@ import pytest
 import torch
 
 import solutions
+from autograder.sandbox import Limits
 from exercises import kernel
 from exercises.cases import BUILTIN_SDPA, BUILTIN_SOFTMAX
 from exercises.catalogue import ITEMS
@@ -476,3 +477,80 @@ def test_is_no_reference_solution_flagged(name):
                 run_on(vars(solutions), case, "cpu", dtype)
             assert not (set(guard.used) & set(item.forbidden)) and guard.tampered is None, guard.report()
             assert guard.too_big is None, (case.name, guard.report())
+
+
+# --- through the real worker (the copy of op_guard.py in the sandbox) ----------------------------------------
+
+WORKER_LIMITS = Limits(call_timeout=20.0, cell_timeout=20.0, startup_timeout=60.0, memory_bytes=3 << 30)
+
+
+def _grade(tmp_path: Path, notebook: str, overrides: dict[str, str]) -> dict[str, list]:
+    from grader_fixtures import write_submission
+
+    from autograder.grading import grade_notebook
+    from autograder.runner import default_bwrap
+
+    path = write_submission(tmp_path / "student", notebook, overrides)
+    result = grade_notebook(notebook, path, seed=7, devices=["cpu"], limits=WORKER_LIMITS, use_bwrap=default_bwrap())
+    rows: dict[str, list] = {}
+    for row in result.outcomes:
+        if row.device == "cpu":
+            rows.setdefault(row.item, []).append(row)
+    return rows
+
+
+@pytest.mark.slow
+def test_are_hidden_routes_and_tampering_caught_in_the_worker(tmp_path):
+    rows = _grade(tmp_path, "01_attention_scores.ipynb", {
+        "softmax_stable": ("import torch\ndef softmax_stable(x, dim=-1):\n"
+                           "    return torch.ops.aten._softmax(x, dim, False)\n"),
+        "softmax_naive": ("import torch\ndef softmax_naive(x, dim=-1):\n"
+                          "    getattr(torch._C, '_pop_torch_' + 'function_stack')()\n"
+                          "    e = torch.exp(x)\n    return e / e.sum(dim, keepdim=True)\n"),
+    })
+    for row in rows["softmax_stable"]:
+        assert row.score == 0 and row.forbidden, row.message
+        assert "may not use the built-in softmax (reached through torch.ops.aten._softmax)" in row.message
+    for row in rows["softmax_naive"]:
+        assert row.score == 0 and row.forbidden and "switched off the grader's operation monitor" in row.message
+    for item in ("attention_scores_loop", "attention_scores", "context_vectors"):
+        assert all(row.status == "passed" for row in rows[item]), rows[item]
+
+
+@pytest.mark.slow
+def test_are_sdpa_and_multihead_attention_caught_in_the_worker(tmp_path):
+    sdpa = ("import torch\ndef scaled_dot_product_attention(q, k, v, mask=None):\n"
+            "    out = getattr(torch._C._nn, 'scaled_dot_product_' + 'attention')(q, k, v, attn_mask=mask)" + SDPA_TAIL)
+    rows = _grade(tmp_path / "l2", "02_scaled_dot_product_attention.ipynb", {"scaled_dot_product_attention": sdpa})
+    assert all(r.score == 0 and "may not use the built-in scaled_dot_product_attention (reached through "
+               "torch._C._nn.scaled_dot_product_attention)" in r.message
+               for r in rows["scaled_dot_product_attention"]), rows["scaled_dot_product_attention"]
+    assert all(r.status == "passed" for r in rows["project_qkv"])
+    mha = ("import torch\nfrom torch import nn\n\n"
+           "class MultiHeadAttention(nn.Module):\n"
+           "    def __init__(self, d_in, d_out, context_length, dropout, num_heads, qkv_bias=False):\n"
+           "        super().__init__()\n"
+           "        self.d_out, self.num_heads = d_out, num_heads\n"
+           "        if d_out % num_heads:\n            raise ValueError('d_out must be divisible by num_heads')\n"
+           "        self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)\n"
+           "        self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)\n"
+           "        self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)\n"
+           "        self.out_proj = nn.Linear(d_out, d_out)\n"
+           "        self.register_buffer('mask', torch.ones(context_length, context_length).tril().bool())\n\n"
+           "    def forward(self, x):" + MHA_FORWARDS["nn.MultiheadAttention"] + "\n")
+    rows = _grade(tmp_path / "l5", "05_multi_head_attention.ipynb", {"MultiHeadAttention": mha})
+    assert all(r.score == 0 and "may not use the built-in MultiheadAttention (reached through torch.nn.functional."
+               "multi_head_attention_forward)" in r.message and "detected while running" in r.message
+               for r in rows["MultiHeadAttention"]), rows["MultiHeadAttention"]
+
+
+@pytest.mark.slow
+def test_does_max_numel_fail_a_full_score_answer_in_the_worker_and_pass_the_reference(tmp_path, lesson8_rules):
+    rows = _grade(tmp_path / "full", "08_efficient_attention.ipynb", {"online_softmax_attention": FULL_SCORES})
+    limited = {c.name for c in lesson8_rules.cases(7, "float64") if c.max_numel is not None}
+    for row in rows["online_softmax_attention"]:
+        assert row.status == "failed" and 0 < row.score < row.max_score and not row.forbidden
+        assert row.cases_passed == row.cases_total - len(limited)
+        assert "must never build the full (n_q, n_k) score matrix; work block by block" in row.message
+    rows = _grade(tmp_path / "perfect", "08_efficient_attention.ipynb", {})
+    assert all(r.status == "passed" for item in rows.values() for r in item), rows
