@@ -26,6 +26,7 @@ This file is copied into the worker's sandbox (like ``program.py``): standard li
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -70,6 +71,7 @@ def base_name(name: str) -> str:
     return name.rsplit("::", 1)[-1].split(".", 1)[0]
 
 
+@functools.lru_cache(maxsize=4096)
 def family_of(name: str) -> str | None:
     """The family of a function or operator name (see ``FAMILIES``), else None."""
     name = base_name(name)
@@ -168,16 +170,16 @@ class OpGuard:
             self.tampered = why
 
     def dispatch_active(self) -> bool:
-        if _python_key_excluded():
-            return False
-        return any(torch._C._get_dispatch_stack_at(i) is self._operator
-                   for i in range(torch._C._len_torch_dispatch_stack()))
+        """The operator level is on its stack where ``__enter__`` put it, and the Python key is not excluded."""
+        base = self._bases[1]
+        return (torch._C._len_torch_dispatch_stack() > base and torch._C._get_dispatch_stack_at(base) is self._operator
+                and not _python_key_excluded())
 
     def function_active(self) -> bool:
-        if torch._C._is_torch_function_all_disabled():
-            return False
-        return any(torch._C._get_function_stack_at(i) is self._function
-                   for i in range(torch._C._len_torch_function_stack()))
+        """The function level is on its stack where ``__enter__`` put it, and torch functions are not disabled."""
+        base = self._bases[0]
+        return (torch._C._len_torch_function_stack() > base and torch._C._get_function_stack_at(base) is self._function
+                and not torch._C._is_torch_function_all_disabled())
 
     # --- the block ---------------------------------------------------------------------------------
     def __enter__(self) -> OpGuard:
