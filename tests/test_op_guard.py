@@ -484,14 +484,22 @@ def test_is_no_reference_solution_flagged(name):
 WORKER_LIMITS = Limits(call_timeout=20.0, cell_timeout=20.0, startup_timeout=60.0, memory_bytes=3 << 30)
 
 
-def _grade(tmp_path: Path, notebook: str, overrides: dict[str, str]) -> dict[str, list]:
+def _grade(tmp_path: Path, notebook: str, overrides: dict[str, str], warm: bool = False) -> dict[str, list]:
+    """Grade through a cold worker, or (``warm``) through one forked from a warm zygote, as the CLI does."""
     from grader_fixtures import write_submission
 
     from autograder.grading import grade_notebook
+    from autograder.pool import WorkerPool
     from autograder.runner import default_bwrap
 
     path = write_submission(tmp_path / "student", notebook, overrides)
-    result = grade_notebook(notebook, path, seed=7, devices=["cpu"], limits=WORKER_LIMITS, use_bwrap=default_bwrap())
+    pool = WorkerPool(WORKER_LIMITS, default_bwrap()) if warm else None
+    try:
+        result = grade_notebook(notebook, path, seed=7, devices=["cpu"], limits=WORKER_LIMITS,
+                                use_bwrap=default_bwrap(), pool=pool)
+    finally:
+        if pool is not None:
+            pool.shutdown()
     rows: dict[str, list] = {}
     for row in result.outcomes:
         if row.device == "cpu":
@@ -500,8 +508,9 @@ def _grade(tmp_path: Path, notebook: str, overrides: dict[str, str]) -> dict[str
 
 
 @pytest.mark.slow
-def test_are_hidden_routes_and_tampering_caught_in_the_worker(tmp_path):
-    rows = _grade(tmp_path, "01_attention_scores.ipynb", {
+@pytest.mark.parametrize("warm", [False, True], ids=["cold", "forked"])
+def test_are_hidden_routes_and_tampering_caught_in_the_worker(tmp_path, warm):
+    rows = _grade(tmp_path, "01_attention_scores.ipynb", warm=warm, overrides={
         "softmax_stable": ("import torch\ndef softmax_stable(x, dim=-1):\n"
                            "    return torch.ops.aten._softmax(x, dim, False)\n"),
         "softmax_naive": ("import torch\ndef softmax_naive(x, dim=-1):\n"
