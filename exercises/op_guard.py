@@ -19,7 +19,8 @@ itself is allowed), and the Python level cannot see what runs inside a built-in 
 With ``max_numel`` set, every operator output with more elements is recorded (views and reshapes too:
 a flattened score matrix is still one). The student's code runs in the same process; code that switches
 the monitor off (pops a mode, disables torch functions or the Python dispatch key) is recorded as
-``tampered`` (each level checks the other on every event, and both are checked at the end).
+``tampered`` (each level checks the other on every event, and both are checked at the end); the worker
+also sets tripwires on torch's switches for both levels at once (``install_tripwires``).
 
 This file is copied into the worker's sandbox (like ``program.py``): standard library and torch only.
 """
@@ -27,6 +28,7 @@ This file is copied into the worker's sandbox (like ``program.py``): standard li
 from __future__ import annotations
 
 import functools
+import sys
 from typing import Any
 
 import torch
@@ -187,6 +189,7 @@ class OpGuard:
         self._state = (torch._C._get_torch_function_state(), _python_key_excluded())
         self._function.__enter__()
         self._operator.__enter__()
+        _OPEN.append(self)
         return self
 
     def intact(self) -> bool:
@@ -199,6 +202,8 @@ class OpGuard:
                 and torch._C._get_dispatch_stack_at(dispatch_base) is self._operator)
 
     def __exit__(self, *exc: Any) -> None:
+        if self in _OPEN:
+            _OPEN.remove(self)
         if not self.intact():
             self.tamper("the monitor's modes were not in place at the end of the call")
             # put the stacks back as ``__enter__`` left them, whatever the code did, then leave normally
@@ -220,6 +225,63 @@ class OpGuard:
         big = None if self.too_big is None else {"shape": list(self.too_big[0]), "numel": self.too_big[1],
                                                   "op": self.too_big[2]}
         return {"used": dict(self.used), "too_big": big, "tampered": self.tampered}
+
+
+# --- tripwires: torch's switches for the modes, called by code other than torch's own -----------------
+# The two levels watch each other, but code that switches both off at once (``_DisableTorchDispatch`` around
+# ``DisableTorchFunction``) or calls a kernel below the Python key (``OpOverload.redispatch``) leaves neither
+# anything to see. The worker installs these wrappers before any student code runs; while a guard is open,
+# a call to one of them from outside torch (and this file) is tampering. Torch's own uses (frames of
+# ``torch.*`` modules) pass, and so does everything while no guard is open.
+SWITCHES: tuple[tuple[str, str], ...] = (
+    ("torch._C", "_DisableTorchDispatch"), ("torch._C", "DisableTorchFunction"),
+    ("torch._C", "_ExcludeDispatchKeyGuard"),
+    ("torch._C", "_pop_torch_function_stack"), ("torch._C", "_pop_torch_dispatch_stack"),
+    ("torch._C", "_set_torch_function_state"), ("torch._C", "_unset_dispatch_mode"),
+    ("torch._C", "_dispatch_tls_set_dispatch_key_excluded"), ("torch._ops.OpOverload", "redispatch"),
+)
+_OPEN: list[OpGuard] = []  # the guards open now, innermost last
+
+
+def _outside_torch(depth: int = 2) -> bool:
+    name = sys._getframe(depth).f_globals.get("__name__", "")
+    return not (name == "torch" or name.startswith("torch.") or name == __name__)
+
+
+def _tripwire(name: str, original: Any) -> Any:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if _OPEN and _outside_torch():
+            _OPEN[-1].tamper(f"the code called {name}")
+        return original(*args, **kwargs)
+
+    wrapper.__name__ = getattr(original, "__name__", name)
+    wrapper.__qualname__ = getattr(original, "__qualname__", name)
+    wrapper.__doc__ = getattr(original, "__doc__", None)
+    wrapper.__wrapped__ = original
+    return wrapper
+
+
+def install_tripwires() -> Any:
+    """Wrap ``SWITCHES`` (see above); returns a function that puts the originals back (for tests)."""
+    import importlib
+
+    undo = []
+    for owner_path, attr in SWITCHES:
+        try:
+            owner = importlib.import_module(owner_path)
+        except ImportError:
+            module, _, name = owner_path.rpartition(".")
+            owner = getattr(importlib.import_module(module), name)
+        original = vars(owner).get(attr)
+        if original is None or getattr(original, "__wrapped__", None) is not None:
+            continue
+        setattr(owner, attr, _tripwire(attr, original))
+        undo.append((owner, attr, original))
+
+    def restore() -> None:
+        for owner, attr, original in reversed(undo):
+            setattr(owner, attr, original)
+    return restore
 
 
 def too_big_message(item: str, too_big: dict[str, Any], max_numel: int) -> str:

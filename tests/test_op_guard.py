@@ -11,6 +11,7 @@ builds the full score matrix and passes the reference; code that switches the mo
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import linecache
 import math
@@ -26,7 +27,7 @@ from exercises import kernel
 from exercises.cases import BUILTIN_SDPA, BUILTIN_SOFTMAX
 from exercises.catalogue import ITEMS
 from exercises.judge import run_on
-from exercises.op_guard import MHA, SDPA, SOFTMAX, OpGuard, family_of
+from exercises.op_guard import MHA, SDPA, SOFTMAX, OpGuard, family_of, install_tripwires
 from exercises.program import run_program
 from exercises.rules import static_forbidden_calls, static_tampering
 
@@ -65,6 +66,17 @@ def broken_rule(item: str, source: str) -> str:
 ])
 def test_does_one_table_name_the_family_of_both_levels(name, family):
     assert family_of(name) == family
+
+
+def test_does_the_monitor_import_only_the_standard_library_and_torch():
+    """The worker runs a copy of the file with the repository out of reach."""
+    import ast
+    import sys
+
+    tree = ast.parse(Path(kernel.__file__).with_name("op_guard.py").read_text(encoding="utf-8"))
+    roots = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    roots |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    assert roots - {"__future__", "torch"} <= set(sys.stdlib_module_names), roots
 
 
 def test_do_the_constants_name_families():
@@ -249,6 +261,44 @@ def test_is_switching_the_monitor_off_recorded_and_undone(how):
     with OpGuard() as after:
         torch.softmax(X, -1)
     assert after.used == {SOFTMAX: "torch.softmax"} and after.tampered is None
+
+
+@pytest.fixture
+def tripwires():
+    """torch's switches for the monitor wrapped, as the worker does before any student code (undone after)."""
+    restore = install_tripwires()
+    yield
+    restore()
+
+
+BOTH_OFF = {
+    "both levels off at once, by obfuscated names": (
+        "off = getattr(torch._C, '_Disable' + 'TorchDispatch')\n    with off(), torch._C.DisableTorchFunction():\n"
+        "        return F.scaled_dot_product_attention(Q, Q, Q)"),
+    "a kernel called below the Python key": (
+        "keys = torch._C.DispatchKeySet(torch._C.DispatchKey.CPU)\n"
+        "    return torch.ops.aten._softmax.default.redispatch(keys, X, -1, False)"),
+}
+
+
+@pytest.mark.parametrize("how", BOTH_OFF)
+def test_does_a_tripwire_catch_what_neither_level_can_see(how, tripwires):
+    namespace = {"torch": torch, "F": torch.nn.functional, "Q": Q, "X": X}
+    exec(f"def sneaky():\n    {BOTH_OFF[how]}\n", namespace)
+    with OpGuard() as guard:
+        namespace["sneaky"]()
+    assert guard.used == {} and guard.tampered and guard.tampered.startswith("the code called"), guard.report()
+
+
+def test_do_tripwires_let_torch_and_code_outside_a_guard_through(tripwires):
+    with torch._C.DisableTorchFunction():  # no guard open: nothing to say
+        pass
+    with OpGuard() as guard:
+        for route in list(MHA_ROUTES.values()) + list(SDPA_ROUTES.values())[:4]:
+            route()
+        copy.deepcopy(torch.nn.Linear(2, 2))  # torch's own code, which uses some of the switches itself
+        repr(X)
+    assert guard.tampered is None, guard.report()
 
 
 def test_are_the_monitor_switches_named_in_the_answer_cell_found():
@@ -444,7 +494,7 @@ def _ruled(item) -> bool:
 
 @pytest.mark.parametrize("path", [p for p in ALTERNATIVES if _ruled(ITEMS[p.stem.split("__")[0]])],
                          ids=lambda p: p.stem)
-def test_is_no_alternative_answer_flagged_by_the_monitor(path):
+def test_is_no_alternative_answer_flagged_by_the_monitor(path, tripwires):
     item = ITEMS[path.stem.split("__")[0]]
     source = path.read_text(encoding="utf-8")
     assert not (static_forbidden_calls(source) & set(item.forbidden)) and not static_tampering(source)
@@ -468,7 +518,7 @@ def test_do_the_online_softmax_alternatives_keep_to_the_lesson_8_rules(lesson8_r
 
 
 @pytest.mark.parametrize("name", [name for name, item in ITEMS.items() if _ruled(item)])
-def test_is_no_reference_solution_flagged(name):
+def test_is_no_reference_solution_flagged(name, tripwires):
     item = ITEMS[name]
     for dtype in item.variants("cpu"):
         for case in item.cases(1, dtype):
@@ -513,9 +563,11 @@ def test_are_hidden_routes_and_tampering_caught_in_the_worker(tmp_path, warm):
     rows = _grade(tmp_path, "01_attention_scores.ipynb", warm=warm, overrides={
         "softmax_stable": ("import torch\ndef softmax_stable(x, dim=-1):\n"
                            "    return torch.ops.aten._softmax(x, dim, False)\n"),
+        # both levels off at once, by obfuscated names: only the worker's tripwires can see it
         "softmax_naive": ("import torch\ndef softmax_naive(x, dim=-1):\n"
-                          "    getattr(torch._C, '_pop_torch_' + 'function_stack')()\n"
-                          "    e = torch.exp(x)\n    return e / e.sum(dim, keepdim=True)\n"),
+                          "    with getattr(torch._C, '_Disable' + 'TorchDispatch')(), "
+                          "getattr(torch._C, 'Disable' + 'TorchFunction')():\n"
+                          "        e = torch.exp(x)\n    return e / e.sum(dim, keepdim=True)\n"),
     })
     for row in rows["softmax_stable"]:
         assert row.score == 0 and row.forbidden, row.message

@@ -273,6 +273,8 @@ def start(plan: dict) -> dict[int, dict]:
     # Read back what we can reach as the user we now are: a grader fault shows here, before any student code.
     inputs_by_id = {call["id"]: load_file(os.path.join(WORKDIR, protocol.input_file(call["id"])))
                     for call in plan["calls"] if call["id"] >= plan.get("start_call", 0)}
+    if any(call.get("guard") is not None for call in plan["calls"]):
+        op_guard.install_tripwires()  # before any student code: torch's switches for the monitor, watched
     fraction = plan.get("cuda_memory_fraction")
     if fraction and torch.cuda.is_available():  # a GPU bound CUDA tolerates, unlike an address-space limit
         torch.cuda.set_per_process_memory_fraction(float(fraction))
