@@ -74,8 +74,9 @@ def test_does_the_monitor_import_only_the_standard_library_and_torch():
     import sys
 
     tree = ast.parse(Path(kernel.__file__).with_name("op_guard.py").read_text(encoding="utf-8"))
-    roots = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
-    roots |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    nodes = list(ast.walk(tree))
+    roots = {alias.name.split(".")[0] for node in nodes if isinstance(node, ast.Import) for alias in node.names}
+    roots |= {node.module.split(".")[0] for node in nodes if isinstance(node, ast.ImportFrom) and node.module}
     assert roots - {"__future__", "torch"} <= set(sys.stdlib_module_names), roots
 
 
