@@ -99,6 +99,18 @@ def _route(func: Any) -> str:
     return f"{module}.{name}" if module else name
 
 
+def _function_stack() -> list[Any]:
+    return [torch._C._get_function_stack_at(i) for i in range(torch._C._len_torch_function_stack())]
+
+
+def _dispatch_stack() -> list[Any]:
+    return [torch._C._get_dispatch_stack_at(i) for i in range(torch._C._len_torch_dispatch_stack())]
+
+
+def _same(modes: list[Any], expected: list[Any]) -> bool:
+    return len(modes) == len(expected) and all(a is b for a, b in zip(modes, expected, strict=True))
+
+
 def _python_key_excluded() -> bool:
     try:
         return bool(torch._C._dispatch_tls_is_dispatch_key_excluded(torch._C.DispatchKey.Python))
@@ -163,7 +175,7 @@ class OpGuard:
         self.depth = 0
         self._function = _FunctionLevel(self)
         self._operator = _OperatorLevel(self)
-        self._bases = (0, 0)  # the stacks' lengths before the block
+        self._saved: tuple[list[Any], list[Any]] = ([], [])  # the mode stacks before the block
         self._state: tuple[Any, bool] | None = None  # torch functions' state, the Python key excluded?
 
     # --- checks each level makes of the other ----------------------------------------------------
@@ -172,20 +184,21 @@ class OpGuard:
             self.tampered = why
 
     def dispatch_active(self) -> bool:
-        """The operator level is on its stack where ``__enter__`` put it, and the Python key is not excluded."""
-        base = self._bases[1]
-        return (torch._C._len_torch_dispatch_stack() > base and torch._C._get_dispatch_stack_at(base) is self._operator
-                and not _python_key_excluded())
+        """The operator level is on its stack (anywhere: ``torch.device`` contexts go to the bottom) and the Python
+        dispatch key is not excluded."""
+        return (not _python_key_excluded()
+                and any(torch._C._get_dispatch_stack_at(i) is self._operator
+                        for i in range(torch._C._len_torch_dispatch_stack() - 1, -1, -1)))
 
     def function_active(self) -> bool:
-        """The function level is on its stack where ``__enter__`` put it, and torch functions are not disabled."""
-        base = self._bases[0]
-        return (torch._C._len_torch_function_stack() > base and torch._C._get_function_stack_at(base) is self._function
-                and not torch._C._is_torch_function_all_disabled())
+        """The function level is on its stack (anywhere, as above) and torch functions are not disabled."""
+        return (not torch._C._is_torch_function_all_disabled()
+                and any(torch._C._get_function_stack_at(i) is self._function
+                        for i in range(torch._C._len_torch_function_stack() - 1, -1, -1)))
 
     # --- the block ---------------------------------------------------------------------------------
     def __enter__(self) -> OpGuard:
-        self._bases = (torch._C._len_torch_function_stack(), torch._C._len_torch_dispatch_stack())
+        self._saved = (_function_stack(), _dispatch_stack())
         self._state = (torch._C._get_torch_function_state(), _python_key_excluded())
         self._function.__enter__()
         self._operator.__enter__()
@@ -193,29 +206,31 @@ class OpGuard:
         return self
 
     def intact(self) -> bool:
-        """Both modes where ``__enter__`` put them, on top of their stacks, and nothing switched off."""
-        function_base, dispatch_base = self._bases
-        return (not _python_key_excluded() and not torch._C._is_torch_function_all_disabled()
-                and torch._C._len_torch_function_stack() == function_base + 1
-                and torch._C._get_function_stack_at(function_base) is self._function
-                and torch._C._len_torch_dispatch_stack() == dispatch_base + 1
-                and torch._C._get_dispatch_stack_at(dispatch_base) is self._operator)
+        """Both modes still where ``__enter__`` put them (modes the code pushed above them are harmless: they hand
+        on to ours) and neither torch functions nor the Python dispatch key switched off."""
+        return self.function_active() and self.dispatch_active()
 
     def __exit__(self, *exc: Any) -> None:
         if self in _OPEN:
             _OPEN.remove(self)
         if not self.intact():
             self.tamper("the monitor's modes were not in place at the end of the call")
-            # put the stacks back as ``__enter__`` left them, whatever the code did, then leave normally
-            function_base, dispatch_base = self._bases
+        functions, dispatchers = self._saved
+        exact = (_same(_function_stack(), [*functions, self._function])
+                 and _same(_dispatch_stack(), [*dispatchers, self._operator]))
+        if not exact or (torch._C._get_torch_function_state(), _python_key_excluded()) != self._state:
+            # put the stacks and switches back as ``__enter__`` left them, whatever the code did (modes it left
+            # behind go too), then leave normally
             torch._C._set_torch_function_state(self._state[0])
             torch._C._dispatch_tls_set_dispatch_key_excluded(torch._C.DispatchKey.Python, self._state[1])
-            while torch._C._len_torch_dispatch_stack() > dispatch_base:
+            while torch._C._len_torch_dispatch_stack():
                 torch._C._pop_torch_dispatch_stack(None)
-            while torch._C._len_torch_function_stack() > function_base:
+            while torch._C._len_torch_function_stack():
                 torch._C._pop_torch_function_stack()
-            torch._C._push_on_torch_function_stack(self._function)
-            torch._C._push_on_torch_dispatch_stack(self._operator)
+            for mode in [*functions, self._function]:
+                torch._C._push_on_torch_function_stack(mode)
+            for mode in [*dispatchers, self._operator]:
+                torch._C._push_on_torch_dispatch_stack(mode)
         self._operator.__exit__(None, None, None)
         self._function.__exit__(None, None, None)
 

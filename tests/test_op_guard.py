@@ -264,6 +264,16 @@ def test_is_switching_the_monitor_off_recorded_and_undone(how):
     assert after.used == {SOFTMAX: "torch.softmax"} and after.tampered is None
 
 
+def test_is_a_mode_the_code_leaves_behind_harmless_and_removed():
+    """``torch.set_default_device`` pushes a function mode for good: not tampering (it hands calls on to the
+    monitor), and gone after the call, as the worker's next calls need."""
+    with OpGuard() as guard:
+        torch.set_default_device("cpu")
+        torch.softmax(X, -1)
+    assert guard.tampered is None and guard.used == {SOFTMAX: "torch.softmax"}
+    assert torch._C._len_torch_function_stack() == 0 and torch._C._len_torch_dispatch_stack() == 0
+
+
 @pytest.fixture
 def tripwires():
     """torch's switches for the monitor wrapped, as the worker does before any student code (undone after)."""
