@@ -17,13 +17,16 @@ import re
 import time
 from dataclasses import dataclass
 
+import torch
+
 from autograder.grading import TestOutcome, build_calls, judge_run
 from autograder.intake import PreparedNotebook
 from autograder.pool import WorkerPool
-from autograder.runner import CellSpec, GraderError, run_calls
+from autograder.runner import CallResult, CallSpec, CellSpec, GraderError, run_calls
 from autograder.sandbox import Limits
+from exercises.cases import call, tensor_arg
 from exercises.catalogue import ITEMS
-from exercises.rules import RECORDED
+from exercises.op_guard import SOFTMAX
 
 CANARY_SEED = 20240611  # fixed: a canary that fails must fail again when rerun
 RELATIVE_IMPORT = re.compile(r"^from \.\w+ import \(?[^)]*?\)?$", re.MULTILINE | re.DOTALL)
@@ -59,16 +62,50 @@ def reference_cells() -> list[CellSpec]:
             for module in modules]
 
 
+# The operation monitor must see a forbidden built-in reached by a route no list of names holds, and a tensor
+# larger than its bound built through a view, in the very worker that grades: else every rule is void.
+MONITOR_PROBE = CellSpec("canary_operation_monitor", (
+    "import torch\n"
+    "def _canary_monitor_probe(x):\n"
+    "    hidden = getattr(torch.nn.functional, 'soft' + 'max')\n"
+    "    outer = (x.unsqueeze(-1) * x.unsqueeze(-2)).reshape(-1)  # n * n elements, through a view\n"
+    "    return hidden(x, dim=-1) + outer[: x.shape[-1]]\n"), "given")
+PROBE_SIZE = 8
+
+
+def monitor_problem(result: CallResult | None) -> str | None:
+    """Why the monitor probe's report shows the monitor not working in the worker, else None."""
+    if result is None or result.status != "ok":
+        status, error = (result.status, result.error) if result else ("missing", "")
+        return f"the probe call did not run ({status}: {error})"
+    report = result.guard
+    if report is None:
+        return "the worker sent no report from the operation monitor"
+    if SOFTMAX not in report["used"]:
+        return f"a softmax reached through getattr was not seen (report: {report})"
+    if not report["too_big"] or report["too_big"]["numel"] != PROBE_SIZE * PROBE_SIZE:
+        return f"a ({PROBE_SIZE}, {PROBE_SIZE}) tensor above the bound of {PROBE_SIZE} elements went unseen ({report})"
+    if report["tampered"]:
+        return f"the monitor reported itself switched off by grader code ({report['tampered']})"
+    return None
+
+
 def run_canary(devices: list[str], limits: Limits, use_bwrap: str | None,
                pool: WorkerPool | None = None) -> CanaryResult:
     """Grade the reference through the worker on ``devices``; the outcome of every row."""
     started = time.monotonic()
     items = list(ITEMS.values())
     plan, calls = build_calls(items, devices, CANARY_SEED)
-    cells = reference_cells()
-    run = run_calls(cells, calls, limits, use_bwrap, pool, record=RECORDED)
+    cells = reference_cells() + [MONITOR_PROBE]
+    probe = CallSpec(len(calls), call("_canary_monitor_probe", tensor_arg("x")),
+                     {"x": torch.linspace(-1, 1, PROBE_SIZE)}, devices[0], None, guard={"max_numel": PROBE_SIZE})
+    run = run_calls(cells, calls + [probe], limits, use_bwrap, pool)
     points = {f"test_{item.name}": 1.0 for item in items}
     outcomes = judge_run(items, "(canary)", devices, plan, run.calls, points, PreparedNotebook(cells=[]))
+    problem = monitor_problem(run.calls.get(probe.id))
+    if problem:
+        outcomes.append(TestOutcome("(operation monitor)", "(canary)", devices[0], None, "failed", 0.0, 1.0,
+                                    f"the operation monitor does not work in the worker: {problem}"))
     cell_errors = [f"cell {spec.grade_id}: {cell.status} {cell.error}" for spec, cell in
                    zip(cells, run.cells, strict=True) if cell.status != "ok"]
     output = "\n".join(cell_errors + [run.output])

@@ -21,7 +21,7 @@ from autograder.sandbox import Limits
 from exercises.catalogue import Case, Item, available_devices, items_in
 from exercises.diagnosis import diagnose, explain_error
 from exercises.judge import judge, reference_outputs
-from exercises.rules import RECORDED, forbidden_message, static_forbidden_calls
+from exercises.rules import forbidden_message, guarded, static_forbidden_calls, static_tampering, too_big
 from exercises.scoring import CaseOutcome, Status, score_variant
 from exercises.source import load_source
 
@@ -153,7 +153,7 @@ def grade_notebook(notebook: str, student_path: Path | None, seed: int, devices:
     references = references if references is not None else ReferenceCache()
     prefetch = threading.Thread(target=references.fill, args=(plan,), daemon=True)
     prefetch.start()  # the reference outputs are computed here while the worker runs the student's code
-    run = run_calls(prepared.cells, calls, limits, use_bwrap, pool, record=RECORDED)
+    run = run_calls(prepared.cells, calls, limits, use_bwrap, pool)
     prefetch.join()
     notes = list(prepared.notes)
     for spec, cell in zip(prepared.cells, run.cells, strict=True):
@@ -182,7 +182,8 @@ def build_calls(items: list[Item], devices: list[str], seed: int) -> tuple[Plan,
             for dtype in item.variants(device):
                 for case in item.cases(seed, dtype):
                     call_id = len(calls)
-                    calls.append(CallSpec(call_id, case.program, case.inputs, device, dtype, group=item.name))
+                    calls.append(CallSpec(call_id, case.program, case.inputs, device, dtype, group=item.name,
+                                          guard=guarded(item.forbidden, case.max_numel)))
                     plan.append((item, device, dtype, case, call_id))
     return plan, calls
 
@@ -302,16 +303,41 @@ def _isolate_failures(items: list[Item], notebook: str, devices: list[str], plan
     return merge_regrades(outcomes, second, retry)
 
 
+def _monitor_findings(item: Item, rows: list[tuple[int, Case, CallResult]], static: set[str],
+                      answer: str) -> str | None:
+    """The rule's message for a variant from what the operation monitor saw in its calls (and, second line,
+    what the answer cell names: ``static`` families, switches of the monitor), else None."""
+    ruled = bool(item.forbidden) or any(case.max_numel is not None for _, case, _ in rows)
+    if not ruled:
+        return None
+    used: dict[str, str] = {}
+    tampered = None
+    for _, _, result in rows:
+        report = result.guard
+        if report is None:
+            continue
+        for family, route in report["used"].items():
+            used.setdefault(family, route)
+        tampered = tampered or report["tampered"]
+    switches = static_tampering(answer)
+    if switches and not tampered:
+        tampered = f"the answer cell names {', '.join(sorted(switches))}"
+    return forbidden_message(item.name, item.forbidden, static, used, tampered)
+
+
 def _judge_variant(item: Item, notebook: str, device: str, dtype: str | None,
                    rows: list[tuple[int, Case, CallResult]], share: float, prepared: PreparedNotebook,
                    static: set[str], references: ReferenceCache) -> TestOutcome:
-    used = {u for _, _, result in rows for u in result.used}
-    forbidden = forbidden_message(item.name, item.forbidden, static, used) if item.forbidden else None
+    forbidden = _monitor_findings(item, rows, static, prepared.answer_sources.get(item.name, ""))
     cases: list[CaseOutcome] = []
     for _call_id, case, result in rows:
         if result.status != "ok" or result.outputs is None:
             status, message = _call_problem(item, result, prepared)
             cases.append(CaseOutcome(case.name, Status(status), f"case {case.name}: {message}"))
+            continue
+        oversized = too_big(item.name, result.guard, case.max_numel)
+        if oversized:
+            cases.append(CaseOutcome(case.name, Status.FAILED, f"case {case.name}: {oversized}"))
             continue
         reference = references.get_for(item.name, case, device, dtype)
         verdict = judge(case, result.outputs, reference, device)

@@ -55,6 +55,7 @@ class CallSpec:
     device: str
     dtype: str | None
     group: str = ""  # calls of one graded item: after one hangs or kills the worker, the rest are not run
+    guard: dict[str, Any] | None = None  # run inside the operation monitor with these settings (rules.guarded)
 
 
 @dataclass
@@ -62,8 +63,13 @@ class CallResult:
     status: str  # ok | exception | program | timeout | crashed | missing (outputs unreadable) | harness (unwritable)
     outputs: Outputs | None = None
     error: dict[str, Any] = field(default_factory=dict)
-    used: list[str] = field(default_factory=list)
+    guard: dict[str, Any] | None = None  # the operation monitor's report (op_guard.OpGuard.report), if it watched
     seconds: float = 0.0
+
+    @property
+    def used(self) -> list[str]:
+        """The families of built-ins the call was seen to use (``exercises/op_guard.py``)."""
+        return sorted((self.guard or {}).get("used") or {})
 
 
 @dataclass
@@ -120,8 +126,8 @@ Responder = Callable[[dict[str, Any], dict[str, torch.Tensor]], tuple[dict, dict
 
 def run_plan(cells: list[CellSpec], calls: list[CallSpec], limits: sandbox.Limits, cuda: bool = False,
              use_bwrap: str | None = None, oracles: dict[str, str] | None = None,
-             responder: Responder | None = None, record: tuple[tuple[str, str, str], ...] = (),
-             verify_harness: bool = True, pool: WorkerPool | None = None) -> RunResult:
+             responder: Responder | None = None, verify_harness: bool = True,
+             pool: WorkerPool | None = None) -> RunResult:
     """Run every cell then every call in as many fresh workers as it takes.
 
     Never raises for student faults; raises ``GraderError`` for the grader's own (see there). When a
@@ -159,9 +165,9 @@ def run_plan(cells: list[CellSpec], calls: list[CallSpec], limits: sandbox.Limit
                 raise GraderError(f"could not make the worker's directory: {exc}") from exc
             plan = {"cells": [{"grade_id": c.grade_id, "source": c.source, "kind": c.kind} for c in cells],
                     "skip_cells": sorted(skip_cells), "start_call": remaining[0] if remaining else 1 << 30,
-                    "calls": [{"id": c.id, "program": c.program, "device": c.device, "dtype": c.dtype}
-                              for c in calls if c.id in remaining],
-                    "drop_privileges": drop, "oracles": oracles or {}, "record": [list(r) for r in record],
+                    "calls": [{"id": c.id, "program": c.program, "device": c.device, "dtype": c.dtype,
+                               "guard": c.guard} for c in calls if c.id in remaining],
+                    "drop_privileges": drop, "oracles": oracles or {},
                     "cuda_memory_fraction": limits.cuda_memory_fraction if cuda else None}
             (workdir / protocol.PLAN).write_text(json.dumps(plan), encoding="utf-8")
             for c in calls:
@@ -348,6 +354,18 @@ def _answer_rpc(workdir: Path, n: Any, responder: Responder | None) -> None:
     os.replace(tmp, workdir / answer_json)
 
 
+def _guard_report(report: Any) -> dict[str, Any] | None:
+    """The operation monitor's report from a call's event, in its expected shape (else None: judged as missing)."""
+    if not isinstance(report, dict) or not isinstance(report.get("used"), dict):
+        return None
+    big = report.get("too_big")
+    if big is not None and not (isinstance(big, dict) and isinstance(big.get("numel"), int)
+                                and isinstance(big.get("shape"), list)):
+        return None
+    return {"used": {str(k): str(v) for k, v in report["used"].items()}, "too_big": big,
+            "tampered": str(report["tampered"]) if report.get("tampered") else None}
+
+
 @dataclass
 class Watch:
     """How one worker's run ended, as ``_monitor`` saw it."""
@@ -402,7 +420,7 @@ def _monitor(workdir: Path, worker: ColdWorker | ForkedJob, limits: sandbox.Limi
             elif kind == protocol.CALL_DONE and step and step[0] == "call" and event.get("id") == step[1]:
                 status = event.get("status", "exception")
                 call_results[step[1]] = CallResult(status if status in protocol.CALL_STATUSES else "exception",
-                                                   None, event.get("error") or {}, list(event.get("used", [])),
+                                                   None, event.get("error") or {}, _guard_report(event.get("guard")),
                                                    time.monotonic() - step_started)
                 step = None
             elif kind == protocol.FINISHED:

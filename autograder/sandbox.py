@@ -31,7 +31,8 @@ from pathlib import Path
 # (stdlib and torch only; the same file runs the reference in the grader).
 WORKER_FILES = {"main.py": Path(__file__).with_name("worker") / "main.py",
                 "protocol.py": Path(__file__).with_name("worker") / "protocol.py",
-                "program.py": Path(__file__).resolve().parent.parent / "exercises" / "program.py"}
+                "program.py": Path(__file__).resolve().parent.parent / "exercises" / "program.py",
+                "op_guard.py": Path(__file__).resolve().parent.parent / "exercises" / "op_guard.py"}
 NOBODY = 65534
 PR_SET_CHILD_SUBREAPER = 36
 TAG_VARIABLE = "SELFATTN_WORKER_TAG"

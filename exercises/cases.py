@@ -15,17 +15,18 @@ from typing import Any
 
 import torch
 
+from exercises import op_guard
 from exercises.compare import Outputs, value_mismatch
 from exercises.tolerances import tolerance
 
 Check = Callable[[Outputs, Outputs], "str | None"]
 
 FLOAT_DTYPES = ("float64", "float32")
-BUILTIN_SOFTMAX = ("torch.softmax", "torch.nn.functional.softmax", "torch.Tensor.softmax",
-                   "torch.log_softmax", "torch.nn.functional.log_softmax", "torch.Tensor.log_softmax",
-                   "torch.special.softmax")
-BUILTIN_SDPA = ("torch.nn.functional.scaled_dot_product_attention",)
-BUILTIN_MHA = ("torch.nn.MultiheadAttention", "torch.nn.functional.multi_head_attention_forward")
+# Families of built-ins an item may forbid (``Item.forbidden``): the operation monitor (``exercises/op_guard.py``)
+# maps every route to them (any namespace, Tensor methods, modules, operators below the Python API).
+BUILTIN_SOFTMAX = (op_guard.SOFTMAX,)  # softmax, log_softmax, softmin, nn.Softmax, aten._softmax, _safe_softmax, ...
+BUILTIN_SDPA = (op_guard.SDPA,)  # F.scaled_dot_product_attention, torch._C._nn..., aten._scaled_dot_product_*, ...
+BUILTIN_MHA = (op_guard.MHA,)  # nn.MultiheadAttention, F.multi_head_attention_forward, aten._native_multi_head_...
 
 
 @dataclass
@@ -41,6 +42,7 @@ class Case:
     tolerance_scale: float = 1.0  # > 1 where the inputs themselves carry rounding error (see lesson 1's input_rounding)
     # The most elements any tensor created while the call runs may have (lesson 8's "no (n_q, n_k)
     # score matrix" rule: n_q * n_k - 1 on cases where every legitimate tensor is smaller); None: no limit.
+    # The operation monitor checks every operator's outputs, views included (``exercises/op_guard.py``).
     max_numel: int | None = None
 
 
@@ -53,7 +55,7 @@ class Item:
     build: Callable[[torch.Generator, torch.dtype | None], list[Case]]
     dtypes: tuple[str | None, ...] = FLOAT_DTYPES
     gpu_dtypes: tuple[str, ...] = ("bfloat16",)
-    forbidden: tuple[str, ...] = ()
+    forbidden: tuple[str, ...] = ()  # families: BUILTIN_SOFTMAX, BUILTIN_SDPA, BUILTIN_MHA
     depends_on: tuple[str, ...] = ()
 
     def variants(self, device: str) -> tuple[str | None, ...]:

@@ -10,26 +10,12 @@ repository, only the standard library and torch (matplotlib lazily, for figures)
 
 from __future__ import annotations
 
-import importlib
 import math
 from typing import Any
 
 import torch
 
 MAX_LABELS = 64
-
-
-def resolve_owner(owner: str) -> Any:
-    """``"torch.nn.functional"`` -> the module; ``"torch.Tensor"`` -> the class (where a recorded built-in lives).
-
-    Here because this file is the one piece of the course the worker has: the worker and
-    ``exercises.rules.recording`` find the built-ins they wrap with the same code.
-    """
-    try:
-        return importlib.import_module(owner)
-    except ImportError:
-        module, _, attr = owner.rpartition(".")
-        return getattr(importlib.import_module(module), attr)
 
 
 class ProgramError(Exception):

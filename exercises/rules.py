@@ -1,77 +1,54 @@
-"""Built-ins an item may not call: where they live, how to record calls to them, what to tell the student.
+"""The no-shortcut rules: which built-ins an item may not use, what a call may not build, what to tell the student.
 
-One definition for the three places that enforce the rule: the worker records calls at run time
-(it receives ``RECORDED`` in its plan: it cannot import this package), the grader reads the answer
-cell's syntax tree (``static_forbidden_calls``), and ``exercises.kernel.check``
-records calls inside the student's kernel.
+One mechanism enforces them, ``exercises/op_guard.py`` (the operation monitor): it watches every
+graded call of an item that has a rule, at torch's Python API and at the operator level, and maps what
+it sees to families (``softmax``, ``scaled_dot_product_attention``, ``MultiheadAttention``) with one
+table. The worker runs it (a copy of that file) around each call of such an item, and
+``exercises.kernel.check`` runs it in the student's kernel. This module turns its findings into
+messages, and reads the answer cell's syntax tree as a second line (``static_forbidden_calls``:
+code paths that no case runs; ``static_tampering``: names of torch's switches for the monitor).
 """
 
 from __future__ import annotations
 
 import ast
-import contextlib
 import threading
-from collections.abc import Iterator
+from typing import Any
 
-from exercises.program import resolve_owner
-
-# (owner, attribute, name reported): the owner is a dotted path to a module or class.
-RECORDED: tuple[tuple[str, str, str], ...] = (
-    ("torch", "softmax", "torch.softmax"),
-    ("torch", "log_softmax", "torch.log_softmax"),
-    ("torch.nn.functional", "softmax", "torch.nn.functional.softmax"),
-    ("torch.nn.functional", "log_softmax", "torch.nn.functional.log_softmax"),
-    ("torch.special", "softmax", "torch.special.softmax"),
-    ("torch.Tensor", "softmax", "torch.Tensor.softmax"),
-    ("torch.Tensor", "log_softmax", "torch.Tensor.log_softmax"),
-    ("torch.nn.functional", "scaled_dot_product_attention", "torch.nn.functional.scaled_dot_product_attention"),
-    ("torch.nn.functional", "multi_head_attention_forward", "torch.nn.functional.multi_head_attention_forward"),
-    ("torch.nn.MultiheadAttention", "forward", "torch.nn.MultiheadAttention"),
-)
-
-# The family names that ``static_forbidden_calls`` reports for an attribute or name in the code.
-FAMILY = {"softmax": "softmax", "log_softmax": "softmax",
-          "scaled_dot_product_attention": "scaled_dot_product_attention",
-          "MultiheadAttention": "MultiheadAttention", "multi_head_attention_forward": "MultiheadAttention"}
+from exercises.op_guard import TAMPER_NAMES, TAMPERED, family_of, too_big_message
 
 
-@contextlib.contextmanager
-def recording(used: set[str]) -> Iterator[set[str]]:
-    """Within the block, calls to the built-ins of ``RECORDED`` add their names to ``used``."""
-    originals = []
-    for owner_path, attr, name in RECORDED:
-        owner = resolve_owner(owner_path)
-        original = getattr(owner, attr, None)
-        if original is None:
-            continue
-        own = attr in vars(owner)  # Tensor.softmax is inherited from TensorBase: restore by deleting
-
-        def wrapper(*args, __original=original, __name=name, **kwargs):
-            used.add(__name)
-            return __original(*args, **kwargs)
-
-        setattr(owner, attr, wrapper)
-        originals.append((owner, attr, original if own else None))
-    try:
-        yield used
-    finally:
-        for owner, attr, original in reversed(originals):
-            if original is None:
-                delattr(owner, attr)
-            else:
-                setattr(owner, attr, original)
-
-
-def forbidden_message(item_name: str, forbidden: tuple[str, ...], static: set[str], used: set[str]) -> str | None:
-    """The message for an item that used a built-in it may not call, found statically or at run time."""
-    families = {FAMILY[name.rsplit(".", 1)[-1]] for name in forbidden if name.rsplit(".", 1)[-1] in FAMILY}
-    hit_static = sorted(static & families)
-    hit_runtime = sorted(u for u in used if u in forbidden)
-    if not hit_static and not hit_runtime:
+def guarded(forbidden: tuple[str, ...], max_numel: int | None) -> dict[str, Any] | None:
+    """What the worker is asked to watch in one call: None (no rule: the monitor stays off) or its settings."""
+    if not forbidden and max_numel is None:
         return None
-    what = ", ".join(hit_runtime or hit_static)
-    return (f"`{item_name}` may not use {what}: this exercise is about building that mechanism yourself "
-            f"(detected {'while running' if hit_runtime else 'in the answer cell'})")
+    return {"max_numel": max_numel}
+
+
+def forbidden_message(item_name: str, forbidden: tuple[str, ...], static: set[str], used: dict[str, str],
+                      tampered: str | None = None) -> str | None:
+    """The message for an item that broke its rule: a forbidden family seen at run time (``used``: family ->
+    the route it was reached by) or named in the answer cell (``static``), or the monitor switched off."""
+    if tampered:
+        return (f"`{item_name}` broke the grading rules: {TAMPERED} ({tampered}); its points for this part are "
+                f"withheld")
+    runtime = {family: route for family, route in used.items() if family in forbidden}
+    hit_static = sorted(static & set(forbidden))
+    if not runtime and not hit_static:
+        return None
+    if runtime:
+        what = ", ".join(f"{family} (reached through {route})" for family, route in sorted(runtime.items()))
+    else:
+        what = ", ".join(hit_static)
+    return (f"`{item_name}` may not use the built-in {what}: this exercise is about building that mechanism "
+            f"yourself (detected {'while running' if runtime else 'in the answer cell'})")
+
+
+def too_big(item_name: str, report: dict[str, Any] | None, max_numel: int | None) -> str | None:
+    """The failure of one case whose call created a tensor larger than its ``max_numel``, else None."""
+    if max_numel is None or not report or not report.get("too_big"):
+        return None
+    return too_big_message(item_name, report["too_big"], max_numel)
 
 
 # CPython 3.11's ast.parse is not safe to call from two threads at once ("AST constructor recursion
@@ -85,20 +62,29 @@ def parse(code: str) -> ast.Module:
         return ast.parse(code)
 
 
-def static_forbidden_calls(code: str) -> set[str]:
-    """Names of built-ins the code refers to (``torch.softmax``, ``x.softmax``, ``F.scaled_dot_product_attention``).
-
-    Returns the family names of ``FAMILY``; a syntax error yields nothing (reported elsewhere).
-    """
+def _names(code: str) -> set[str]:
+    """Every attribute, name and imported name in ``code`` (nothing for a syntax error: reported elsewhere)."""
     try:
         tree = parse(code)
     except SyntaxError:
         return set()
     found: set[str] = set()
     for node in ast.walk(tree):
-        name = node.attr if isinstance(node, ast.Attribute) else node.id if isinstance(node, ast.Name) else None
-        if isinstance(node, ast.alias):
-            name = node.name.rsplit(".", 1)[-1]
-        if name in FAMILY:
-            found.add(FAMILY[name])
+        if isinstance(node, ast.Attribute):
+            found.add(node.attr)
+        elif isinstance(node, ast.Name):
+            found.add(node.id)
+        elif isinstance(node, ast.alias):
+            found.add(node.name.rsplit(".", 1)[-1])
     return found
+
+
+def static_forbidden_calls(code: str) -> set[str]:
+    """Families of the built-ins the code names (``torch.softmax``, ``x.softmax``, ``F.scaled_dot_product_attention``,
+    ``nn.MultiheadAttention``): the monitor's own table (``op_guard.family_of``) read on the syntax tree."""
+    return {family for name in _names(code) if (family := family_of(name)) is not None}
+
+
+def static_tampering(code: str) -> set[str]:
+    """Names of torch's switches for the operation monitor that the code names (``DisableTorchFunction``, ...)."""
+    return _names(code) & TAMPER_NAMES

@@ -191,6 +191,20 @@ def test_does_the_canary_stop_a_grader_that_compares_devices_as_strings(monkeypa
     assert "is on cpu, expected cpu" in str(info.value) and "isolation: rlimits" in str(info.value)
 
 
+@pytest.mark.slow
+def test_does_the_canary_stop_a_grader_whose_operation_monitor_sees_nothing(monkeypatch, tmp_path):
+    """A worker whose monitor is blind would let every shortcut through: the canary's probe must notice."""
+    blind = tmp_path / "op_guard.py"
+    blind.write_text("class OpGuard:\n    def __init__(self, max_numel=None):\n        pass\n"
+                     "    def __enter__(self):\n        return self\n    def __exit__(self, *exc):\n        pass\n"
+                     "    def report(self):\n        return {'used': {}, 'too_big': None, 'tampered': None}\n"
+                     "def install_tripwires():\n    return None\n")
+    monkeypatch.setitem(sandbox.WORKER_FILES, "op_guard.py", blind)
+    with pytest.raises(GraderError, match="self-check failed") as info:
+        check_grader(["cpu"], FAST, None)
+    assert "the operation monitor does not work in the worker: a softmax reached through getattr" in str(info.value)
+
+
 # --- reports: nobody gets a zero for the grader's fault ------------------------------------------------
 
 
@@ -304,7 +318,8 @@ def test_is_a_hidden_builtin_softmax_caught_at_run_time_in_the_worker(tmp_path):
     path = write_submission(tmp_path / "student", NB1, {"softmax_stable": hidden})
     result = grade_notebook(NB1, path, 3, ["cpu"], FAST, runner.default_bwrap())
     rows = [r for r in result.outcomes if r.item == "softmax_stable" and r.device == "cpu"]
-    assert rows and all(r.score == 0 and r.forbidden and "may not use torch.softmax" in r.message for r in rows)
+    assert rows and all(r.score == 0 and r.forbidden and "may not use the built-in softmax (reached through "
+                        "torch.softmax)" in r.message and "detected while running" in r.message for r in rows)
     assert all(r.status == "passed" for r in result.outcomes if r.item == "softmax_naive" and r.device == "cpu")
 
 
@@ -327,11 +342,16 @@ def test_does_the_monitor_turn_a_workers_events_into_records(tmp_path):
     watch = _watch(tmp_path, [{"event": "ready"}, {"event": "cell_start", "index": 0},
                               {"event": "cell_done", "index": 0, "defined": ["f"]}, "not json\n",
                               {"event": "call_start", "id": 3},
-                              {"event": "call_done", "id": 3, "status": "ok", "used": ["torch.softmax"]},
+                              {"event": "call_done", "id": 3, "status": "ok", "guard": {
+                                  "used": {"softmax": "torch.softmax"}, "too_big": None, "tampered": None}},
+                              {"event": "call_start", "id": 4},
+                              {"event": "call_done", "id": 4, "status": "ok", "guard": {"used": ["softmax"]}},
                               {"event": "finished"}])
     assert watch.finished and watch.ready and watch.step is None
     assert watch.cells[0].status == "ok" and watch.cells[0].defined == ["f"]
-    assert watch.calls[3].status == "ok" and watch.calls[3].used == ["torch.softmax"]
+    assert watch.calls[3].status == "ok" and watch.calls[3].used == ["softmax"]
+    assert watch.calls[3].guard == {"used": {"softmax": "torch.softmax"}, "too_big": None, "tampered": None}
+    assert watch.calls[4].guard is None  # a report in another shape is no report
 
 
 def test_does_the_monitor_charge_the_step_in_flight_when_the_worker_dies(tmp_path):

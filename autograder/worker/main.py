@@ -1,7 +1,8 @@
 """The worker: runs one student's notebook code and the grader's calls, in a process of its own.
 
 Started by ``autograder.sandbox`` as ``python -I main.py WORKDIR`` inside a fresh working directory
-that holds only this file, ``program.py``, ``protocol.py`` (the files and events it uses), ``plan.json``
+that holds only this file, ``program.py``, ``protocol.py`` (the files and events it uses), ``op_guard.py``
+(the operation monitor), ``plan.json``
 and the input tensors. It never imports the
 repository's packages (``solutions``, ``exercises``, ``autograder`` are blocked) and it writes only:
 ``progress.jsonl`` (one event per line), ``out_<id>.safetensors`` and ``out_<id>.json`` per call.
@@ -66,6 +67,7 @@ def _load(name: str, filename: str):
 
 program = _load("grader_program", "program.py")
 protocol = _load("grader_protocol", "protocol.py")
+op_guard = _load("grader_op_guard", "op_guard.py")
 
 
 class _BlockReference(importlib.abc.MetaPathFinder):
@@ -95,27 +97,20 @@ def _drop_privileges() -> None:
     os.setuid(NOBODY)
 
 
-# --- run-time detection of built-ins that an item may not call ---------------------------------
-USED: set[str] = set()
+# --- the operation monitor (``op_guard.py``, a copy of exercises/op_guard.py) -------------------------
+# Around each call of an item with a rule (forbidden built-ins, a bound on tensor sizes) the plan names
+# ``guard``: the call runs inside ``op_guard.OpGuard`` and its report goes back in the call's event.
 
 
-def _record(name: str, fn):
-    def wrapper(*args, **kwargs):
-        USED.add(name)
-        return fn(*args, **kwargs)
-    wrapper.__wrapped__ = fn
-    wrapper.__name__ = getattr(fn, "__name__", name)
-    wrapper.__doc__ = getattr(fn, "__doc__", None)
-    return wrapper
-
-
-def _install_recorders(targets: list) -> None:
-    """Wrap the built-ins the grader names (``exercises.rules.RECORDED``) so each call is recorded."""
-    for owner_path, attr, name in targets:
-        owner = program.resolve_owner(owner_path)  # the same code as exercises.rules.recording uses
-        original = getattr(owner, attr, None)
-        if original is not None:
-            setattr(owner, attr, _record(name, original))
+def run_call(call: dict, namespace: dict, inputs: dict, guards: list) -> object:
+    """Run one call's program, inside the operation monitor when the plan asks for it (appended to ``guards``)."""
+    settings = call.get("guard")
+    if settings is None:
+        return program.run_program(call["program"], namespace, inputs, call["device"], call["dtype"])
+    guard = op_guard.OpGuard(max_numel=settings.get("max_numel"))
+    guards.append(guard)
+    with guard:
+        return program.run_program(call["program"], namespace, inputs, call["device"], call["dtype"])
 
 
 # --- progress and results ---------------------------------------------------------------------
@@ -249,24 +244,25 @@ def run_calls(plan: dict, namespace: dict, inputs_by_id: dict[int, dict]) -> Non
             continue
         emit(event=protocol.CALL_START, id=call["id"])
         inputs = inputs_by_id[call["id"]]
-        USED.clear()
+        guards: list = []
         try:
             torch.manual_seed(0)
-            raw = program.run_program(call["program"], namespace, inputs, call["device"], call["dtype"])
+            raw = run_call(call, namespace, inputs, guards)
             if call["device"].startswith("cuda"):
                 torch.cuda.synchronize()
             tensors, meta = program.serialise_outputs(raw, program.compute_dtype(call["dtype"], inputs))
         except BaseException as exc:  # noqa: BLE001
             kind = "program" if isinstance(exc, program.ProgramError) else "exception"
-            emit(event=protocol.CALL_DONE, id=call["id"], status=kind, error=describe(exc), used=sorted(USED))
+            emit(event=protocol.CALL_DONE, id=call["id"], status=kind, error=describe(exc),
+                 **({"guard": guards[0].report()} if guards else {}))
             continue
+        watched = {"guard": guards[0].report()} if guards else {}
         try:
             write_outputs(call["id"], tensors, meta)
         except BaseException as exc:  # noqa: BLE001 - the grader decides whose fault this is (runner.py)
-            emit(event=protocol.CALL_DONE, id=call["id"], status="harness", error=describe_harness(exc),
-                 used=sorted(USED))
+            emit(event=protocol.CALL_DONE, id=call["id"], status="harness", error=describe_harness(exc), **watched)
             continue
-        emit(event=protocol.CALL_DONE, id=call["id"], status="ok", used=sorted(USED))
+        emit(event=protocol.CALL_DONE, id=call["id"], status="ok", **watched)
 
 
 def start(plan: dict) -> dict[int, dict]:
@@ -277,7 +273,8 @@ def start(plan: dict) -> dict[int, dict]:
     # Read back what we can reach as the user we now are: a grader fault shows here, before any student code.
     inputs_by_id = {call["id"]: load_file(os.path.join(WORKDIR, protocol.input_file(call["id"])))
                     for call in plan["calls"] if call["id"] >= plan.get("start_call", 0)}
-    _install_recorders(plan.get("record", []))
+    if any(call.get("guard") is not None for call in plan["calls"]):
+        op_guard.install_tripwires()  # before any student code: torch's switches for the monitor, watched
     fraction = plan.get("cuda_memory_fraction")
     if fraction and torch.cuda.is_available():  # a GPU bound CUDA tolerates, unlike an address-space limit
         torch.cuda.set_per_process_memory_fraction(float(fraction))

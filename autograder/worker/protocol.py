@@ -1,6 +1,6 @@
 """The worker protocol, in one place: the files of a worker's directory and the events it reports.
 
-Copied into the worker's directory beside ``main.py`` and ``program.py`` (standard library only);
+Copied into the worker's directory beside ``main.py``, ``program.py`` and ``op_guard.py`` (standard library only);
 ``autograder.runner`` imports it. The grader writes ``plan.json`` and one input file per call; the
 worker appends one JSON event per line to ``progress.jsonl`` and writes one pair of output files per
 call; a stand-in's request and the grader's answer are files too (the answer's JSON appears last,
@@ -13,7 +13,8 @@ PROGRESS = "progress.jsonl"
 # events, in the order a healthy worker reports them
 READY = "ready"  # start-up done (imports, plan, inputs, privilege drop): no student code has run before it
 CELL_START, CELL_DONE = "cell_start", "cell_done"  # {"index": i}; done: {"error": {...}?, "defined": [...]}
-CALL_START, CALL_DONE = "call_start", "call_done"  # {"id": n}; done: {"status": ..., "error": {...}, "used": [...]}
+CALL_START, CALL_DONE = "call_start", "call_done"  # {"id": n}; done: {"status": ..., "error": {...}, "guard": {...}?}
+# "guard": the operation monitor's report (op_guard.OpGuard.report), only for calls the plan asked to watch
 RPC = "rpc"  # {"n": k}: a stand-in waits for the grader's answer to request k
 FINISHED = "finished"  # every step done
 
