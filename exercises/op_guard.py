@@ -128,7 +128,10 @@ class _FunctionLevel(TorchFunctionMode):
         family = family_of(getattr(func, "__name__", "") or "")
         if family is not None and family not in guard.used:
             guard.used[family] = _route(func)
-        if not guard.dispatch_active():
+        # Inside the operator level's own handler its mode is popped (torch does that), and an operator
+        # that torch runs from C++ there (the views a custom autograd.Function makes of its outputs)
+        # comes back through this level: the operator level being off is then no tampering.
+        if guard.in_operator == 0 and not guard.dispatch_active():
             guard.tamper("the operator-level monitor was not active during a call of torch's API")
         guard.depth += 1
         try:
@@ -150,12 +153,16 @@ class _OperatorLevel(TorchDispatchMode):
             guard.used[family] = f"aten.{name} (an operator below the Python API)"
         if guard.depth == 0 and not guard.function_active():
             guard.tamper("torch's Python API ran without the grader's function-level monitor")
-        out = func(*args, **(kwargs or {}))
-        if guard.max_numel is not None and guard.too_big is None:
-            for leaf in torch.utils._pytree.tree_leaves(out):
-                if isinstance(leaf, torch.Tensor) and leaf.numel() > guard.max_numel:
-                    guard.too_big = (tuple(leaf.shape), leaf.numel(), f"aten.{name}")
-                    break
+        guard.in_operator += 1  # also while this handler reads the outputs (Tensor.numel is a torch function)
+        try:
+            out = func(*args, **(kwargs or {}))
+            if guard.max_numel is not None and guard.too_big is None:
+                for leaf in torch.utils._pytree.tree_leaves(out):
+                    if isinstance(leaf, torch.Tensor) and leaf.numel() > guard.max_numel:
+                        guard.too_big = (tuple(leaf.shape), leaf.numel(), f"aten.{name}")
+                        break
+        finally:
+            guard.in_operator -= 1
         return out
 
 
@@ -173,6 +180,7 @@ class OpGuard:
         self.too_big: tuple[tuple[int, ...], int, str] | None = None
         self.tampered: str | None = None
         self.depth = 0
+        self.in_operator = 0  # > 0 while the operator level runs an operator (see _FunctionLevel)
         self._function = _FunctionLevel(self)
         self._operator = _OperatorLevel(self)
         self._saved: tuple[list[Any], list[Any]] = ([], [])  # the mode stacks before the block
