@@ -61,12 +61,19 @@ def returned_params(outputs: Outputs) -> dict[str, torch.Tensor] | None:
     return found  # type: ignore[return-value]
 
 
-def last_step_slack(reference_losses: torch.Tensor, dtype: torch.dtype) -> float:
-    """How far above the last recorded loss the returned model's loss may lie: twice the reference's own last
-    change (one more step moves the loss by about that much), plus the curve tolerance."""
+def end_of_curve_slack(reference: Outputs, dtype: torch.dtype) -> float:
+    """How far from the last recorded loss the returned model's loss may lie.
+
+    The returned model's loss is the loss after the last step, one step past the curve. How far one step
+    moves the loss is read from the reference run: twice the larger of its own last change and its own gap
+    between the returned model's loss and the last recorded loss, plus the curve tolerance.
+    """
+    r = reference.tensors["losses"]
     rtol, atol = curve_tolerance(dtype)
-    last_change = float((reference_losses[-2] - reference_losses[-1]).abs()) if len(reference_losses) > 1 else 0.0
-    return 2 * last_change + rtol * float(reference_losses[-1].abs()) + atol
+    after = returned_params(reference)
+    gap = abs(model_loss(after, reference.tensors["x"], reference.tensors["y"]) - float(r[-1])) if after else 0.0
+    last_change = float((r[-2] - r[-1]).abs()) if len(r) > 1 else 0.0
+    return 2 * max(gap, last_change) + rtol * float(r[-1].abs()) + atol
 
 
 def _train(gen, dtype):
@@ -115,11 +122,10 @@ def _train(gen, dtype):
                     f"gets it to {float(ref[-1]):.4g}): every step needs a fresh gradient (zero it), "
                     "loss.backward(), then optimizer.step()")
         returned = model_loss(after, inputs, targets)
-        slack = last_step_slack(ref, computed_in)
-        if returned > float(losses[-1]) + slack:
+        if abs(returned - float(losses[-1])) > end_of_curve_slack(reference, computed_in):
             return (f"the model you return gives a loss of {returned:.6g} on these data, but your last recorded "
-                    f"loss is {float(losses[-1]):.6g}: the losses must be those of training this model (after "
-                    "the last step its loss is a little below the last one recorded)")
+                    f"loss is {float(losses[-1]):.6g}: the losses must be those of training this model (its loss "
+                    "after the last step is about one step's change away from the last one recorded)")
         rtol, atol = curve_tolerance(computed_in)
         off = ((losses - ref).abs() > atol + rtol * ref.abs()).nonzero()
         if len(off):
@@ -247,7 +253,7 @@ def _made_up(student: Outputs, reference: Outputs) -> bool:
     if s is None or r is None or after is None or len(s) != len(r) or len(s) < 2 or _close(s, r):
         return False
     returned = model_loss(after, reference.tensors["x"], reference.tensors["y"])
-    return returned > float(s[-1]) + last_step_slack(r, torch.float32)
+    return abs(returned - float(s[-1])) > end_of_curve_slack(reference, torch.float32)
 
 
 def _losses_are_tensors(student: Outputs, reference: Outputs) -> bool:
