@@ -275,3 +275,45 @@ def test_does_the_release_text_hold_no_line_of_the_training_answer():
     for cell in nbformat.read(NOTEBOOK, 4).cells:
         text = re.sub(r"### BEGIN SOLUTION.*?### END SOLUTION", "", cell.source, flags=re.S)
         assert "mse_loss(output,targets)" not in text.replace(" ", ""), cell.source[:200]
+
+
+# --- grading: real training or nothing ------------------------------------------------------------
+
+
+def _copy_trained(model, inputs, targets, steps, lr):
+    """A real curve, from training a copy; the model handed back only nudged."""
+    import copy
+
+    losses = S.train_self_attention(copy.deepcopy(model), inputs, targets, steps, lr)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1e-3)
+    return losses
+
+
+def _one_step_too_many(model, inputs, targets, steps, lr):
+    return S.train_self_attention(model, inputs, targets, steps + 1, lr)[:steps]
+
+
+def _fabricated(model, inputs, targets, steps, lr):
+    with torch.no_grad():
+        first = F.mse_loss(model(inputs)[0], targets).item()
+        for p in model.parameters():
+            p.mul_(1.001)
+    return [first * (0.2 + 0.8 * 0.93**step) for step in range(steps)]
+
+
+@pytest.mark.parametrize("student", [_fabricated, _copy_trained, _one_step_too_many], ids=lambda f: f.__name__)
+def test_does_a_curve_that_is_not_this_training_earn_nothing(student):
+    from exercises.catalogue import ITEMS
+    from exercises.judge import judge, reference_outputs, run_on
+
+    item = ITEMS["train_self_attention"]
+    namespace = {**vars(S), "train_self_attention": student}
+    for seed in (0, 1, 2):
+        for dtype in item.variants("cpu"):
+            for case in item.cases(seed, dtype):
+                torch.manual_seed(0)
+                outputs = run_on(namespace, case, "cpu", dtype)
+                verdict = judge(case, outputs, reference_outputs(case, "cpu", dtype), "cpu")
+                assert not verdict.passed, (seed, dtype, case.name)

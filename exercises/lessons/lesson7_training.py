@@ -26,16 +26,17 @@ STEPS = 50  # the graded run: about 0.05 s on a CPU core
 LR = 0.05
 # How far a correct run may stray from the reference run from the same initial weights, per dtype of the
 # computation: Adam divides by the root of the squared gradients, so rounding differences between two
-# correct loops (``((out - y) ** 2).mean()`` against ``F.mse_loss``, ``model.zero_grad()``) can grow over
-# the steps; 100 times the value tolerance of exercises/tolerances.py leaves them room, while a curve
-# that is not this training (made up, shifted by one step, another loss, another optimiser) is off by
-# percents.
-CURVE_SCALE = 100.0
+# correct loops (``((out - y) ** 2).mean()`` against ``F.mse_loss``, ``model.zero_grad()``, the worker's
+# inputs read back from a file) can grow over the steps: 10 times the relative tolerance of
+# exercises/tolerances.py leaves them room (the seed soak passes with 1 time), and an absolute part a
+# tenth of it, so that the tail of the curve (losses near 1e-3) is judged relatively too. A curve that is
+# not this training (made up, shifted by one step, another loss, another optimiser) is off by percents.
+CURVE_SCALE = 10.0
 
 
 def curve_tolerance(dtype: torch.dtype) -> tuple[float, float]:
     rtol, atol = tolerance(dtype)
-    return rtol * CURVE_SCALE, atol * CURVE_SCALE
+    return rtol * CURVE_SCALE, atol * CURVE_SCALE / 100
 
 
 def model_loss(params: dict[str, torch.Tensor], inputs: torch.Tensor, targets: torch.Tensor) -> float:
@@ -52,10 +53,11 @@ def model_loss(params: dict[str, torch.Tensor], inputs: torch.Tensor, targets: t
         return float(((output - targets.double().cpu()) ** 2).mean())
 
 
-def returned_params(outputs: Outputs) -> dict[str, torch.Tensor] | None:
-    """The parameters of the model after training (output ``after``), by name, or None if one is missing."""
+def returned_params(outputs: Outputs, key: str = "after") -> dict[str, torch.Tensor] | None:
+    """The parameters of the model after training (output ``after``; ``before``: as loaded), by name, or None
+    if one is missing."""
     names = [name for name, _ in solutions.ToySelfAttention(TOY_D_MODEL).named_parameters()]
-    found = {name: outputs.tensors.get("after." + name) for name in names}
+    found = {name: outputs.tensors.get(f"{key}.{name}") for name in names}
     if any(t is None or not t.is_floating_point() for t in found.values()):
         return None
     return found  # type: ignore[return-value]
@@ -83,6 +85,8 @@ def _train(gen, dtype):
     params = reference_params("ToySelfAttention", {"d_model": d_model}, gen, dtype)
     steps = STEPS
     program = build_module("ToySelfAttention", {"d_model": d_model}, params, train=True) + [
+        {"op": "params", "obj": "m", "out": "before"},
+        {"op": "output", "key": "before", "var": "before"},
         {"op": "call", "fn": "train_self_attention", "args": [var_arg("m"), tensor_arg("x"), tensor_arg("y")],
          "kwargs": {"steps": literal_arg(steps), "lr": literal_arg(LR)}, "out": "losses"},
         {"op": "output", "key": "losses", "var": "losses"},
@@ -122,10 +126,10 @@ def _train(gen, dtype):
                     f"gets it to {float(ref[-1]):.4g}): every step needs a fresh gradient (zero it), "
                     "loss.backward(), then optimizer.step()")
         returned = model_loss(after, inputs, targets)
-        if abs(returned - float(losses[-1])) > end_of_curve_slack(reference, computed_in):
+        if returned > float(losses[-1]) + end_of_curve_slack(reference, computed_in):
             return (f"the model you return gives a loss of {returned:.6g} on these data, but your last recorded "
                     f"loss is {float(losses[-1]):.6g}: the losses must be those of training this model (its loss "
-                    "after the last step is about one step's change away from the last one recorded)")
+                    "after the last step is at most about one step's change above the last one recorded)")
         rtol, atol = curve_tolerance(computed_in)
         off = ((losses - ref).abs() > atol + rtol * ref.abs()).nonzero()
         if len(off):
@@ -134,7 +138,8 @@ def _train(gen, dtype):
                     f"{float(losses[k]):.6g}, expected {float(ref[k]):.6g}: one Adam optimiser made once before "
                     "the loop, each step zero the gradients, compute the loss, record it, backward, step")
         expected = model_loss(returned_params(reference), inputs, targets)  # type: ignore[arg-type]
-        if abs(returned - expected) > atol + rtol * abs(expected):
+        # a quarter of the reference's own last-step change tells one step more (or fewer) from rounding
+        if abs(returned - expected) > 0.25 * abs(expected - float(ref[-1])) + atol + rtol * abs(expected):
             return (f"the model you return gives a loss of {returned:.6g}, not {expected:.6g}, the loss after "
                     f"{steps} optimiser steps: take exactly one step per recorded loss and return the trained model")
         return None
@@ -247,13 +252,34 @@ def _other_loss(student: Outputs, reference: Outputs) -> bool:
 
 
 def _made_up(student: Outputs, reference: Outputs) -> bool:
-    """The curve is not the training's, and the returned model's loss does not belong at its end."""
+    """A falling curve that is not the training's, and the returned model's loss far above its end."""
     s, r = _losses(student), _losses(reference)
     after = returned_params(student)
     if s is None or r is None or after is None or len(s) != len(r) or len(s) < 2 or _close(s, r):
         return False
     returned = model_loss(after, reference.tensors["x"], reference.tensors["y"])
-    return abs(returned - float(s[-1])) > end_of_curve_slack(reference, torch.float32)
+    return float(s[-1]) < float(s[0]) and returned > float(s[-1]) + end_of_curve_slack(reference, torch.float32)
+
+
+def _first_two_right(student: Outputs, reference: Outputs) -> bool:
+    s, r = _losses(student), _losses(reference)
+    return s is not None and r is not None and len(s) == len(r) > 2 and _close(s[:2], r[:2]) and not _close(s, r)
+
+
+def _gradients_pile_up(student: Outputs, reference: Outputs) -> bool:
+    """The first two losses are right (the first gradient is clean), then the loss climbs."""
+    s = _losses(student)
+    return _first_two_right(student, reference) and float(s[-1]) > float(s[0])
+
+
+def _fresh_adam_every_step(student: Outputs, reference: Outputs) -> bool:
+    """Every weight moved by a whole number of learning rates: Adam's first step (lr * sign(g)), each step."""
+    before, after = returned_params(reference, "before"), returned_params(student)
+    if not _first_two_right(student, reference) or before is None or after is None:
+        return False
+    moved = torch.cat([(after[k].double() - before[k].double()).flatten() for k in before]).abs()
+    in_lr = moved[moved > 0] / LR
+    return len(in_lr) > 0 and float(((in_lr - in_lr.round()).abs() < 0.01).double().mean()) > 0.5
 
 
 def _losses_are_tensors(student: Outputs, reference: Outputs) -> bool:
@@ -289,7 +315,7 @@ def _train_step_first():
 @mistake("train_self_attention", "no_zero_grad",
          "the gradients are never reset, so from the second step on each step uses the sum of all past "
          "gradients (the first two losses are right, then the curve leaves the training's)",
-         "call optimizer.zero_grad() once every step, before loss.backward()")
+         "call optimizer.zero_grad() once every step, before loss.backward()", predicate=_gradients_pile_up)
 def _train_no_zero():
     return _train_variant(zero_grad=False)
 
@@ -297,7 +323,7 @@ def _train_no_zero():
 @mistake("train_self_attention", "optimizer_created_in_loop",
          "a new Adam optimiser is made at every step, so its running averages of the gradients start from "
          "zero each time (the first two losses are right, then the curve leaves the training's)",
-         "create the optimiser once, before the loop")
+         "create the optimiser once, before the loop", predicate=_fresh_adam_every_step)
 def _train_optimizer_in_loop():
     return _train_variant(optimizer_in_loop=True)
 
