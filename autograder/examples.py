@@ -40,26 +40,26 @@ __all__ = [
 ASSIGNMENT = "self_attention"
 
 #: The item the ``one_wrong`` student gets wrong, with a classic mistake: the training loop never
-#: calls ``optimizer.step()``, so the loss never falls. The item has one hidden case and a visible
-#: check that the loss falls, so both graders give it 0 and nothing else changes: no other item
-#: calls ``train_self_attention``. (A mistake that fails only some hidden cases would earn partial
-#: credit from the pytest grader while nbgrader, seeing the visible check fail, gives 0; the
-#: example is chosen so the two graders can be compared exactly.)
+#: zeroes the gradients, so from the second step on each update uses the sum of all past gradients and
+#: the loss climbs instead of falling. Every hidden case of the item fails (the loss does not fall, in
+#: float64 and float32), and so does the visible check that the loss falls, so both graders give it 0
+#: and nothing else changes: no other item calls ``train_self_attention``. (A mistake that fails only
+#: some hidden cases would earn partial credit from the pytest grader while nbgrader, seeing the
+#: visible check fail, gives 0; the example is chosen so the two graders can be compared exactly.)
 ONE_WRONG_ITEM = "train_self_attention"
 
 ONE_WRONG_OVERRIDES: dict[str, str] = {
     ONE_WRONG_ITEM: '''def train_self_attention(model, inputs, targets, steps, lr):
-    """Train model to map inputs to targets with a mean-squared-error loss (this student forgot to step)."""
+    """Train model with Adam and a mean-squared-error loss (this student never zeroes the gradients)."""
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
     losses = []
     for _ in range(steps):
-        optimizer.zero_grad()
-        result = model(inputs)
-        output = result[0] if isinstance(result, (tuple, list)) else result
-        loss = F.mse_loss(output, targets)
+        output, _ = model(inputs)
+        loss = ((output - targets) ** 2).mean()
         losses.append(loss.item())
         loss.backward()
+        optimizer.step()
     return losses
 ''',
 }

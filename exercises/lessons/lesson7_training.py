@@ -13,6 +13,8 @@ import solutions
 from exercises.cases import Case, Item, build_module, literal_arg, rand, reference_params, tensor_arg, var_arg
 from exercises.compare import Outputs, number_dtype, value_mismatch
 from exercises.mistakes import mistake
+from exercises.tolerances import tolerance
+from solutions.lesson7_training import TOY_D_MODEL
 
 NOTEBOOK = "07_training_self_attention.ipynb"
 
@@ -20,19 +22,84 @@ NOTEBOOK = "07_training_self_attention.ipynb"
 # --- cases ----------------------------------------------------------------------------------------------
 
 
+STEPS = 50  # the graded run: about 0.05 s on a CPU core
+LR = 0.05
+# How far a correct run may stray from the reference run from the same initial weights, per dtype of the
+# computation: Adam divides by the root of the squared gradients, so rounding differences between two
+# correct loops (``((out - y) ** 2).mean()`` against ``F.mse_loss``, ``model.zero_grad()``, the worker's
+# inputs read back from a file) can grow over the steps: 10 times the relative tolerance of
+# exercises/tolerances.py leaves them room (the seed soak passes with 1 time), and an absolute part a
+# tenth of it, so that the tail of the curve (losses near 1e-3) is judged relatively too. A curve that is
+# not this training (made up, shifted by one step, another loss, another optimiser) is off by percents.
+CURVE_SCALE = 10.0
+
+
+def curve_tolerance(dtype: torch.dtype) -> tuple[float, float]:
+    rtol, atol = tolerance(dtype)
+    return rtol * CURVE_SCALE, atol * CURVE_SCALE / 100
+
+
+def model_loss(params: dict[str, torch.Tensor], inputs: torch.Tensor, targets: torch.Tensor) -> float:
+    """The mean-squared error that the reference model with ``params`` (name -> tensor) gives, in float64.
+
+    Computed in the grader from the returned parameters, so nothing the student's code did to the model's
+    ``forward`` can change it.
+    """
+    model = solutions.ToySelfAttention(inputs.shape[-1]).double()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(params[name].double().cpu())
+        output, _ = model(inputs.double().cpu())
+        return float(((output - targets.double().cpu()) ** 2).mean())
+
+
+def returned_params(outputs: Outputs, key: str = "after") -> dict[str, torch.Tensor] | None:
+    """The parameters of the model after training (output ``after``; ``before``: as loaded), by name, or None
+    if one is missing."""
+    names = [name for name, _ in solutions.ToySelfAttention(TOY_D_MODEL).named_parameters()]
+    found = {name: outputs.tensors.get(f"{key}.{name}") for name in names}
+    if any(t is None or not t.is_floating_point() for t in found.values()):
+        return None
+    return found  # type: ignore[return-value]
+
+
+def end_of_curve_slack(reference: Outputs, dtype: torch.dtype) -> float:
+    """How far from the last recorded loss the returned model's loss may lie.
+
+    The returned model's loss is the loss after the last step, one step past the curve. How far one step
+    moves the loss is read from the reference run: twice the larger of its own last change and its own gap
+    between the returned model's loss and the last recorded loss, plus the curve tolerance.
+    """
+    r = reference.tensors["losses"]
+    rtol, atol = curve_tolerance(dtype)
+    after = returned_params(reference)
+    gap = abs(model_loss(after, reference.tensors["x"], reference.tensors["y"]) - float(r[-1])) if after else 0.0
+    last_change = float((r[-2] - r[-1]).abs()) if len(r) > 1 else 0.0
+    return 2 * max(gap, last_change) + rtol * float(r[-1].abs()) + atol
+
+
 def _train(gen, dtype):
-    tokens, inputs, targets = solutions.toy_dataset(seed=int(torch.randint(0, 2**31, (1,), generator=gen)),
-                                                    dtype=dtype)
+    seed = int(torch.randint(0, 2**31, (1,), generator=gen))
+    sentences, inputs, targets = solutions.toy_dataset(seed=seed, dtype=dtype)
     d_model = inputs.shape[-1]
     params = reference_params("ToySelfAttention", {"d_model": d_model}, gen, dtype)
-    steps = 60
+    steps = STEPS
     program = build_module("ToySelfAttention", {"d_model": d_model}, params, train=True) + [
+        {"op": "params", "obj": "m", "out": "before"},
+        {"op": "output", "key": "before", "var": "before"},
         {"op": "call", "fn": "train_self_attention", "args": [var_arg("m"), tensor_arg("x"), tensor_arg("y")],
-         "kwargs": {"steps": literal_arg(steps), "lr": literal_arg(0.05)}, "out": "losses"},
+         "kwargs": {"steps": literal_arg(steps), "lr": literal_arg(LR)}, "out": "losses"},
         {"op": "output", "key": "losses", "var": "losses"},
         {"op": "params", "obj": "m", "out": "after"},
         {"op": "output", "key": "after", "var": "after"},
+        # the data, as the call saw them (the reference's copy is what the mistakes' predicates read)
+        {"op": "call", "fn": "torch.clone", "args": [tensor_arg("x")], "out": "x_copy"},
+        {"op": "output", "key": "x", "var": "x_copy"},
+        {"op": "call", "fn": "torch.clone", "args": [tensor_arg("y")], "out": "y_copy"},
+        {"op": "output", "key": "y", "var": "y_copy"},
     ]
+    initial = {k[2:]: v for k, v in params.items()}
+    computed_in = dtype
 
     def judge(student: Outputs, reference: Outputs) -> str | None:
         meta = student.meta.get("losses", {})
@@ -43,22 +110,42 @@ def _train(gen, dtype):
             return f"expected {steps} losses (one per step), got {len(losses)}"
         if not bool(torch.isfinite(losses).all()):
             return "some losses are NaN or inf"
-        first = reference.tensors["losses"][0]
+        ref = reference.tensors["losses"]
         # the losses are float32 numbers carried as float64: judged as what they were computed in
-        if value_mismatch("first loss", losses[:1], first.reshape(1),
-                          computed_in=number_dtype(reference.meta["losses"])) is not None:
-            return (f"the first loss should be the mean-squared error of the untrained model, {float(first):.6g}; "
-                    f"got {float(losses[0]):.6g}: record loss.item() before the optimiser step, use F.mse_loss")
-        if not float(losses[-1]) < 0.5 * float(losses[0]):
-            return (f"the loss did not fall (first {float(losses[0]):.4g}, last {float(losses[-1]):.4g}): "
-                    "call loss.backward() and optimizer.step() every step, and optimizer.zero_grad()")
-        changed = [k for k in params if not torch.equal(student.tensors.get("after." + k[2:], params[k]), params[k])]
-        if not changed:
+        if value_mismatch("first loss", losses[:1], ref[:1], computed_in=number_dtype(reference.meta["losses"])):
+            return (f"the first loss should be the mean-squared error of the untrained model, {float(ref[0]):.6g}; "
+                    f"got {float(losses[0]):.6g}: record each loss before that step's update, and use the mean "
+                    "of the squared differences")
+        after = returned_params(student)
+        if after is None:
+            return "the model's parameters could not be read back after training"
+        if all(torch.equal(after[k].to(v.dtype), v) for k, v in initial.items()):
             return "the model's weights did not change: step the optimiser built on model.parameters()"
+        if not float(losses[-1]) < float(losses[0]) - 0.5 * float(ref[0] - ref[-1]):
+            return (f"the loss did not fall (first {float(losses[0]):.4g}, last {float(losses[-1]):.4g}; training "
+                    f"gets it to {float(ref[-1]):.4g}): every step needs a fresh gradient (zero it), "
+                    "loss.backward(), then optimizer.step()")
+        returned = model_loss(after, inputs, targets)
+        if returned > float(losses[-1]) + end_of_curve_slack(reference, computed_in):
+            return (f"the model you return gives a loss of {returned:.6g} on these data, but your last recorded "
+                    f"loss is {float(losses[-1]):.6g}: the losses must be those of training this model (its loss "
+                    "after the last step is at most about one step's change above the last one recorded)")
+        rtol, atol = curve_tolerance(computed_in)
+        off = ((losses - ref).abs() > atol + rtol * ref.abs()).nonzero()
+        if len(off):
+            k = int(off[0, 0])
+            return (f"your losses leave those of Adam training from the same initial weights at step {k}: got "
+                    f"{float(losses[k]):.6g}, expected {float(ref[k]):.6g}: one Adam optimiser made once before "
+                    "the loop, each step zero the gradients, compute the loss, record it, backward, step")
+        expected = model_loss(returned_params(reference), inputs, targets)  # type: ignore[arg-type]
+        # a quarter of the reference's own last-step change tells one step more (or fewer) from rounding
+        if abs(returned - expected) > 0.25 * abs(expected - float(ref[-1])) + atol + rtol * abs(expected):
+            return (f"the model you return gives a loss of {returned:.6g}, not {expected:.6g}, the loss after "
+                    f"{steps} optimiser steps: take exactly one step per recorded loss and return the trained model")
         return None
 
-    return [Case(f"toy_{len(tokens)}_tokens", program, {**params, "x": inputs, "y": targets}, checks=(judge,),
-                 compare=False)]
+    return [Case(f"toy_{len(sentences)}_sentences_{inputs.shape[-2]}_tokens", program,
+                 {**params, "x": inputs, "y": targets}, checks=(judge,), compare=False)]
 
 
 def _plot(gen, dtype):
@@ -86,7 +173,7 @@ def _plot(gen, dtype):
 
 
 ITEMS: list[Item] = [
-    Item("train_self_attention", NOTEBOOK, _train, dtypes=("float32",), gpu_dtypes=()),
+    Item("train_self_attention", NOTEBOOK, _train, dtypes=("float64", "float32"), gpu_dtypes=()),
     Item("plot_attention", NOTEBOOK, _plot, dtypes=(None,), gpu_dtypes=()),
 ]
 
@@ -95,22 +182,37 @@ ITEMS: list[Item] = [
 
 
 def _train_variant(*, step: bool = True, zero_grad: bool = True, after: bool = False, loss_fn=F.mse_loss,
-                   as_tensors: bool = False, returns: bool = True):
+                   as_tensors: bool = False, returns: bool = True, optimizer_in_loop: bool = False,
+                   step_first: bool = False):
     def train_self_attention(model, inputs, targets, steps, lr):
         optimizer = torch.optim.Adam(model.parameters(), lr=lr)
         losses = []
         for _ in range(steps):
+            if optimizer_in_loop:
+                optimizer = torch.optim.Adam(model.parameters(), lr=lr)
             if zero_grad:
                 optimizer.zero_grad()
             loss = loss_fn(model(inputs)[0], targets)
+            if step and step_first:
+                optimizer.step()
             loss.backward()
-            if step:
+            if step and not step_first:
                 optimizer.step()
             if after:
                 with torch.no_grad():
                     loss = loss_fn(model(inputs)[0], targets)
             losses.append(loss if as_tensors else loss.item())
         return losses if returns else None
+    return {"train_self_attention": train_self_attention}
+
+
+def _fabricated():
+    def train_self_attention(model, inputs, targets, steps, lr):
+        with torch.no_grad():
+            first = F.mse_loss(model(inputs)[0], targets).item()
+            for p in model.parameters():
+                p.add_(1e-3)
+        return [first * 0.9**i for i in range(steps)]
     return {"train_self_attention": train_self_attention}
 
 
@@ -121,8 +223,9 @@ def _losses(outputs: Outputs) -> torch.Tensor | None:
     return outputs.tensors["losses"]
 
 
-def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.shape == b.shape and bool(torch.allclose(a, b, rtol=1e-3, atol=1e-6))
+def _close(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype = torch.float32) -> bool:
+    rtol, atol = curve_tolerance(dtype)
+    return a.shape == b.shape and bool(torch.allclose(a, b, rtol=rtol, atol=atol))
 
 
 def _never_steps(student: Outputs, reference: Outputs) -> bool:
@@ -130,23 +233,53 @@ def _never_steps(student: Outputs, reference: Outputs) -> bool:
     return s is not None and len(s) > 1 and bool((s == s[0]).all())
 
 
-def _no_zero_grad(student: Outputs, reference: Outputs) -> bool:
-    s, r = _losses(student), _losses(reference)
-    return (s is not None and r is not None and len(s) == len(r) > 2 and _close(s[:2], r[:2])
-            and not _close(s[2:], r[2:]) and not float(s[-1]) < 0.5 * float(s[0]))
-
-
 def _loss_after_step(student: Outputs, reference: Outputs) -> bool:
     s, r = _losses(student), _losses(reference)
-    # Only the first recorded loss: later ones drift apart between two equally correct float32 models (the
-    # notebook's given class and the reference's), since Adam's first steps follow the gradients' signs.
-    return s is not None and r is not None and len(s) == len(r) > 1 and _close(s[:1], r[1:2])
+    return s is not None and r is not None and len(s) == len(r) > 1 and _close(s[:-1], r[1:])
+
+
+def _summed(student: Outputs, reference: Outputs) -> bool:
+    s, r, y = _losses(student), _losses(reference), reference.tensors.get("y")
+    return (s is not None and r is not None and y is not None and len(s) == len(r) > 1
+            and _close(s[:1], r[:1] * y.numel()))
 
 
 def _other_loss(student: Outputs, reference: Outputs) -> bool:
     s, r = _losses(student), _losses(reference)
     return (s is not None and r is not None and len(s) == len(r) > 1 and bool(torch.isfinite(s).all())
-            and not _close(s[:1], r[:1]) and not _close(s[:1], r[1:2]) and float(s[-1]) < float(s[0]))
+            and not _close(s[:1], r[:1]) and not _close(s[:1], r[1:2]) and not _summed(student, reference)
+            and float(s[-1]) < float(s[0]))
+
+
+def _made_up(student: Outputs, reference: Outputs) -> bool:
+    """A falling curve that is not the training's, and the returned model's loss far above its end."""
+    s, r = _losses(student), _losses(reference)
+    after = returned_params(student)
+    if s is None or r is None or after is None or len(s) != len(r) or len(s) < 2 or _close(s, r):
+        return False
+    returned = model_loss(after, reference.tensors["x"], reference.tensors["y"])
+    return float(s[-1]) < float(s[0]) and returned > float(s[-1]) + end_of_curve_slack(reference, torch.float32)
+
+
+def _first_two_right(student: Outputs, reference: Outputs) -> bool:
+    s, r = _losses(student), _losses(reference)
+    return s is not None and r is not None and len(s) == len(r) > 2 and _close(s[:2], r[:2]) and not _close(s, r)
+
+
+def _gradients_pile_up(student: Outputs, reference: Outputs) -> bool:
+    """The first two losses are right (the first gradient is clean), then the loss climbs."""
+    s = _losses(student)
+    return _first_two_right(student, reference) and float(s[-1]) > float(s[0])
+
+
+def _fresh_adam_every_step(student: Outputs, reference: Outputs) -> bool:
+    """Every weight moved by a whole number of learning rates: Adam's first step (lr * sign(g)), each step."""
+    before, after = returned_params(reference, "before"), returned_params(student)
+    if not _first_two_right(student, reference) or before is None or after is None:
+        return False
+    moved = torch.cat([(after[k].double() - before[k].double()).flatten() for k in before]).abs()
+    in_lr = moved[moved > 0] / LR
+    return len(in_lr) > 0 and float(((in_lr - in_lr.round()).abs() < 0.01).double().mean()) > 0.5
 
 
 def _losses_are_tensors(student: Outputs, reference: Outputs) -> bool:
@@ -164,21 +297,39 @@ def _returned(key: str, kind: str):
 @mistake("train_self_attention", "optimiser_never_steps",
          "the weights never change, so the loss stays flat: optimizer.step() is missing (or loss.backward() "
          "is, and there are no gradients; the two cannot be told apart from the losses)",
-         "each step: optimizer.zero_grad(), loss.backward(), optimizer.step()", predicate=_never_steps)
+         "each step: optimizer.zero_grad(), loss.backward(), optimizer.step()", predicate=_never_steps,
+         same_as=("step_before_backward",))
 def _train_no_step():
     return _train_variant(step=False)
 
 
+@mistake("train_self_attention", "step_before_backward",
+         "optimizer.step() comes before loss.backward(): when it runs the gradients were just zeroed, so "
+         "it changes nothing and the loss stays flat",
+         "the order is zero_grad(), forward, loss, backward(), step()", predicate=_never_steps,
+         same_as=("optimiser_never_steps",))
+def _train_step_first():
+    return _train_variant(step_first=True)
+
+
 @mistake("train_self_attention", "no_zero_grad",
-         "the gradients are never reset, so each step uses the sum of all past gradients and the loss blows up "
-         "after the first step",
-         "call optimizer.zero_grad() at the start of every step", predicate=_no_zero_grad)
+         "the gradients are never reset, so from the second step on each step uses the sum of all past "
+         "gradients (the first two losses are right, then the curve leaves the training's)",
+         "call optimizer.zero_grad() once every step, before loss.backward()", predicate=_gradients_pile_up)
 def _train_no_zero():
     return _train_variant(zero_grad=False)
 
 
+@mistake("train_self_attention", "optimizer_created_in_loop",
+         "a new Adam optimiser is made at every step, so its running averages of the gradients start from "
+         "zero each time (the first two losses are right, then the curve leaves the training's)",
+         "create the optimiser once, before the loop", predicate=_fresh_adam_every_step)
+def _train_optimizer_in_loop():
+    return _train_variant(optimizer_in_loop=True)
+
+
 @mistake("train_self_attention", "loss_recorded_after_step",
-         "the losses are recorded after the optimiser step (losses[0] is already the trained model's loss)",
+         "the losses are recorded after the optimiser step (losses[0] is already the loss after one update)",
          "append loss.item() of the loss you call backward() on, computed before optimizer.step()",
          predicate=_loss_after_step)
 def _train_after():
@@ -187,10 +338,26 @@ def _train_after():
 
 @mistake("train_self_attention", "not_mean_squared_error",
          "the model trains, but the first loss is not the mean-squared error of the untrained model: a "
-         "different loss (e.g. L1, or a sum instead of a mean)?",
-         "loss = F.mse_loss(output, targets), with output = model(inputs)[0]", predicate=_other_loss)
+         "different loss (e.g. L1, the mean of the absolute differences)?",
+         "the loss is the mean over every element of (output - targets) squared", predicate=_other_loss)
 def _train_l1():
     return _train_variant(loss_fn=F.l1_loss)
+
+
+@mistake("train_self_attention", "squared_error_summed",
+         "the loss is the sum of the squared differences, not their mean (every loss is larger by the "
+         "number of elements, and so are the gradients)",
+         "take the mean over every element, not the sum", predicate=_summed)
+def _train_summed():
+    return _train_variant(loss_fn=lambda out, y: F.mse_loss(out, y, reduction="sum"))
+
+
+@mistake("train_self_attention", "fabricated_curve",
+         "the losses are not those of training this model: the model that comes back gives a loss far above "
+         "the end of the reported curve",
+         "record loss.item() of the real loss each step, and train the model you were given", predicate=_made_up)
+def _train_fabricated():
+    return _fabricated()
 
 
 @mistake("train_self_attention", "losses_are_tensors",
