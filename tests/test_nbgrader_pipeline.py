@@ -100,6 +100,7 @@ GENERIC = (
     re.compile(r"[\w.]+(\(\))?(\.\w+)*\(\w*\)\s*(#.*)?"),
     re.compile(r"[\w.]+\(\s*(#.*)?"),
     re.compile(r"(with\s+torch\.no_grad\(\)|else|try|finally)\s*:\s*(#.*)?"),
+    re.compile(r"return\s+\w+\s*(#.*)?"),  # returning one plain name (`return losses`) says nothing
 )
 
 
