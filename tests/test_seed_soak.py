@@ -26,12 +26,13 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import multiprocessing
 import os
 import random
 import tempfile
 import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -54,7 +55,7 @@ DEVICE = "cpu"
 ISSUE_SEED = 854456190  # the seed of the issue: the perfect example lost train_self_attention
 # graded seeds are fresh 31-bit numbers (``secrets.randbits(31)``); these are fixed ones like them
 SOAK_SEEDS = (ISSUE_SEED, *random.Random(20240611).sample(range(2**31), 199))
-QUICK_SEEDS = SOAK_SEEDS[:10]
+QUICK_SEEDS = SOAK_SEEDS[:4]  # the fast run; the slow one takes all 200
 SANDBOX_SEEDS = SOAK_SEEDS[:10]
 
 
@@ -163,10 +164,41 @@ def soak(answers: list[Answers], seeds: tuple[int, ...], workdir: Path) -> tuple
     return count, failures, seconds
 
 
+_FORKED_ANSWERS: list[Answers] = []  # what a forked soak process judges (namespaces hold functions: not picklable)
+
+
+def _soak_in_child(seeds: tuple[int, ...], fallback: str) -> tuple[int, list[str], dict[str, float]]:
+    torch.set_num_threads(1)  # one process per CPU: no oversubscription
+    with scratch_dir(Path(fallback)) as workdir:
+        return soak(_FORKED_ANSWERS, seeds, workdir)
+
+
+def soak_in_parallel(answers: list[Answers], seeds: tuple[int, ...],
+                     tmp_path: Path) -> tuple[int, list[str], dict[str, float]]:
+    """``soak`` with the seeds dealt over one forked process per usable CPU (the same judgements, in less wall time)."""
+    processes = min(len(os.sched_getaffinity(0)), len(seeds))
+    if processes < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        with scratch_dir(tmp_path) as workdir:
+            return soak(answers, seeds, workdir)
+    _FORKED_ANSWERS[:] = answers
+    chunks = [seeds[i::processes] for i in range(processes)]
+    try:
+        with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork")) as pool:
+            results = list(pool.map(_soak_in_child, chunks, [str(tmp_path)] * processes))
+    finally:
+        _FORKED_ANSWERS.clear()
+    count, failures, seconds = 0, [], {}
+    for part_count, part_failures, part_seconds in results:
+        count += part_count
+        failures += part_failures
+        for name, value in part_seconds.items():
+            seconds[name] = seconds.get(name, 0.0) + value
+    return count, failures, seconds
+
+
 def _check(answers: list[Answers], seeds: tuple[int, ...], tmp_path: Path, record_property) -> None:
     started = time.perf_counter()
-    with scratch_dir(tmp_path) as workdir:
-        count, failures, seconds = soak(answers, seeds, workdir)
+    count, failures, seconds = soak_in_parallel(answers, seeds, tmp_path)
     elapsed = time.perf_counter() - started
     slowest = ", ".join(f"{k} {v:.1f} s" for k, v in sorted(seconds.items(), key=lambda kv: -kv[1])[:3])
     summary = (f"seed soak: {count} judgements (seed, answer, item, dtype, case) over {len(seeds)} seeds, "
@@ -179,7 +211,7 @@ def _check(answers: list[Answers], seeds: tuple[int, ...], tmp_path: Path, recor
     assert not failures, summary + ":\n" + "\n".join(failures[:40])
 
 
-def test_do_correct_answers_pass_on_ten_seeds_including_the_issues(answers, tmp_path, record_property):
+def test_do_correct_answers_pass_on_four_seeds_including_the_issues(answers, tmp_path, record_property):
     assert ISSUE_SEED in QUICK_SEEDS
     _check(answers, QUICK_SEEDS, tmp_path, record_property)
 
