@@ -120,7 +120,8 @@ def run_program(
         elif op == "seed":
             torch.manual_seed(int(step["value"]))
         elif op == "attr":
-            obj = env[step["obj"]]
+            # a variable, or a name the namespace defines (``FlashAttentionFunction.apply``)
+            obj = _resolve_name(namespace, env, step["obj"])
             if not hasattr(obj, step["name"]):
                 raise ProgramError(f"`{type(obj).__name__}` has no attribute `{step['name']}`")
             env[step["out"]] = getattr(obj, step["name"])

@@ -185,14 +185,8 @@ def _gradient_steps(call_steps: list[dict]) -> list[dict]:
 
 
 def _apply_steps(causal: bool, block_q: int, block_k: int) -> list[dict]:
-    """``y = FlashAttentionFunction.apply(leaf_q, leaf_k, leaf_v, causal, block_q, block_k)``.
-
-    A program reaches an attribute only through a variable, so the class is first called once to get
-    an object whose ``apply`` (a classmethod) is the class's. (Instantiating an autograd Function only
-    warns, with a DeprecationWarning that the worker and the kernel do not show.)
-    """
-    return [{"op": "call", "fn": "FlashAttentionFunction", "args": [], "out": "function_object"},
-            {"op": "attr", "obj": "function_object", "name": "apply", "out": "apply"},
+    """``y = FlashAttentionFunction.apply(leaf_q, leaf_k, leaf_v, causal, block_q, block_k)``."""
+    return [{"op": "attr", "obj": "FlashAttentionFunction", "name": "apply", "out": "apply"},
             {"op": "call", "fn": "apply", "args": [var_arg("leaf_q"), var_arg("leaf_k"), var_arg("leaf_v"),
                                                    literal_arg(causal), literal_arg(block_q), literal_arg(block_k)],
              "out": "y"}]
