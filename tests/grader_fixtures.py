@@ -40,3 +40,19 @@ def write_submission(folder: Path, notebook: str, overrides: dict[str, str | Non
     path = folder / notebook
     path.write_text(json.dumps(nb), encoding="utf-8")
     return path
+
+
+def course_points() -> float:
+    """The course's total, read from ``source/``: every test cell's points (what a perfect submission scores)."""
+    from exercises.catalogue import NOTEBOOKS
+    from exercises.source import load_source
+
+    return sum(sum(load_source(notebook).points.values()) for notebook in NOTEBOOKS)
+
+
+def item_points(item: str) -> float:
+    """The points of one graded item (its test cell ``test_<item>`` in ``source/``)."""
+    from exercises.catalogue import ITEMS
+    from exercises.source import load_source
+
+    return load_source(ITEMS[item].notebook).points[f"test_{item}"]

@@ -13,13 +13,17 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from grader_fixtures import course_points, item_points
+
+from autograder.examples import ONE_WRONG_ITEM
 
 REPO = Path(__file__).resolve().parent.parent
 BATCH = REPO / "examples" / "submissions"
 SEED = 20261127
 # The canary (the grader's self-check) is not what these tests are about; every run skips it alike.
 GRADE = [sys.executable, "-m", "autograder", "grade", "--no-canary", "--seed", str(SEED), "-q"]
-EXPECTED_SCORES = {"empty": 0.0, "one_wrong": 40.0, "perfect": 43.0}
+# computed from source/: perfect scores everything, one_wrong loses its one wrong item, empty nothing
+EXPECTED_SCORES = {"empty": 0.0, "one_wrong": course_points() - item_points(ONE_WRONG_ITEM), "perfect": course_points()}
 
 
 def outputs(out: Path) -> list[str]:

@@ -45,7 +45,7 @@ BIN = Path(sys.executable).parent
 TOKEN = "selfattn-browser-test"
 STUDENT_NOTEBOOK = "01_attention_scores.ipynb"
 ANSWERED = "attention_scores_loop"
-EXAMPLE = "one_wrong"  # bundled example submission, with one wrong answer (ONE_WRONG_ITEM, in lesson 6)
+EXAMPLE = "one_wrong"  # bundled example submission, with one wrong answer (ONE_WRONG_ITEM, in lesson 7)
 # Only this notebook of the example is collected: autograding all seven takes 1.5-3 minutes here, one
 # takes seconds, and the Formgrader's steps are the same. The other six count 0 of their points.
 SUBMITTED_NOTEBOOK = "07_training_self_attention"

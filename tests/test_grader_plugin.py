@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from grader_fixtures import NB1, answers_from_source, write_submission
+from grader_fixtures import NB1, answers_from_source, course_points, write_submission
 
 from autograder.cli import main
 from autograder.options import MANIFEST_SUFFIX
@@ -86,7 +86,7 @@ def test_does_the_cli_grade_a_batch_and_write_every_report(tmp_path: Path, two_s
         assert {"item", "notebook", "device", "status", "score", "max_score", "message"} <= set(test)
         assert test["status"] in {"passed", "failed", "error", "timeout", "skipped"}
     assert all(t["status"] == "passed" for t in lesson1.values())
-    assert subs["ada"]["score"] == 7.0 and subs["ada"]["max_score"] == 43.0
+    assert subs["ada"]["score"] == 7.0 and subs["ada"]["max_score"] == course_points()
     assert subs["bob"]["score"] == pytest.approx(6 + 1 / 3, abs=1e-3)
     missing = [t for t in subs["ada"]["tests"] if t["notebook"] != NB1 and t["device"] == "cpu"]
     assert missing and all(t["status"] == "failed" and "not found" in t["message"] for t in missing)
@@ -141,7 +141,7 @@ def test_does_the_perfect_example_score_full_marks_and_the_release_zero(tmp_path
     code = main(["grade", str(EXAMPLES / "perfect"), str(EXAMPLES / "empty"), "--json", str(tmp_path / "r.json"), "-q"])
     assert code == 0
     subs = {Path(s["path"]).name: s for s in json.loads((tmp_path / "r.json").read_text())["submissions"]}
-    assert subs["perfect"]["score"] == subs["perfect"]["max_score"] == 43
+    assert subs["perfect"]["score"] == subs["perfect"]["max_score"] == course_points()
     assert subs["empty"]["score"] == 0
     for device in DEVICES:
         not_done = [t for t in subs["empty"]["tests"] if t["device"] == device]
@@ -153,10 +153,10 @@ def test_does_the_perfect_example_score_full_marks_and_the_release_zero(tmp_path
             [f"{t['name']}: {t['message']}" for t in perfect if t["status"] != "passed"][:3]
     # the points each device carries: all of them on cpu alone, half each with a GPU
     on_cpu = sum(t["max_score"] for t in subs["perfect"]["tests"] if t["device"] == "cpu")
-    assert on_cpu == pytest.approx(43 / len(DEVICES), abs=1e-3)
+    assert on_cpu == pytest.approx(course_points() / len(DEVICES), abs=1e-3)
     cuda = [t for t in subs["perfect"]["tests"] if t["device"] == "cuda"]
     if GPU:
-        assert sum(t["score"] for t in cuda) == pytest.approx(43 / 2, abs=1e-3)
+        assert sum(t["score"] for t in cuda) == pytest.approx(course_points() / 2, abs=1e-3)
         assert "bfloat16" in {t["dtype"] for t in cuda}
     else:
         assert cuda and all(t["status"] == "skipped" and t["max_score"] == 0 for t in cuda)
