@@ -18,7 +18,7 @@ judges it (``exercises.judge.reference_outputs``, ``run_on``, ``judge``):
 - ``torch.manual_seed(0)`` before each call (dropout, training), as the worker and the kernel do;
 - outputs go through safetensors and JSON and back, as they come out of the worker.
 
-Sandboxed soak (slow): the perfect submission through the real worker over ten seeds.
+Sandboxed soak (slow): the perfect submission through the real worker over four seeds.
 """
 
 from __future__ import annotations
@@ -54,9 +54,11 @@ DEVICE = "cpu"
 
 ISSUE_SEED = 854456190  # the seed of the issue: the perfect example lost train_self_attention
 # graded seeds are fresh 31-bit numbers (``secrets.randbits(31)``); these are fixed ones like them
-SOAK_SEEDS = (ISSUE_SEED, *random.Random(20240611).sample(range(2**31), 199))
-QUICK_SEEDS = SOAK_SEEDS[:4]  # the fast run; the slow one takes all 200
-SANDBOX_SEEDS = SOAK_SEEDS[:10]
+# 60 seeds in the suite (its 20-minute budget, with eight lessons); all 200 of the earlier soak passed once with
+# the eight lessons (2026-11-27, 292 s on 2 cores): these are its first 60
+SOAK_SEEDS = (ISSUE_SEED, *random.Random(20240611).sample(range(2**31), 199))[:60]
+QUICK_SEEDS = SOAK_SEEDS[:4]  # the fast run; the slow one takes all 60
+SANDBOX_SEEDS = SOAK_SEEDS[:4]
 
 
 @dataclass
@@ -217,8 +219,8 @@ def test_do_correct_answers_pass_on_four_seeds_including_the_issues(answers, tmp
 
 
 @pytest.mark.slow
-def test_do_correct_answers_pass_on_two_hundred_seeds(answers, tmp_path, record_property):
-    assert len(set(SOAK_SEEDS)) == 200 and ISSUE_SEED in SOAK_SEEDS
+def test_do_correct_answers_pass_on_sixty_seeds(answers, tmp_path, record_property):
+    assert len(set(SOAK_SEEDS)) == 60 and ISSUE_SEED in SOAK_SEEDS
     _check(answers, SOAK_SEEDS, tmp_path, record_property)
 
 
