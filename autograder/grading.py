@@ -21,7 +21,7 @@ from autograder.sandbox import Limits
 from exercises.catalogue import Case, Item, available_devices, items_in
 from exercises.diagnosis import diagnose, explain_error
 from exercises.judge import judge, reference_outputs
-from exercises.rules import forbidden_message, guarded, static_forbidden_calls, static_tampering, too_big
+from exercises.rules import guarded, shortcut_message, too_big
 from exercises.scoring import CaseOutcome, Status, score_variant
 from exercises.source import load_source
 
@@ -217,15 +217,13 @@ def judge_run(items: list[Item], notebook: str, devices: list[str], plan: Plan, 
     references = references if references is not None else ReferenceCache()
     outcomes: list[TestOutcome] = []
     for item in items:
-        static = static_forbidden_calls(prepared.answer_sources.get(item.name, ""))
         for device in devices:
             variants = item.variants(device)
             share = item.share(item_points(item, points), device, devices)
             for dtype in variants:
                 rows = [(cid, case, results[cid]) for it, dev, dt, case, cid in plan
                         if it is item and dev == device and dt == dtype and cid in results]
-                outcomes.append(_judge_variant(item, notebook, device, dtype, rows, share, prepared, static,
-                                               references))
+                outcomes.append(_judge_variant(item, notebook, device, dtype, rows, share, prepared, references))
     return outcomes
 
 
@@ -303,32 +301,11 @@ def _isolate_failures(items: list[Item], notebook: str, devices: list[str], plan
     return merge_regrades(outcomes, second, retry)
 
 
-def _monitor_findings(item: Item, rows: list[tuple[int, Case, CallResult]], static: set[str],
-                      answer: str) -> str | None:
-    """The rule's message for a variant from what the operation monitor saw in its calls (and, second line,
-    what the answer cell names: ``static`` families, switches of the monitor), else None."""
-    ruled = bool(item.forbidden) or any(case.max_numel is not None for _, case, _ in rows)
-    if not ruled:
-        return None
-    used: dict[str, str] = {}
-    tampered = None
-    for _, _, result in rows:
-        report = result.guard
-        if report is None:
-            continue
-        for family, route in report["used"].items():
-            used.setdefault(family, route)
-        tampered = tampered or report["tampered"]
-    switches = static_tampering(answer)
-    if switches and not tampered:
-        tampered = f"the answer cell names {', '.join(sorted(switches))}"
-    return forbidden_message(item.name, item.forbidden, static, used, tampered)
-
-
 def _judge_variant(item: Item, notebook: str, device: str, dtype: str | None,
                    rows: list[tuple[int, Case, CallResult]], share: float, prepared: PreparedNotebook,
-                   static: set[str], references: ReferenceCache) -> TestOutcome:
-    forbidden = _monitor_findings(item, rows, static, prepared.answer_sources.get(item.name, ""))
+                   references: ReferenceCache) -> TestOutcome:
+    forbidden = shortcut_message(item.name, item.forbidden, [case for _, case, _ in rows],
+                                 [result.guard for _, _, result in rows], prepared.answer_sources.get(item.name, ""))
     cases: list[CaseOutcome] = []
     for _call_id, case, result in rows:
         if result.status != "ok" or result.outputs is None:

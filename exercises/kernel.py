@@ -13,6 +13,7 @@ Warnings raised by student code are silenced here: nbgrader scores any stderr ou
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import linecache
 import secrets
@@ -29,7 +30,7 @@ from exercises.diagnosis import diagnose, explain_error
 from exercises.judge import judge, reference_outputs
 from exercises.op_guard import OpGuard
 from exercises.program import ProgramError, compute_dtype, run_program, serialise_outputs
-from exercises.rules import forbidden_message, guarded, static_tampering, too_big
+from exercises.rules import guarded, shortcut_message, too_big
 from exercises.scoring import CaseOutcome, Status, score_variant
 
 
@@ -80,29 +81,8 @@ def cell_source(obj: Any) -> str | None:
         return None
 
 
-def _static_uses(obj: Any) -> set[str]:
-    """Forbidden built-ins named in the answer cell that defined the student's function or class."""
-    from exercises.rules import static_forbidden_calls
-
-    source = cell_source(obj)
-    return static_forbidden_calls(source) if source else set()
-
-
-class _Findings:
-    """What the operation monitor saw over an item's cases: families used (first route each), tampering."""
-
-    def __init__(self) -> None:
-        self.used: dict[str, str] = {}
-        self.tampered: str | None = None
-
-    def add(self, report: dict[str, Any]) -> None:
-        for family, route in report["used"].items():
-            self.used.setdefault(family, route)
-        self.tampered = self.tampered or report["tampered"]
-
-
 def _run_case(name: str, namespace: dict[str, Any], case, device: str, dtype: str | None,
-              findings: _Findings) -> tuple[bool, str]:
+              reports: list[dict[str, Any] | None]) -> tuple[bool, str]:
     reference = reference_outputs(case, device, dtype)
     watch = guarded(ITEMS[name].forbidden, case.max_numel)
     guard = OpGuard(case.max_numel) if watch is not None else None
@@ -110,14 +90,11 @@ def _run_case(name: str, namespace: dict[str, Any], case, device: str, dtype: st
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.manual_seed(0)
-            if guard is None:
-                raw = run_program(case.program, namespace, case.inputs, device, dtype)
-            else:
-                try:
-                    with guard:  # the grader's operation monitor, as in the worker
-                        raw = run_program(case.program, namespace, case.inputs, device, dtype)
-                finally:
-                    findings.add(guard.report())
+            try:
+                with guard if guard is not None else contextlib.nullcontext():  # the grader's monitor, as in the worker
+                    raw = run_program(case.program, namespace, case.inputs, device, dtype)
+            finally:
+                reports.append(guard.report() if guard is not None else None)
             student = Outputs(*serialise_outputs(raw, compute_dtype(dtype, case.inputs)))
     except NotImplementedError:
         raise
@@ -129,7 +106,7 @@ def _run_case(name: str, namespace: dict[str, Any], case, device: str, dtype: st
         hint = explain_error(name, text)
         suffix = f" -- likely mistake: {hint}" if hint else ""
         return False, f"case {case.name}: {text} (line {where.lineno}){suffix}"
-    oversized = too_big(name, guard.report() if guard else None, case.max_numel)
+    oversized = too_big(name, reports[-1], case.max_numel)
     if oversized:
         return False, f"case {case.name}: {oversized}"
     verdict = judge(case, student, reference, device)
@@ -147,7 +124,7 @@ def check(name: str, namespace: dict[str, Any], seed: int | None = None) -> floa
     seed = secrets.randbits(31) if seed is None else seed
     failures: list[str] = []
     devs = available_devices()
-    findings = _Findings()
+    reports: list[dict[str, Any] | None] = []  # the operation monitor's, one per case that ran
     cases_seen = []
     variants: list[tuple[float, list[CaseOutcome]]] = []  # (share of the item, cases) per device and dtype
     for device in devs:
@@ -155,17 +132,12 @@ def check(name: str, namespace: dict[str, Any], seed: int | None = None) -> floa
             outcomes = []
             for case in item.cases(seed, dtype):
                 cases_seen.append(case)
-                ok, message = _run_case(name, namespace, case, device, dtype, findings)
+                ok, message = _run_case(name, namespace, case, device, dtype, reports)
                 outcomes.append(CaseOutcome(case.name, Status.PASSED if ok else Status.FAILED, message))
                 if not ok:
                     failures.append(f"[{device}-{dtype}] {message}")
             variants.append((item.share(1.0, device, devs), outcomes))
-    ruled = bool(item.forbidden) or any(c.max_numel is not None for c in cases_seen)
-    source = cell_source(namespace[name]) if ruled else None
-    named = sorted(static_tampering(source)) if source else []
-    tampered = findings.tampered or (f"the answer cell names {', '.join(named)}" if named else None)
-    shortcut = (forbidden_message(name, item.forbidden, _static_uses(namespace[name]), findings.used, tampered)
-                if ruled else None)
+    shortcut = shortcut_message(name, item.forbidden, cases_seen, reports, cell_source(namespace[name]) or "")
     # the pytest grader's scoring, with the item's points as 1: the fraction of them earned
     fraction = sum(score_variant(share, outcomes, shortcut).score for share, outcomes in variants)
     if shortcut:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import threading
+from collections.abc import Iterable
 from typing import Any
 
 from exercises.op_guard import TAMPER_NAMES, TAMPERED, family_of, too_big_message
@@ -42,6 +43,31 @@ def forbidden_message(item_name: str, forbidden: tuple[str, ...], static: set[st
         what = ", ".join(hit_static)
     return (f"`{item_name}` may not use the built-in {what}: this exercise is about building that mechanism "
             f"yourself (detected {'while running' if runtime else 'in the answer cell'})")
+
+
+def shortcut_message(item_name: str, forbidden: tuple[str, ...], cases: Iterable[Any],
+                     reports: Iterable[dict[str, Any] | None], answer: str) -> str | None:
+    """The verdict on an item's rule, the same for both graders (the worker's calls, ``exercises.kernel.check``).
+
+    ``cases``: the item's cases that ran (a ``max_numel`` on one of them is a rule too); ``reports``: the operation
+    monitor's report of each call (None where it did not watch); ``answer``: the answer cell's text, read as the
+    second line (forbidden families it names, switches of the monitor it names). None when the rule held.
+    """
+    if not forbidden and all(case.max_numel is None for case in cases):
+        return None
+    used: dict[str, str] = {}
+    tampered = None
+    for report in reports:
+        if report is None:
+            continue
+        for family, route in report["used"].items():
+            used.setdefault(family, route)
+        tampered = tampered or report["tampered"]
+    names = _names(answer)
+    switches = names & TAMPER_NAMES
+    if switches and not tampered:
+        tampered = f"the answer cell names {', '.join(sorted(switches))}"
+    return forbidden_message(item_name, forbidden, _families(names), used, tampered)
 
 
 def too_big(item_name: str, report: dict[str, Any] | None, max_numel: int | None) -> str | None:
@@ -79,10 +105,14 @@ def _names(code: str) -> set[str]:
     return found
 
 
+def _families(names: set[str]) -> set[str]:
+    return {family for name in names if (family := family_of(name)) is not None}
+
+
 def static_forbidden_calls(code: str) -> set[str]:
     """Families of the built-ins the code names (``torch.softmax``, ``x.softmax``, ``F.scaled_dot_product_attention``,
     ``nn.MultiheadAttention``): the monitor's own table (``op_guard.family_of``) read on the syntax tree."""
-    return {family for name in _names(code) if (family := family_of(name)) is not None}
+    return _families(_names(code))
 
 
 def static_tampering(code: str) -> set[str]:

@@ -294,7 +294,7 @@ def test_is_a_full_row_worth_exactly_its_maximum_when_the_share_is_a_sixth():
     rows = [(i, case, CallResult("ok", reference_outputs(case, "cpu", "float32")))
             for i, case in enumerate(item.cases(0, "float32"))]
     row = _judge_variant(item, "01_attention_scores.ipynb", "cpu", "float32", rows, share, PreparedNotebook([]),
-                         set(), ReferenceCache())
+                         ReferenceCache())
     assert row.status == "passed" and row.score == row.max_score == share
     assert sum([row.score] * 6) <= 1.0
 

@@ -69,7 +69,7 @@ def test_do_the_kernel_check_and_the_pytest_grader_give_the_same_partial_score()
                 torch.manual_seed(0)
                 rows.append((i, case, CallResult("ok", run_on(namespace, case, device, dtype))))
             share = item.share(item_points(item, points), device, devices)
-            total += _judge_variant(item, "nb", device, dtype, rows, share, PreparedNotebook([]), set(),
+            total += _judge_variant(item, "nb", device, dtype, rows, share, PreparedNotebook([]),
                                     ReferenceCache()).score
     in_kernel = kernel.check("softmax_naive", namespace, seed=seed)
     assert 0 < total < item_points(item, points)

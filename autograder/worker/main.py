@@ -19,6 +19,7 @@ are killed and reaped (this process is their subreaper), and under bubblewrap th
 from __future__ import annotations
 
 import builtins
+import contextlib
 import importlib.abc
 import importlib.util
 import io
@@ -105,11 +106,10 @@ def _drop_privileges() -> None:
 def run_call(call: dict, namespace: dict, inputs: dict, guards: list) -> object:
     """Run one call's program, inside the operation monitor when the plan asks for it (appended to ``guards``)."""
     settings = call.get("guard")
-    if settings is None:
-        return program.run_program(call["program"], namespace, inputs, call["device"], call["dtype"])
-    guard = op_guard.OpGuard(max_numel=settings.get("max_numel"))
-    guards.append(guard)
-    with guard:
+    guard = None if settings is None else op_guard.OpGuard(max_numel=settings.get("max_numel"))
+    if guard is not None:
+        guards.append(guard)
+    with guard if guard is not None else contextlib.nullcontext():
         return program.run_program(call["program"], namespace, inputs, call["device"], call["dtype"])
 
 
