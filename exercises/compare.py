@@ -126,17 +126,20 @@ def tensor_mismatch(
     scale: float = 1.0,
 ) -> Mismatch | None:
     """Check one tensor output in the order the spec fixes: type, shape, dtype, device, finite, values."""
-    meta = student.meta.get(key)
+    meta = _entry(student.meta, key)
     ref_meta = reference.meta[key]
     if meta is None:
         return Mismatch(key, "missing", f"`{key}` was not returned")
     if ref_meta.get("pytype") == "Tensor" and meta.get("pytype") != "Tensor":
-        kind = meta.get("pytype")
-        hint = " (a subclass is not accepted: return a plain torch.Tensor)" if str(kind).startswith("Tensor subclass") \
-            else ""
-        return Mismatch(key, "type", f"`{key}` should be a torch.Tensor, got {kind}{hint}")
+        kind = str(meta.get("pytype"))[:80]
+        hint = " (a subclass is not accepted: return a plain torch.Tensor)" if kind.startswith("Tensor subclass") \
+            else " (a number is never a tensor)" if kind in ("int", "float", "bool") else ""
+        parent = _container(reference.meta, key)
+        where = f"`{parent}` should be {expected_kind(reference.meta, parent)}; `{key}` is" if parent else \
+            f"`{key}` should be a torch.Tensor, got"
+        return Mismatch(key, "type", f"{where} {actual_kind(meta)}{hint}")
     actual, expected = student.tensors.get(key), reference.tensors[key]
-    if actual is None:
+    if not isinstance(actual, torch.Tensor):
         return Mismatch(key, "missing", f"`{key}` could not be read back from the worker")
     if tuple(actual.shape) != tuple(expected.shape):
         return Mismatch(key, "shape", f"`{key}` should have shape {tuple(expected.shape)}, got {tuple(actual.shape)}",
@@ -154,49 +157,174 @@ def tensor_mismatch(
     return value_mismatch(key, actual, expected, dims, scale=scale)
 
 
+# The kinds a student's output may have where the reference's has kind K. Why each is fair:
+# - ``int`` (a count, a size in bytes): exact; a float, a bool or a tensor is another kind of thing, even when
+#   equal. A NumPy integer arrives as ``int`` (``program.is_number``): it is an integer and compares equal.
+# - ``float``: any Python number (an ``int`` too), judged with the tolerance of the reference's computation.
+# - ``tuple`` and ``list`` stand for each other: the spec writes a result as ``(context, weights)``, and
+#   unpacking, indexing and ``len`` behave the same on both; the length and every element's kind must match.
+# - a tensor is never a number and a number never a tensor (``tensor_mismatch``).
+# Kinds not listed here (a ``grad_fn`` node, another object) must be present; the case's checks judge them.
+ACCEPTED_KINDS: dict[str, tuple[str, ...]] = {
+    "int": ("int",),
+    "float": ("float", "int"),
+    "bool": ("bool",),
+    "NoneType": ("NoneType",),
+    "str": ("str",),
+    "Figure": ("Figure",),
+    "tuple": ("tuple", "list"),
+    "list": ("tuple", "list"),
+    "dict": ("dict",),
+}
+KIND_NAMES = {"Tensor": "a torch.Tensor", "int": "a Python int", "float": "a Python float",
+              "bool": "a Python bool", "NoneType": "None", "str": "a string", "Figure": "a matplotlib Figure"}
+
+
+def _entry(meta: dict[str, Any], key: str) -> dict[str, Any] | None:
+    """``meta[key]`` if it is a record at all: the student's metadata comes from the student's process."""
+    value = meta.get(key)
+    return value if isinstance(value, dict) else None
+
+
+def _keys(info: dict[str, Any]) -> list[str] | None:
+    keys = info.get("keys")
+    return [str(k) for k in keys] if isinstance(keys, list) else None
+
+
+def expected_kind(meta: dict[str, Any], key: str) -> str:
+    """The reference's output ``key`` in words: ``a tuple of 3 tensors``, ``a Python int``, ``a dict with keys ...``."""
+    info = meta[key]
+    kind = info.get("pytype")
+    if kind in ("tuple", "list"):
+        n = info.get("length", 0)
+        if info.get("numbers"):
+            return f"a {kind} of {n} Python numbers"
+        parts = {(_entry(meta, f"{key}.{i}") or {}).get("pytype") for i in range(n)}
+        return f"a {kind} of {n} tensors" if n and parts == {"Tensor"} else f"a {kind} of length {n}"
+    if kind == "dict":
+        return f"a dict with keys {sorted(_keys(info) or [])}"
+    return KIND_NAMES.get(kind, f"a {kind}")
+
+
+def actual_kind(info: dict[str, Any]) -> str:
+    """The student's output in words (every string in it is the student's: cut short)."""
+    kind = str(info.get("pytype"))[:80]
+    if kind in ("tuple", "list"):
+        length = str(info.get("length"))[:20]
+        return f"a {kind} of {length} Python numbers" if info.get("numbers") else f"a {kind} of length {length}"
+    if kind == "dict":
+        keys = _keys(info)
+        return f"a dict with keys {sorted(keys)[:8] if keys is not None else '(unreadable)'}"
+    if kind == "int" and info.get("from"):
+        return f"an integer ({str(info['from'])[:40]})"
+    return KIND_NAMES.get(kind, f"a {kind}")
+
+
+def _container(meta: dict[str, Any], key: str) -> str | None:
+    """The reference output that holds ``key`` (``out`` for ``out.0``; dict keys may contain dots)."""
+    head = key
+    while "." in head:
+        head = head.rsplit(".", 1)[0]
+        if head in meta:
+            return head
+    return None
+
+
+def kind_mismatch(key: str, student: Outputs, reference: Outputs) -> Mismatch | None:
+    """Whether the student's output ``key`` is the kind of thing the reference's is (decided from the reference)."""
+    ref = reference.meta[key]
+    got = _entry(student.meta, key)
+    if got is None:
+        return Mismatch(key, "missing", f"`{key}` was not returned")
+    want, have = ref.get("pytype"), got.get("pytype")
+    accepted = ACCEPTED_KINDS.get(want)
+    if want == "Tensor" or accepted is None:
+        return None  # tensors: ``tensor_mismatch`` checks the type first (a subclass gets its own hint)
+    fits = have in accepted
+    extra = ""
+    if fits and want in ("tuple", "list"):
+        fits = got.get("length") == ref.get("length") and bool(got.get("numbers")) == bool(ref.get("numbers"))
+        if fits is False and ref.get("numbers") and not got.get("numbers"):
+            extra = " (use `.item()` on each tensor)"
+    elif fits and want == "dict":
+        theirs, ours = _keys(got), set(_keys(ref) or [])
+        fits = theirs is not None and set(theirs) == ours
+        if not fits and theirs is not None:
+            missing, unexpected = sorted(ours - set(theirs)), sorted(set(theirs) - ours)[:8]
+            extra = "".join([f"; missing {missing}" if missing else "", f"; unexpected {unexpected}" if unexpected
+                             else ""])
+    if fits:
+        return None
+    if want == "int" and have in ("float", "bool", "Tensor"):
+        extra = " (`int(...)` makes one, as does `.item()` of an integer tensor)"
+    elif want == "float" and have == "Tensor":
+        extra = " (`.item()` makes a 0-d tensor a number)"
+    parent = _container(reference.meta, key)
+    if parent is not None:
+        message = f"`{parent}` should be {expected_kind(reference.meta, parent)}; `{key}` is {actual_kind(got)}"
+    else:
+        message = f"`{key}` should be {expected_kind(reference.meta, key)}, got {actual_kind(got)}"
+    return Mismatch(key, "type", message + extra, {"expected": want, "actual": str(have)[:80]})
+
+
+def _readable(key: str, student: Outputs, reference: Outputs) -> torch.Tensor | None:
+    """The student's tensor behind a number (or list of numbers) if it has the reference's shape and dtype."""
+    actual, expected = student.tensors.get(key), reference.tensors.get(key)
+    if not isinstance(actual, torch.Tensor) or expected is None or actual.shape != expected.shape:
+        return None
+    return actual if actual.dtype == expected.dtype or (actual.dtype == torch.int64 and expected.dtype ==
+                                                        torch.float64) else None
+
+
+def value_problem(key: str, student: Outputs, reference: Outputs) -> Mismatch | None:
+    """Compare the values of a number, a list of numbers or a string whose kind already fits."""
+    ref = reference.meta[key]
+    kind = ref.get("pytype")
+    if kind == "str":
+        got, want = (_entry(student.meta, key) or {}).get("value"), ref.get("value")
+        return None if got == want else Mismatch(key, "values", f"`{key}` should be {want!r}, got {str(got)[:80]!r}")
+    if kind not in ("int", "float", "bool") and not (kind in ("tuple", "list") and ref.get("numbers")):
+        return None
+    actual = _readable(key, student, reference)
+    if actual is None:
+        return Mismatch(key, "type", f"`{key}` could not be read back as {expected_kind(reference.meta, key)}")
+    expected = reference.tensors[key]
+    if kind in ("int", "bool"):
+        if torch.equal(actual, expected):
+            return None
+        return Mismatch(key, "values", f"`{key}` should be {expected.item()}, got {actual.item()}")
+    actual = actual.double()
+    if not bool(torch.isfinite(actual).all()) and bool(torch.isfinite(expected).all()):
+        where = f"{actual.item()}" if actual.dim() == 0 else f"in {int((~torch.isfinite(actual)).sum())} places"
+        return Mismatch(key, "nonfinite", f"`{key}` is NaN or inf ({where}); the reference is finite")
+    return value_mismatch(key, actual, expected, None, number_dtype(ref))
+
+
 def compare_outputs(
     student: Outputs, reference: Outputs, expected_device: str, dims: dict[str, Sequence[str]] | None = None,
     scale: float = 1.0,
 ) -> list[Mismatch]:
-    """Compare every reference output with the student's: the key set first, then each value."""
+    """Compare every part of the reference's outputs with the student's, decided from the reference alone.
+
+    Every reference key (``out``, ``out.0``, ``params.W_query``) must be present in the student's outputs with an
+    accepted kind (``ACCEPTED_KINDS``; tensors exactly ``torch.Tensor``), tuples and lists of the same length,
+    dicts with the same keys; then values. A part whose kind is wrong is reported once: what it holds is not
+    looked at (``out`` as three numbers where three tensors belong is one message, not three).
+    """
     problems: list[Mismatch] = []
     dims = dims or {}
+    wrong: list[str] = []  # keys reported as the wrong kind: their parts are not compared
     for key, ref_meta in reference.meta.items():
-        kind = ref_meta.get("pytype")
-        got = student.meta.get(key)
-        if got is None:
-            if "." not in key or key.rsplit(".", 1)[0] not in student.meta:
-                problems.append(Mismatch(key, "missing", f"`{key}` was not returned"))
+        if any(key.startswith(w + ".") for w in wrong):
             continue
-        if kind in ("tuple", "list"):
-            if got.get("pytype") not in ("tuple", "list") or got.get("length") != ref_meta.get("length"):
-                problems.append(Mismatch(
-                    key, "type", f"`{key}` should be a {kind} of length {ref_meta.get('length')}, got "
-                    f"{got.get('pytype')}" + (f" of length {got['length']}" if "length" in got else "")))
-                continue
-            if ref_meta.get("numbers"):
-                found = value_mismatch(key, student.tensors[key], reference.tensors[key], None,
-                                       number_dtype(ref_meta)) \
-                    if key in student.tensors else Mismatch(key, "type", f"`{key}` should hold numbers")
-                if found:
-                    problems.append(found)
-        elif kind == "dict":
-            continue
-        elif kind in ("int", "float", "bool"):
-            if got.get("pytype") not in ("int", "float", "bool") or key not in student.tensors:
-                problems.append(Mismatch(key, "type", f"`{key}` should be a Python {kind}, got {got.get('pytype')}"))
-                continue
-            actual, expected = student.tensors[key], reference.tensors[key]
-            if kind == "float" or got.get("pytype") == "float":
-                found = value_mismatch(key, actual.double(), expected.double(), None, number_dtype(ref_meta))
-            else:
-                found = None if int(actual) == int(expected) else Mismatch(
-                    key, "values", f"`{key}` should be {int(expected)}, got {int(actual)}")
-            if found:
-                problems.append(found)
-        elif kind == "Tensor":
+        found = kind_mismatch(key, student, reference)
+        if found is None and ref_meta.get("pytype") == "Tensor":
             key_dims = dims.get(key) or dims.get(key.split(".")[0])
             found = tensor_mismatch(key, student, reference, expected_device, key_dims, scale)
-            if found:
-                problems.append(found)
+        elif found is None:
+            found = value_problem(key, student, reference)
+        if found is not None:
+            problems.append(found)
+            if found.kind in ("missing", "type"):
+                wrong.append(key)
     return problems

@@ -11,6 +11,8 @@ repository, only the standard library and torch (matplotlib lazily, for figures)
 from __future__ import annotations
 
 import math
+import numbers
+import operator
 from typing import Any
 
 import torch
@@ -188,12 +190,22 @@ def compute_dtype(dtype: str | None, inputs: dict[str, torch.Tensor]) -> str:
     return str(max(floats, key=lambda d: torch.finfo(d).eps)).replace("torch.", "") if floats else "float64"
 
 
+def is_number(value: Any) -> bool:
+    """A real number that is not a bool and not a tensor: Python's ``int`` and ``float``, NumPy's scalars.
+
+    By the ``numbers`` ABCs, which NumPy's scalar types register with and ``torch.Tensor`` does not:
+    a 0-d tensor stays a tensor (``.item()`` makes it a number), a NumPy integer is a number.
+    """
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, torch.Tensor))
+
+
 def serialise(value: Any, key: str, tensors: dict[str, torch.Tensor], meta: dict[str, Any], depth: int = 0,
               computed_in: str = "float64") -> None:
     """Flatten ``value`` into plain CPU tensors plus JSON metadata (type, device, dtype) per key.
 
     Python floats and lists of numbers are carried as float64 tensors; their metadata records
-    ``computed_in``, the dtype of the computation they came from (see ``compute_dtype``).
+    ``computed_in``, the dtype of the computation they came from (see ``compute_dtype``). Numbers of
+    other types (``is_number``: NumPy scalars) are recorded as ``int`` or ``float``, their type as ``from``.
     """
     if depth > 3:
         meta[key] = {"pytype": type(value).__name__, "error": "nested too deeply"}
@@ -216,15 +228,18 @@ def serialise(value: Any, key: str, tensors: dict[str, torch.Tensor], meta: dict
     elif isinstance(value, bool):
         meta[key] = {"pytype": "bool"}
         tensors[key] = torch.tensor(value)
-    elif isinstance(value, int):
-        meta[key] = {"pytype": "int"}
-        tensors[key] = torch.tensor(value, dtype=torch.int64)
-    elif isinstance(value, float):
-        meta[key] = {"pytype": "float", "finite": math.isfinite(value), "computed_in": computed_in}
-        tensors[key] = torch.tensor(value, dtype=torch.float64)
+    elif is_number(value) and isinstance(value, numbers.Integral):
+        # NumPy integers count as ints: they are integers (numbers.Integral), equal to the Python int
+        meta[key] = {"pytype": "int", **({} if type(value) is int else {"from": type(value).__name__[:40]})}
+        tensors[key] = torch.tensor(operator.index(value), dtype=torch.int64)
+    elif is_number(value):
+        number = float(value)
+        meta[key] = {"pytype": "float", "finite": math.isfinite(number), "computed_in": computed_in,
+                     **({} if type(value) is float else {"from": type(value).__name__[:40]})}
+        tensors[key] = torch.tensor(number, dtype=torch.float64)
     elif isinstance(value, (tuple, list)):
         meta[key] = {"pytype": type(value).__name__, "length": len(value)}
-        if value and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        if value and all(is_number(v) for v in value):
             tensors[key] = torch.tensor([float(v) for v in value], dtype=torch.float64)
             meta[key]["numbers"] = True
             meta[key]["computed_in"] = computed_in
