@@ -213,3 +213,44 @@ FAIR = {
 def test_does_a_fair_answer_get_every_case(item, source):
     failed = [v.message for v in grade_in_process(item, source) if not v.passed]
     assert not failed, failed[:3]
+
+
+# --- whole notebooks through the sandboxed worker ---------------------------------------------------------
+
+NOTEBOOK_ATTACKS = {
+    # notebook: (answer cells replaced, {item: expected status}, {item: what its message must say})
+    "01_attention_scores.ipynb": (
+        {"simple_self_attention": ITEM_ATTACKS["simple_self_attention_ones"][1]},
+        {"simple_self_attention": "failed"}, {"simple_self_attention": "tuple of 2 tensors"}),
+    "02_scaled_dot_product_attention.ipynb": (
+        {"project_qkv": ITEM_ATTACKS["project_qkv_zeros"][1]},
+        {"project_qkv": "failed"}, {"project_qkv": "tuple of 3 tensors"}),
+    "03_trainable_self_attention.ipynb": (
+        {"transfer_weights": ITEM_ATTACKS["transfer_deletes_parameters"][1]},
+        {"transfer_weights": "failed"}, {"transfer_weights": "missing ['W_key', 'W_query', 'W_value']"}),
+    "05_multi_head_attention.ipynb": (  # a fair answer: full marks, in the worker too
+        {"count_parameters": FAIR["count_parameters_numpy"][1]}, {}, {}),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("notebook", NOTEBOOK_ATTACKS, ids=lambda nb: nb[:2])
+def test_does_a_wrong_kind_cost_only_its_item_in_the_sandboxed_worker(tmp_path, notebook):
+    from grader_fixtures import write_submission
+
+    from autograder.grading import grade_notebook
+    from autograder.runner import default_bwrap
+    from autograder.sandbox import Limits
+
+    overrides, broken, said = NOTEBOOK_ATTACKS[notebook]
+    path = write_submission(tmp_path / "student", notebook, overrides)
+    limits = Limits(call_timeout=20.0, cell_timeout=30.0, startup_timeout=60.0, memory_bytes=3 << 30)
+    result = grade_notebook(notebook, path, seed=7, devices=["cpu"], limits=limits, use_bwrap=default_bwrap())
+    rows = [row for row in result.outcomes if row.device == "cpu"]  # cuda rows are skipped without a GPU
+    assert rows
+    for row in rows:
+        if row.item in broken:
+            assert row.status == broken[row.item] and row.score == 0, f"{row.name}: {row.status} {row.message}"
+            assert said[row.item] in row.message, row.message
+        else:
+            assert row.status == "passed" and row.score == row.max_score, f"{row.name}: {row.message}"

@@ -220,6 +220,10 @@ STRICTER_THAN_GRADING = {
                                     "torch.rand initialisation; grading loads the parameters",
     "transfer_weights__new_parameters": "replaces the Parameter objects; the notebook asks for a copy in place "
                                         "(an optimiser holding the old ones would train nothing)",
+    "count_parameters__numpy_prod_of_shapes": "a NumPy integer; the notebook asks for a Python int, grading "
+                                              "credits any integer (exercises/compare.py, ACCEPTED_KINDS)",
+    "simple_self_attention__returns_a_list": "a list; the notebook asks for the tuple (context, weights), grading "
+                                             "credits a list of the same length (exercises/compare.py, ACCEPTED_KINDS)",
 }
 
 
