@@ -18,6 +18,10 @@ from typing import Any
 import torch
 
 MAX_LABELS = 64
+# Taken when this file is loaded, before any student code runs: what the serialiser calls a plain tensor does
+# not change if the student rebinds ``torch.Tensor`` or ``torch.nn.Parameter``. A Parameter is torch's own
+# tensor with ``requires_grad`` (it overrides nothing), so it counts as a tensor; any other subclass does not.
+PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
 
 
 class ProgramError(Exception):
@@ -212,13 +216,13 @@ def serialise(value: Any, key: str, tensors: dict[str, torch.Tensor], meta: dict
         return
     if isinstance(value, torch.Tensor):
         meta[key] = {
-            "pytype": "Tensor" if type(value) is torch.Tensor else f"Tensor subclass {type(value).__name__}",
+            "pytype": "Tensor" if type(value) in PLAIN_TENSOR_TYPES else f"Tensor subclass {type(value).__name__}",
             "device": str(value.device),
             "dtype": str(value.dtype).replace("torch.", ""),
             "shape": list(value.shape),
             "requires_grad": bool(value.requires_grad),
         }
-        plain = torch.Tensor._make_subclass(torch.Tensor, value.detach()) if type(value) is not torch.Tensor \
+        plain = torch.Tensor._make_subclass(torch.Tensor, value.detach()) if type(value) not in PLAIN_TENSOR_TYPES \
             else value.detach()
         tensors[key] = plain.to("cpu").contiguous().clone()
     elif value is None:
@@ -238,7 +242,10 @@ def serialise(value: Any, key: str, tensors: dict[str, torch.Tensor], meta: dict
                      **({} if type(value) is float else {"from": type(value).__name__[:40]})}
         tensors[key] = torch.tensor(number, dtype=torch.float64)
     elif isinstance(value, (tuple, list)):
-        meta[key] = {"pytype": type(value).__name__, "length": len(value)}
+        # a namedtuple is a tuple (unpacking and indexing are the same): its kind is its base, its class ``from``
+        kind = "tuple" if isinstance(value, tuple) else "list"
+        meta[key] = {"pytype": kind, "length": len(value),
+                     **({} if type(value) in (tuple, list) else {"from": type(value).__name__[:40]})}
         if value and all(is_number(v) for v in value):
             tensors[key] = torch.tensor([float(v) for v in value], dtype=torch.float64)
             meta[key]["numbers"] = True
@@ -246,7 +253,7 @@ def serialise(value: Any, key: str, tensors: dict[str, torch.Tensor], meta: dict
             return
         for i, item in enumerate(value[:16]):
             serialise(item, f"{key}.{i}", tensors, meta, depth + 1, computed_in)
-    elif isinstance(value, dict):
+    elif isinstance(value, dict):  # an OrderedDict (a state_dict) too
         meta[key] = {"pytype": "dict", "keys": [str(k) for k in list(value)[:64]]}
         for k, item in list(value.items())[:64]:
             serialise(item, f"{key}.{k}", tensors, meta, depth + 1, computed_in)

@@ -12,6 +12,8 @@ against the reference (``judge``), and whole notebooks through the sandboxed wor
 
 from __future__ import annotations
 
+import collections
+
 import numpy as np
 import pytest
 import torch
@@ -66,6 +68,7 @@ ATTACKS = {
     "nan_filled": (T, torch.full_like(T, float("nan")), "NaN"),
     "nan_for_a_float": (0.25, float("nan"), "NaN"),
     "tensor_subclass": (T, T.clone().as_subclass(type("Liar", (torch.Tensor,), {})), "subclass"),
+    "parameter_subclass": (T, type("Liar", (torch.nn.Parameter,), {})(T.clone()), "subclass"),
     "string_for_a_tensor": (T, "tensor", "torch.Tensor"),
     "wrong_dtype": (T, T.double(), "dtype"),
     "wrong_string": ("ValueError", "", "ValueError"),
@@ -101,6 +104,9 @@ ACCEPTED = {
     "numpy_floats_in_a_list_of_numbers": ([0.5, 0.25], [np.float32(0.5), np.float64(0.25)]),
     "dict_in_another_order": ({"a": T, "b": U}, {"b": U.clone(), "a": T.clone()}),
     "none_for_none": (None, None),
+    "namedtuple_for_a_tuple": ((T, U), collections.namedtuple("Attention", "context weights")(T.clone(), U.clone())),
+    "ordered_dict_for_a_dict": ({"a": T}, collections.OrderedDict(a=T.clone())),
+    "parameter_for_a_tensor": (T, torch.nn.Parameter(T.clone())),
 }
 
 
@@ -254,3 +260,11 @@ def test_does_a_wrong_kind_cost_only_its_item_in_the_sandboxed_worker(tmp_path, 
             assert said[row.item] in row.message, row.message
         else:
             assert row.status == "passed" and row.score == row.max_score, f"{row.name}: {row.message}"
+
+
+def test_does_rebinding_torch_parameter_not_make_a_subclass_plain(monkeypatch):
+    """The serialiser's notion of a plain tensor is fixed when it is loaded, before student code runs."""
+    liar = type("Liar", (torch.Tensor,), {"__eq__": lambda self, other: True})
+    monkeypatch.setattr(torch.nn, "Parameter", liar)
+    found = problems({"out": T}, {"out": T.clone().as_subclass(liar)})
+    assert found and "subclass" in found[0]
