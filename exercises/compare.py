@@ -2,6 +2,11 @@
 
 Both sides arrive as ``(tensors, meta)`` from ``exercises.program.serialise_outputs``: plain
 CPU tensors plus, per key, the Python type, device and dtype that the code really returned.
+
+What must be there is decided from the reference's outputs alone: every part of them (``out``, ``out.0``,
+``params.W_query``) must come back with an accepted kind (``ACCEPTED_KINDS``), whatever the student's side
+claims. The student's metadata comes from the student's process: a malformed record is a wrong answer,
+never a crash of the grader.
 """
 
 from __future__ import annotations
@@ -121,42 +126,6 @@ def value_mismatch(
     return Mismatch(key, "values", msg, {"index": index, "max_abs": float(abs_err.max()), "count": n_bad})
 
 
-def tensor_mismatch(
-    key: str, student: Outputs, reference: Outputs, expected_device: str, dims: Sequence[str] | None = None,
-    scale: float = 1.0,
-) -> Mismatch | None:
-    """Check one tensor output in the order the spec fixes: type, shape, dtype, device, finite, values."""
-    meta = _entry(student.meta, key)
-    ref_meta = reference.meta[key]
-    if meta is None:
-        return Mismatch(key, "missing", f"`{key}` was not returned")
-    if ref_meta.get("pytype") == "Tensor" and meta.get("pytype") != "Tensor":
-        kind = str(meta.get("pytype"))[:80]
-        hint = " (a subclass is not accepted: return a plain torch.Tensor)" if kind.startswith("Tensor subclass") \
-            else " (a number is never a tensor)" if kind in ("int", "float", "bool") else ""
-        parent = _container(reference.meta, key)
-        where = f"`{parent}` should be {expected_kind(reference.meta, parent)}; `{key}` is" if parent else \
-            f"`{key}` should be a torch.Tensor, got"
-        return Mismatch(key, "type", f"{where} {actual_kind(meta)}{hint}")
-    actual, expected = student.tensors.get(key), reference.tensors[key]
-    if not isinstance(actual, torch.Tensor):
-        return Mismatch(key, "missing", f"`{key}` could not be read back from the worker")
-    if tuple(actual.shape) != tuple(expected.shape):
-        return Mismatch(key, "shape", f"`{key}` should have shape {tuple(expected.shape)}, got {tuple(actual.shape)}",
-                        {"expected": tuple(expected.shape), "actual": tuple(actual.shape)})
-    if actual.dtype != expected.dtype:
-        return Mismatch(key, "dtype", f"`{key}` should have dtype {expected.dtype} (the input's dtype), got "
-                        f"{actual.dtype}: create new tensors with `dtype=x.dtype` or use `torch.*_like`")
-    if ref_meta.get("pytype") == "Tensor" and not same_device(str(meta.get("device")), expected_device):
-        return Mismatch(key, "device", f"`{key}` is on {meta.get('device')}, expected {expected_device}: a tensor "
-                        "made inside your code is on the wrong device; register it as a buffer or use `x.device`")
-    if actual.is_floating_point() and not bool(torch.isfinite(actual).all()) and bool(torch.isfinite(expected).all()):
-        bad = (~torch.isfinite(actual)).nonzero()[0].tolist()
-        return Mismatch(key, "nonfinite", f"`{key}` contains NaN or inf (first at "
-                        f"{describe_index(bad, expected.shape, dims)}); the reference is finite there")
-    return value_mismatch(key, actual, expected, dims, scale=scale)
-
-
 # The kinds a student's output may have where the reference's has kind K. Why each is fair:
 # - ``int`` (a count, a size in bytes): exact; a float, a bool or a tensor is another kind of thing, even when
 #   equal. A NumPy integer arrives as ``int`` (``program.is_number``): it is an integer and compares equal.
@@ -187,6 +156,7 @@ def _entry(meta: dict[str, Any], key: str) -> dict[str, Any] | None:
 
 
 def _keys(info: dict[str, Any]) -> list[str] | None:
+    """A dict record's keys, or None if the record holds no list of them."""
     keys = info.get("keys")
     return [str(k) for k in keys] if isinstance(keys, list) else None
 
@@ -228,6 +198,42 @@ def _container(meta: dict[str, Any], key: str) -> str | None:
         if head in meta:
             return head
     return None
+
+
+def tensor_mismatch(
+    key: str, student: Outputs, reference: Outputs, expected_device: str, dims: Sequence[str] | None = None,
+    scale: float = 1.0,
+) -> Mismatch | None:
+    """Check one tensor output in the order the spec fixes: type, shape, dtype, device, finite, values."""
+    meta = _entry(student.meta, key)
+    ref_meta = reference.meta[key]
+    if meta is None:
+        return Mismatch(key, "missing", f"`{key}` was not returned")
+    if ref_meta.get("pytype") == "Tensor" and meta.get("pytype") != "Tensor":
+        kind = str(meta.get("pytype"))[:80]
+        hint = " (a subclass is not accepted: return a plain torch.Tensor)" if kind.startswith("Tensor subclass") \
+            else " (a number is never a tensor)" if kind in ("int", "float", "bool") else ""
+        parent = _container(reference.meta, key)
+        where = f"`{parent}` should be {expected_kind(reference.meta, parent)}; `{key}` is" if parent else \
+            f"`{key}` should be a torch.Tensor, got"
+        return Mismatch(key, "type", f"{where} {actual_kind(meta)}{hint}")
+    actual, expected = student.tensors.get(key), reference.tensors[key]
+    if not isinstance(actual, torch.Tensor):
+        return Mismatch(key, "missing", f"`{key}` could not be read back from the worker")
+    if tuple(actual.shape) != tuple(expected.shape):
+        return Mismatch(key, "shape", f"`{key}` should have shape {tuple(expected.shape)}, got {tuple(actual.shape)}",
+                        {"expected": tuple(expected.shape), "actual": tuple(actual.shape)})
+    if actual.dtype != expected.dtype:
+        return Mismatch(key, "dtype", f"`{key}` should have dtype {expected.dtype} (the input's dtype), got "
+                        f"{actual.dtype}: create new tensors with `dtype=x.dtype` or use `torch.*_like`")
+    if ref_meta.get("pytype") == "Tensor" and not same_device(str(meta.get("device")), expected_device):
+        return Mismatch(key, "device", f"`{key}` is on {meta.get('device')}, expected {expected_device}: a tensor "
+                        "made inside your code is on the wrong device; register it as a buffer or use `x.device`")
+    if actual.is_floating_point() and not bool(torch.isfinite(actual).all()) and bool(torch.isfinite(expected).all()):
+        bad = (~torch.isfinite(actual)).nonzero()[0].tolist()
+        return Mismatch(key, "nonfinite", f"`{key}` contains NaN or inf (first at "
+                        f"{describe_index(bad, expected.shape, dims)}); the reference is finite there")
+    return value_mismatch(key, actual, expected, dims, scale=scale)
 
 
 def kind_mismatch(key: str, student: Outputs, reference: Outputs) -> Mismatch | None:
