@@ -203,6 +203,11 @@ def is_number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, (bool, torch.Tensor))
 
 
+def is_numpy_bool(value: Any) -> bool:
+    """NumPy's bool scalar (``numpy.bool_``, named ``bool`` since NumPy 2): a truth value, not a number."""
+    return type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_")
+
+
 def serialise(value: Any, key: str, tensors: dict[str, torch.Tensor], meta: dict[str, Any], depth: int = 0,
               computed_in: str = "float64") -> None:
     """Flatten ``value`` into plain CPU tensors plus JSON metadata (type, device, dtype) per key.
@@ -229,9 +234,9 @@ def serialise(value: Any, key: str, tensors: dict[str, torch.Tensor], meta: dict
         meta[key] = {"pytype": "NoneType"}
     elif isinstance(value, str):
         meta[key] = {"pytype": "str", "value": value[:200]}
-    elif isinstance(value, bool):
-        meta[key] = {"pytype": "bool"}
-        tensors[key] = torch.tensor(value)
+    elif isinstance(value, bool) or is_numpy_bool(value):
+        meta[key] = {"pytype": "bool", **({} if type(value) is bool else {"from": "numpy.bool"})}
+        tensors[key] = torch.tensor(bool(value))
     elif is_number(value) and isinstance(value, numbers.Integral):
         # NumPy integers count as ints: they are integers (numbers.Integral), equal to the Python int
         meta[key] = {"pytype": "int", **({} if type(value) is int else {"from": type(value).__name__[:40]})}
