@@ -219,6 +219,9 @@ def tensor_mismatch(
         return Mismatch(key, "type", f"{where} {actual_kind(meta)}{hint}")
     actual, expected = student.tensors.get(key), reference.tensors[key]
     if not isinstance(actual, torch.Tensor):
+        if not same_device(str(meta.get("device")), expected_device):  # a tensor without data (meta) is on no device
+            return Mismatch(key, "device", f"`{key}` is on {str(meta.get('device'))[:40]}, expected {expected_device}: "
+                            "its values cannot be read; compute it from the inputs, on their device")
         return Mismatch(key, "missing", f"`{key}` could not be read back from the worker")
     if tuple(actual.shape) != tuple(expected.shape):
         return Mismatch(key, "shape", f"`{key}` should have shape {tuple(expected.shape)}, got {tuple(actual.shape)}",

@@ -91,6 +91,13 @@ def test_is_an_output_on_the_wrong_device_refused():
     assert [p.kind for p in found] == ["device"]
 
 
+def test_is_a_tensor_without_data_refused_for_its_device():
+    """A ``meta`` tensor cannot be copied to the CPU: the serialiser says so instead of raising (NotImplementedError
+    from the copy read as "your cell still raises NotImplementedError")."""
+    found = problems({"out": T}, {"out": T.to("meta")})
+    assert len(found) == 1 and "is on meta" in found[0], found
+
+
 def test_is_a_missing_output_refused():
     assert problems({"out": T, "extra": T}, {"out": T}) == ["`extra` was not returned"]
 
@@ -227,18 +234,33 @@ def test_does_a_fair_answer_get_every_case(item, source):
 # --- whole notebooks through the sandboxed worker ---------------------------------------------------------
 
 NOTEBOOK_ATTACKS = {
-    # notebook: (answer cells replaced, {item: expected status}, {item: what its message must say})
-    "01_attention_scores.ipynb": (
-        {"simple_self_attention": ITEM_ATTACKS["simple_self_attention_ones"][1]},
-        {"simple_self_attention": "failed"}, {"simple_self_attention": "tuple of 2 tensors"}),
-    "02_scaled_dot_product_attention.ipynb": (
-        {"project_qkv": ITEM_ATTACKS["project_qkv_zeros"][1]},
-        {"project_qkv": "failed"}, {"project_qkv": "tuple of 3 tensors"}),
+    # notebook: (answer cells replaced, {item: expected status}, {item: what its message must say}); every other
+    # item keeps full marks, the fair answers among the replaced ones included
+    "01_attention_scores.ipynb": ({
+        "simple_self_attention": ITEM_ATTACKS["simple_self_attention_ones"][1],
+        "softmax_naive": "def softmax_naive(x, dim=-1):\n    e = x.exp()\n    return (e / e.sum(dim, keepdim=True),)\n",
+        "context_vectors": "def context_vectors(weights, inputs):\n    return (weights @ inputs).to('meta')\n",
+        "attention_scores": "import torch\ndef attention_scores(inputs):\n"
+                            "    return torch.nn.Parameter(inputs @ inputs.mT, requires_grad=False)\n",
+    }, {"simple_self_attention": "failed", "softmax_naive": "failed", "context_vectors": "failed"},
+        {"simple_self_attention": "tuple of 2 tensors", "softmax_naive": "should be a torch.Tensor, got a tuple",
+         "context_vectors": "meta"}),
+    "02_scaled_dot_product_attention.ipynb": ({
+        "project_qkv": ITEM_ATTACKS["project_qkv_zeros"][1],
+        "scaled_dot_product_attention": "def scaled_dot_product_attention(q, k, v, mask=None):\n"
+                                        "    s = q @ k.mT / k.shape[-1] ** 0.5\n"
+                                        "    if mask is not None:\n        s = s.masked_fill(~mask, float('-inf'))\n"
+                                        "    w = (s - s.amax(-1, keepdim=True)).exp()\n"
+                                        "    w = w / w.sum(-1, keepdim=True)\n    return [w @ v, w]\n",
+    }, {"project_qkv": "failed"}, {"project_qkv": "tuple of 3 tensors"}),
     "03_trainable_self_attention.ipynb": (
         {"transfer_weights": ITEM_ATTACKS["transfer_deletes_parameters"][1]},
         {"transfer_weights": "failed"}, {"transfer_weights": "missing ['W_key', 'W_query', 'W_value']"}),
-    "05_multi_head_attention.ipynb": (  # a fair answer: full marks, in the worker too
-        {"count_parameters": FAIR["count_parameters_numpy"][1]}, {}, {}),
+    "05_multi_head_attention.ipynb": ({
+        "count_parameters": FAIR["count_parameters_numpy"][1],
+        "split_heads": "def split_heads(x, num_heads):\n    b, n, d = x.shape\n"
+                       "    return x.reshape(b, n, num_heads, d // num_heads).transpose(1, 2).numpy()\n",
+    }, {"split_heads": "failed"}, {"split_heads": "should be a torch.Tensor, got a ndarray"}),
 }
 
 
