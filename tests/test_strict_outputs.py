@@ -293,3 +293,18 @@ def test_does_rebinding_torch_parameter_not_make_a_subclass_plain(monkeypatch):
     monkeypatch.setattr(torch.nn, "Parameter", liar)
     found = problems({"out": T}, {"out": T.clone().as_subclass(liar)})
     assert found and "subclass" in found[0]
+
+
+# --- nbgrader's hidden tests: the in-kernel check judges the same way -----------------------------------------
+
+
+def test_does_the_kernel_check_refuse_numbers_for_tensors_and_credit_a_numpy_count():
+    from exercises import kernel
+
+    attacked = dict(vars(solutions))
+    exec(ITEM_ATTACKS["project_qkv_zeros"][1], attacked)
+    with pytest.raises(AssertionError, match="tuple of 3 tensors"):
+        kernel.check("project_qkv", attacked, seed=3)
+    fair = dict(vars(solutions))
+    exec(FAIR["count_parameters_numpy"][1], fair)
+    assert kernel.check("count_parameters", fair, seed=3) is None
