@@ -222,7 +222,8 @@ def tensor_mismatch(
         if not same_device(str(meta.get("device")), expected_device):  # a tensor without data (meta) is on no device
             return Mismatch(key, "device", f"`{key}` is on {str(meta.get('device'))[:40]}, expected {expected_device}: "
                             "its values cannot be read; compute it from the inputs, on their device")
-        return Mismatch(key, "missing", f"`{key}` could not be read back from the worker")
+        why = f" ({str(meta['unreadable'])[:120]}): return a dense tensor" if meta.get("unreadable") else ""
+        return Mismatch(key, "missing", f"`{key}` could not be read back from the worker{why}")
     if tuple(actual.shape) != tuple(expected.shape):
         return Mismatch(key, "shape", f"`{key}` should have shape {tuple(expected.shape)}, got {tuple(actual.shape)}",
                         {"expected": tuple(expected.shape), "actual": tuple(actual.shape)})

@@ -98,6 +98,11 @@ def test_is_a_tensor_without_data_refused_for_its_device():
     assert len(found) == 1 and "is on meta" in found[0], found
 
 
+def test_is_a_sparse_tensor_refused_with_the_reason():
+    found = problems({"out": T}, {"out": T.to_sparse()})
+    assert len(found) == 1 and "could not be read back" in found[0] and "dense" in found[0], found
+
+
 def test_is_a_missing_output_refused():
     assert problems({"out": T, "extra": T}, {"out": T}) == ["`extra` was not returned"]
 
