@@ -108,7 +108,9 @@ def _runs_now(tree: ast.Module):
         node = stack.pop()
         yield node
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            stack += [*node.decorator_list, *node.args.defaults, *node.args.kw_defaults]
+            # a keyword-only parameter without a default (``def f(q, *, tile)``) has None in kw_defaults
+            stack += [*node.decorator_list, *node.args.defaults,
+                      *(default for default in node.args.kw_defaults if default is not None)]
             continue
         if isinstance(node, ast.Lambda):
             continue

@@ -74,6 +74,18 @@ def test_does_an_answer_that_reads_a_demos_variable_keep_that_demo():
     assert kept(IMPORTS, ("given", "demo_scale = 3.0\nprint(demo_scale)\n"), answer) == ["g1", "g2"]
 
 
+@pytest.mark.parametrize("helper", [
+    "def tiles(q, *, tile):\n    return q.split(tile, dim=-2)\n",  # keyword-only, no default
+    "def tiles(q, *, tile=SCALE):\n    return q\n",  # keyword-only with a default that reads a given name
+    "async def tiles(q, *, tile):\n    return q\n",
+])
+def test_does_an_answer_with_a_keyword_only_parameter_get_analysed(helper):
+    """A keyword-only parameter without a default puts None in ``kw_defaults``: the analysis crashed on it and
+    the whole submission was not graded (issue 16). The answer still needs the cells its names come from."""
+    answer = ("answer", helper + "def graded(x):\n    return torch.softmax(x, -1) * SCALE\n")
+    assert kept(IMPORTS, ("given", "SCALE = 1.0\n"), answer, ("given", "print(1)\n")) == ["g0", "g1", "g2"]
+
+
 def test_does_a_name_the_graded_calls_look_up_keep_its_cell():
     assert kept(IMPORTS, ("given", "class Toy:\n    pass\n"), roots=("Toy",)) == ["g1"]
     assert program_names([[{"op": "new", "cls": "Toy", "out": "m"}, {"op": "call", "fn": "m.forward"},
