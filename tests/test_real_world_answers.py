@@ -43,7 +43,6 @@ DEVICE = "cpu"
 
 # Correct answers that still lose points because of a grader fault another engineer owns (issue 16).
 OWNED_ELSEWHERE = {
-    "count_parameters__pytorch_forum_numpy_prod": "strict: a NumPy integer is rejected ('should be a Python int')",
     "plot_attention__pytorch_seq2seq_show_attention": "lesson7: matplotlib lists empty tick labels outside the view",
     "flash_attention_forward__hf_named_flash_attention_forward_helper":
         "monitor: a helper named _flash_attention_* is taken for the forbidden built-in",
