@@ -38,7 +38,11 @@ SPEC = {
     "sinusoidal_positional_encoding": ["num_positions", "d_model", "base=10000.0", "device=None",
                                        "dtype=torch.float32"],
     "apply_rope": ["x", "positions=None", "base=10000.0"],
-    "train_self_attention": ["model", "inputs", "targets", "steps", "lr"],
+    "RotaryMultiHeadAttention": ["d_in", "d_out", "context_length", "dropout", "num_heads", "qkv_bias=False",
+                                 "rope_base=10000.0"],
+    "next_token_loss": ["logits", "tokens"],
+    "train_language_model": ["model", "tokens", "steps", "lr"],
+    "generate": ["model", "prompt", "max_new_tokens"],
     "plot_attention": ["weights", "tokens"],
     "sliding_window_mask": ["num_tokens", "window_size", "device=None"],
     "online_softmax_attention": ["q", "k", "v", "block_size=64", "causal=False"],
@@ -49,7 +53,8 @@ SPEC = {
     "FlashAttentionFunction": ["q", "k", "v", "causal=False", "block_q=64", "block_k=64"],  # of .apply: forward's
     "flash_attention": ["q", "k", "v", "causal=False", "block_q=64", "block_k=64"],
 }
-EXTRA = {"ToySelfAttention": ["d_model"], "toy_dataset": ["seed=0", "dtype=torch.float32", "device=None"]}
+EXTRA = {"TinyLanguageModel": ["vocab_size", "d_model", "context_length", "num_heads", "num_layers=1",
+                               "positions='rope'"]}
 
 
 def parameters(obj):
