@@ -188,28 +188,25 @@ class TinyLanguageModel(nn.Module):
         return self.out_head(self.norm(x))  # (b, n, V)
 
 
-def attention_weights(model: TinyLanguageModel, tokens: torch.Tensor, layer: int = 0) -> torch.Tensor:
-    """The ``(b, h, n, n)`` causal attention weights of block ``layer`` of ``model`` on ``tokens``.
+@torch.no_grad()
+def attention_weights(model: TinyLanguageModel, tokens: torch.Tensor) -> torch.Tensor:
+    """The ``(b, h, n, n)`` attention weights of the first block of ``model`` on ``tokens``.
 
-    Recomputed from the block's ``W_query`` and ``W_key`` (the names the lessons fix), with the rotation
-    where the model is rotary, so that the attention modules need not return their weights.
+    Caught on their way into the block's ``dropout`` (a forward hook): the lessons apply ``self.dropout`` to the
+    attention weights, so the attention modules need not return them, and no code here spells out attention.
+
+    Raises:
+        RuntimeError: if the attention never calls its ``dropout``.
     """
-    x = model.tok_emb(tokens)  # (b, n, d)
-    n = tokens.shape[1]
-    if model.pos_emb is not None:
-        x = x + model.pos_emb(torch.arange(n, device=tokens.device))
-    for block in model.blocks[:layer]:
-        x = block(x)
-    block = model.blocks[layer]
-    h = block.norm1(x)
-    attn = block.attn
-    q = split_heads(attn.W_query(h), attn.num_heads)  # (b, h, n, hd)
-    k = split_heads(attn.W_key(h), attn.num_heads)  # (b, h, n, hd)
-    if model.positions == "rope":
-        q, k = apply_rope(q, base=attn.rope_base), apply_rope(k, base=attn.rope_base)
-    scores = (q @ k.transpose(-2, -1)) / k.shape[-1] ** 0.5  # (b, h, n, n)
-    causal = torch.ones(n, n, dtype=torch.bool, device=tokens.device).tril()
-    return scores.masked_fill(~causal, float("-inf")).softmax(dim=-1)  # (b, h, n, n)
+    captured: list[torch.Tensor] = []
+    hook = model.blocks[0].attn.dropout.register_forward_hook(lambda module, args, out: captured.append(args[0]))
+    try:
+        model(tokens)
+    finally:
+        hook.remove()
+    if not captured:
+        raise RuntimeError("the attention never called self.dropout on its weights, so they cannot be shown")
+    return captured[0]
 
 
 def character_vocabulary(text: str) -> list[str]:
