@@ -326,9 +326,11 @@ def _rotate_half(x: torch.Tensor, positions=None, base: float = 10000.0) -> torc
 
 
 def _rotary_variant(*, where: str = "heads", rotate: tuple[str, ...] = ("q", "k"), use_positions: bool = True,
-                    rope=solutions.apply_rope, scale: str = "head_dim", mask: bool = True):
+                    rope=solutions.apply_rope, scale: str = "head_dim", mask: bool = True, base: float | None = None):
     class RotaryMultiHeadAttention(solutions.RotaryMultiHeadAttention):
         def forward(self, x, positions=None):
+            if base is not None:
+                self.rope_base = base  # the constructor's rope_base is never used
             b, n, _ = x.shape
             pos = positions if use_positions else None
             if pos is not None:
@@ -432,6 +434,13 @@ def _rot_no_mask():
          "divide by keys.shape[-1] ** 0.5 after the split")
 def _rot_d_out():
     return _rotary_variant(scale="d_out")
+
+
+@mistake(ROTARY, "rope_base_ignored",
+         "the rope_base argument is ignored: the rotation always uses base 10000",
+         "keep rope_base from the constructor and pass it on: apply_rope(queries, positions, self.rope_base)")
+def _rot_base_ignored():
+    return _rotary_variant(base=10000.0)
 
 
 error_hint(ROTARY, "positions_per_sequence_not_broadcast",
