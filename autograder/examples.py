@@ -41,22 +41,21 @@ ASSIGNMENT = "self_attention"
 
 #: The item the ``one_wrong`` student gets wrong, with a classic mistake: the training loop never
 #: zeroes the gradients, so from the second step on each update uses the sum of all past gradients and
-#: the loss climbs instead of falling. Every hidden case of the item fails (the loss does not fall, in
-#: float64 and float32), and so does the visible check that the loss falls, so both graders give it 0
-#: and nothing else changes: no other item calls ``train_self_attention``. (A mistake that fails only
-#: some hidden cases would earn partial credit from the pytest grader while nbgrader, seeing the
-#: visible check fail, gives 0; the example is chosen so the two graders can be compared exactly.)
-ONE_WRONG_ITEM = "train_self_attention"
+#: the curve leaves the training's. Every hidden case of the item fails (float64 and float32), and so does
+#: the visible check that ``.grad`` holds only the last step's gradient, so both graders give it 0 and
+#: nothing else changes: no other item calls ``train_language_model``. (A mistake that fails only some
+#: hidden cases would earn partial credit from the pytest grader while nbgrader, seeing the visible check
+#: fail, gives 0; the example is chosen so the two graders can be compared exactly.)
+ONE_WRONG_ITEM = "train_language_model"
 
 ONE_WRONG_OVERRIDES: dict[str, str] = {
-    ONE_WRONG_ITEM: '''def train_self_attention(model, inputs, targets, steps, lr):
-    """Train model with Adam and a mean-squared-error loss (this student never zeroes the gradients)."""
+    ONE_WRONG_ITEM: '''def train_language_model(model, tokens, steps, lr):
+    """Train model with Adam and next_token_loss (this student never zeroes the gradients)."""
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
     losses = []
     for _ in range(steps):
-        output, _ = model(inputs)
-        loss = ((output - targets) ** 2).mean()
+        loss = next_token_loss(model(tokens), tokens)
         losses.append(loss.item())
         loss.backward()
         optimizer.step()

@@ -154,6 +154,25 @@ def run_program(
     return outputs
 
 
+def _tick_labels_in_view(axis: Any) -> list[str]:
+    """The labels of the axis's major ticks that lie inside its view, in order.
+
+    What the figure shows: a locator may also place ticks outside the view (``matshow`` with
+    ``set_xticklabels(['', *tokens])`` gets ticks at -1 and n, with empty labels), and listing those would
+    make a figure that shows exactly the right labels look wrong.
+    """
+    axis.get_majorticklabels()  # brings the ticks up to date with the locator and formatter
+    lo, hi = sorted(float(v) for v in axis.get_view_interval())
+    slack = 1e-9 * max(1.0, hi - lo)
+    labels = []
+    for tick in axis.get_major_ticks():
+        loc = tick.get_loc()
+        shown = [label for label in (tick.label1, tick.label2) if label.get_visible()]  # bottom/left, top/right
+        if loc is not None and lo - slack <= float(loc) <= hi + slack and shown:
+            labels.append(shown[0].get_text())
+    return labels[:MAX_LABELS]
+
+
 def _figure_probe(fig: Any, key: str, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     axes = []
     for i, ax in enumerate(fig.get_axes()):
@@ -172,8 +191,8 @@ def _figure_probe(fig: Any, key: str, tensors: dict[str, torch.Tensor], meta: di
             images.append(name)
         axes.append({
             "images": images,
-            "xticklabels": [t.get_text() for t in ax.get_xticklabels()][:MAX_LABELS],
-            "yticklabels": [t.get_text() for t in ax.get_yticklabels()][:MAX_LABELS],
+            "xticklabels": _tick_labels_in_view(ax.xaxis),
+            "yticklabels": _tick_labels_in_view(ax.yaxis),
             "xlabel": ax.get_xlabel()[:200],
             "ylabel": ax.get_ylabel()[:200],
             "title": ax.get_title()[:200],

@@ -130,7 +130,7 @@ def plan_batch(n: int, seed: int, fixtures: dict[str, list[Path]] | None = None)
             students.append(Student(name, kind, dict(HOSTILE_OVERRIDES), ["softmax_naive__patches_comparisons"]))
         elif kind == "one_wrong" and nth == 0:  # the bundled example first
             students.append(Student(name, kind, dict(ONE_WRONG_OVERRIDES),
-                                    ["train_self_attention__optimiser_never_steps"]))
+                                    ["train_language_model__no_zero_grad"]))
         else:
             chosen = rng.sample(items, 1 if kind == "one_wrong" else min(SEVERAL, len(items)))
             paths = [rng.choice(fixtures[item]) for item in chosen]

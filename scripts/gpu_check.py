@@ -183,7 +183,7 @@ def environment() -> tuple[dict[str, str], list[str], bool]:
                              f"nbformat`, which brings {', '.join(NBFORMAT_WHEELS[1:])}) into wheels/ and run "
                              "`bash run.sh gpu-check` again (or set SELFATTN_WHEELS=DIR)")
     if not has("matplotlib"):
-        problems.append("matplotlib is missing: the lessons and the plot_attention item need it "
+        problems.append("matplotlib is missing: the lessons need it (their figures and the figure probe) "
                         "(carry its wheels as for nbformat: `pip download ... matplotlib`)")
     facts["bubblewrap"] = "yes" if _which("bwrap") else "no (grading runs with reduced isolation: expected here)"
     facts["grader plugin"] = "installed" if _plugin_installed() else "not installed (loaded via PYTEST_PLUGINS)"

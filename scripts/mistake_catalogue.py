@@ -35,10 +35,11 @@ CHECK_NAMES = {
     "no_future": "no weight on later keys",
     "window_rule": "query i sees exactly keys i - window + 1 .. i",
     "_mha.raises": "raises ValueError or AssertionError when num_heads does not divide d_out",
-    "_train.judge": ("returns one float per step; first loss = untrained model's MSE; weights change; loss falls; "
+    "_shift_invariance": "moving every position by the same amount leaves the output unchanged (RoPE: distances only)",
+    "_train.judge": ("returns one float per step; first loss = untrained model's next-token loss; weights change; "
+                     "loss falls; "
                      "the returned model's loss belongs at the end of the curve; the curve is Adam's from the same "
                      "initial weights; the returned model is the one after `steps` updates"),
-    "_plot.judge": "returns a Figure whose heatmap shows the weights, tokens as tick labels on both axes",
 }
 
 

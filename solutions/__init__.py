@@ -1,7 +1,7 @@
 """Reference solutions of the self-attention course: the ground truth the grader compares against.
 
 Every graded name of the course specification is importable from here, plus the given
-``ToySelfAttention`` model of lesson 7, the toy data set, and the book's example inputs.
+``TinyLanguageModel`` of lesson 7 with its corpus, and the book's example inputs.
 Never shipped to students.
 """
 
@@ -26,7 +26,15 @@ from .lesson5_multihead import (
     split_heads,
 )
 from .lesson6_positions import apply_rope, sinusoidal_positional_encoding
-from .lesson7_training import ToySelfAttention, plot_attention, toy_dataset, train_self_attention
+from .lesson7_language_model import (
+    CORPUS,
+    RotaryMultiHeadAttention,
+    TinyLanguageModel,
+    generate,
+    next_token_loss,
+    plot_attention,
+    train_language_model,
+)
 from .lesson8_efficient import (
     FlashAttentionFunction,
     flash_attention,
@@ -65,8 +73,10 @@ __all__ = [
     "sinusoidal_positional_encoding",
     "apply_rope",
     # lesson 7
-    "train_self_attention",
-    "plot_attention",
+    "RotaryMultiHeadAttention",
+    "next_token_loss",
+    "train_language_model",
+    "generate",
     # lesson 8
     "sliding_window_mask",
     "online_softmax_attention",
@@ -75,8 +85,9 @@ __all__ = [
     "FlashAttentionFunction",
     "flash_attention",
     # given code and data
-    "ToySelfAttention",
-    "toy_dataset",
+    "TinyLanguageModel",
+    "CORPUS",
+    "plot_attention",
     "BOOK_INPUTS",
     "BOOK_TOKENS",
 ]

@@ -48,7 +48,7 @@ ANSWERED = "attention_scores_loop"
 EXAMPLE = "one_wrong"  # bundled example submission, with one wrong answer (ONE_WRONG_ITEM, in lesson 7)
 # Only this notebook of the example is collected: autograding all seven takes 1.5-3 minutes here, one
 # takes seconds, and the Formgrader's steps are the same. The other six count 0 of their points.
-SUBMITTED_NOTEBOOK = "07_training_self_attention"
+SUBMITTED_NOTEBOOK = "07_tiny_language_model"
 APT_PACKAGES = ["chromium", "chromium-driver"]
 TIMINGS: dict[str, float] = {}
 

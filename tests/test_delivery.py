@@ -256,7 +256,7 @@ def test_grade_sh_gives_the_clis_score_summary_and_points(cli, tmp_path):
     # The grader's own output (which quotes student code) sits between stop-commands and its token.
     token = re.search(r"^::stop-commands::(\w+)$", done.stdout, re.M).group(1)
     start, end = done.stdout.index(f"::stop-commands::{token}"), done.stdout.index(f"::{token}::")
-    assert "train_self_attention" in done.stdout[start:end] and "::notice" not in done.stdout[start:end]
+    assert "train_language_model" in done.stdout[start:end] and "::notice" not in done.stdout[start:end]
     assert not [s for s in SECRETS if s in markdown]
 
 

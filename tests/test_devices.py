@@ -19,7 +19,7 @@ from exercises.catalogue import FLOAT_DTYPES, ITEMS, NOTEBOOKS, available_device
 from exercises.compare import Outputs, compare_outputs, same_device, tensor_mismatch
 from exercises.program import serialise_outputs
 
-# float64 and float32, plus bfloat16 on a GPU (train_self_attention is graded in float64 and float32 but has
+# float64 and float32, plus bfloat16 on a GPU (train_language_model is graded in float64 and float32 but has
 # no bfloat16 variant: Adam's curve in bfloat16 is too coarse to judge)
 FLOAT_ITEMS = [name for name, item in ITEMS.items() if tuple(item.dtypes) == FLOAT_DTYPES and item.gpu_dtypes]
 OTHER_ITEMS = [name for name in ITEMS if name not in FLOAT_ITEMS]
@@ -140,7 +140,7 @@ def test_are_python_numbers_not_held_to_a_device():
 
 # --- dtype variants and points per device -----------------------------------------------------------
 def test_are_there_float_items_and_others():
-    assert len(FLOAT_ITEMS) >= 15 and {"causal_mask", "train_self_attention"} <= set(OTHER_ITEMS)
+    assert len(FLOAT_ITEMS) >= 15 and {"causal_mask", "train_language_model"} <= set(OTHER_ITEMS)
 
 
 @pytest.mark.parametrize("name", FLOAT_ITEMS)

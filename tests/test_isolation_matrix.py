@@ -383,8 +383,8 @@ def test_are_grades_the_same_in_every_isolation_mode(mode, course_copy, request)
 
         one_wrong = per_item(subs["one_wrong"])
         lost = {item: (score, maximum) for item, (score, maximum, _) in one_wrong.items() if score != maximum}
-        assert set(lost) == {"train_self_attention"} and lost["train_self_attention"][0] == 0, lost
-        assert subs["one_wrong"]["score"] == full - lost["train_self_attention"][1] == full - 3
+        assert set(lost) == {"train_language_model"} and lost["train_language_model"][0] == 0, lost
+        assert subs["one_wrong"]["score"] == full - lost["train_language_model"][1] == full - 3
 
         hostile = per_item(subs["hostile"])
         for item in SABOTAGED:

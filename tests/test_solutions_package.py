@@ -38,7 +38,11 @@ SPEC = {
     "sinusoidal_positional_encoding": ["num_positions", "d_model", "base=10000.0", "device=None",
                                        "dtype=torch.float32"],
     "apply_rope": ["x", "positions=None", "base=10000.0"],
-    "train_self_attention": ["model", "inputs", "targets", "steps", "lr"],
+    "RotaryMultiHeadAttention": ["d_in", "d_out", "context_length", "dropout", "num_heads", "qkv_bias=False",
+                                 "rope_base=10000.0"],
+    "next_token_loss": ["logits", "tokens"],
+    "train_language_model": ["model", "tokens", "steps", "lr"],
+    "generate": ["model", "prompt", "max_new_tokens"],
     "plot_attention": ["weights", "tokens"],
     "sliding_window_mask": ["num_tokens", "window_size", "device=None"],
     "online_softmax_attention": ["q", "k", "v", "block_size=64", "causal=False"],
@@ -49,7 +53,8 @@ SPEC = {
     "FlashAttentionFunction": ["q", "k", "v", "causal=False", "block_q=64", "block_k=64"],  # of .apply: forward's
     "flash_attention": ["q", "k", "v", "causal=False", "block_q=64", "block_k=64"],
 }
-EXTRA = {"ToySelfAttention": ["d_model"], "toy_dataset": ["seed=0", "dtype=torch.float32", "device=None"]}
+EXTRA = {"TinyLanguageModel": ["vocab_size", "d_model", "context_length", "num_heads", "num_layers=1",
+                               "positions='rope'"]}
 
 
 def parameters(obj):
@@ -68,7 +73,7 @@ def parameters(obj):
 
 
 def test_does_all_list_every_graded_name_and_the_extras():
-    expected = set(SPEC) | set(EXTRA) | {"BOOK_INPUTS", "BOOK_TOKENS"}
+    expected = set(SPEC) | set(EXTRA) | {"BOOK_INPUTS", "BOOK_TOKENS", "CORPUS"}
     assert set(S.__all__) == expected
     assert len(S.__all__) == len(set(S.__all__))
     for name in S.__all__:
@@ -95,7 +100,8 @@ def test_are_the_classes_modules():
         "CausalAttention",
         "MultiHeadAttentionWrapper",
         "MultiHeadAttention",
-        "ToySelfAttention",
+        "RotaryMultiHeadAttention",
+        "TinyLanguageModel",
     ):
         assert issubclass(getattr(S, name), torch.nn.Module), name
 
@@ -130,7 +136,7 @@ def test_does_nothing_fall_back_to_the_default_device():
             t(2, 5, 3), t(2, 7, 3), t(2, 7, 4), t(2, 5, 4), t(2, 5), t(2, 5, 4), True, 2, 3
         )[1],
         "flash_attention": S.flash_attention(t(2, 5, 3), t(2, 7, 3), t(2, 7, 4), True, 2, 3),
-        "toy_dataset": S.toy_dataset(device=meta)[1],
+        "next_token_loss": S.next_token_loss(t(2, 5, 7), torch.zeros(2, 5, dtype=torch.long, device=meta)),
     }
     modules = {
         "SelfAttention_v1": S.SelfAttention_v1(3, 2),
@@ -138,11 +144,14 @@ def test_does_nothing_fall_back_to_the_default_device():
         "CausalAttention": S.CausalAttention(3, 2, 6, 0.5),
         "MultiHeadAttentionWrapper": S.MultiHeadAttentionWrapper(3, 2, 6, 0.5, 2),
         "MultiHeadAttention": S.MultiHeadAttention(3, 4, 6, 0.5, 2),
-        "ToySelfAttention": S.ToySelfAttention(3),
+        "RotaryMultiHeadAttention": S.RotaryMultiHeadAttention(3, 4, 6, 0.5, 2),
     }
     for name, module in modules.items():
         for train in (False, True):
             out = module.to(meta).train(train)(t(2, 5, 3))
             outputs[f"{name}(train={train})"] = out[0] if isinstance(out, tuple) else out
+    tokens = torch.zeros(2, 5, dtype=torch.long, device=meta)
+    for kind in ("rope", "learned"):
+        outputs[f"TinyLanguageModel({kind})"] = S.TinyLanguageModel(7, 4, 8, 2, positions=kind).to(meta)(tokens)
     for name, out in outputs.items():
         assert out.device == meta, name
