@@ -43,6 +43,13 @@ from .lesson8_efficient import (
     online_softmax_attention,
     sliding_window_mask,
 )
+from .lesson8_inference import (
+    GroupedQueryAttention,
+    KVCache,
+    kv_cache_bytes,
+    padding_mask,
+    safe_softmax,
+)
 
 __all__ = [
     # lesson 1
@@ -77,7 +84,13 @@ __all__ = [
     "next_token_loss",
     "train_language_model",
     "generate",
-    # lesson 8
+    # lesson 8 (second edition): generating fast and long
+    "KVCache",
+    "GroupedQueryAttention",
+    "padding_mask",
+    "safe_softmax",
+    "kv_cache_bytes",
+    # lesson 8 (first edition; lessons 9 and 10 in the second)
     "sliding_window_mask",
     "online_softmax_attention",
     "flash_attention_forward",
