@@ -27,14 +27,8 @@ from .lesson5_multihead import (
 )
 from .lesson6_positions import apply_rope, sinusoidal_positional_encoding
 from .lesson7_training import ToySelfAttention, plot_attention, toy_dataset, train_self_attention
-from .lesson8_efficient import (
-    FlashAttentionFunction,
-    flash_attention,
-    flash_attention_backward,
-    flash_attention_forward,
-    online_softmax_attention,
-    sliding_window_mask,
-)
+from .lesson9_flash_forward import flash_attention_forward, online_softmax_attention, sliding_window_mask
+from .lesson10_flash_backward import FlashAttentionFunction, flash_attention, flash_attention_backward
 
 __all__ = [
     # lesson 1
@@ -67,10 +61,11 @@ __all__ = [
     # lesson 7
     "train_self_attention",
     "plot_attention",
-    # lesson 8
+    # lesson 9
     "sliding_window_mask",
     "online_softmax_attention",
     "flash_attention_forward",
+    # lesson 10
     "flash_attention_backward",
     "FlashAttentionFunction",
     "flash_attention",
