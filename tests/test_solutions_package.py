@@ -42,7 +42,7 @@ SPEC = {
     "plot_attention": ["weights", "tokens"],
     "sliding_window_mask": ["num_tokens", "window_size", "device=None"],
     "online_softmax_attention": ["q", "k", "v", "block_size=64", "causal=False"],
-    "flash_attention_forward": ["q", "k", "v", "causal=False", "block_q=64", "block_k=64"],
+    "flash_attention_forward": ["q", "k", "v", "causal=False", "block_q=64", "block_k=64", "window_size=None"],
     "flash_attention_backward": [
         "q", "k", "v", "out", "lse", "grad_out", "causal=False", "block_q=64", "block_k=64",
     ],
