@@ -198,7 +198,8 @@ ITEMS: list[Item] = [
 
 
 def _backward_variant(*, d_from_grad_out: bool = False, subtract_d: bool = True, scale_dk: bool = True,
-                      scale_dq: bool = True, tile_max_weights: bool = False, use_causal: bool = True):
+                      scale_dq: bool = True, tile_max_weights: bool = False, use_causal: bool = True,
+                      overwrite_dq: bool = False, unscaled_recompute: bool = False):
     def flash_attention_backward(q, k, v, out, lse, grad_out, causal=False, block_q=64, block_k=64):
         causal = causal and use_causal
         n_q, d = q.shape[-2:]
@@ -210,7 +211,7 @@ def _backward_variant(*, d_from_grad_out: bool = False, subtract_d: bool = True,
             ke = min(ks + block_k, n_k)
             for qs in range(0, n_q, block_q):
                 qe = min(qs + block_q, n_q)
-                s = q[..., qs:qe, :] @ k[..., ks:ke, :].transpose(-2, -1) * factor
+                s = q[..., qs:qe, :] @ k[..., ks:ke, :].transpose(-2, -1) * (1.0 if unscaled_recompute else factor)
                 if causal:
                     key_pos, query_pos = torch.arange(ks, ke, device=q.device), torch.arange(qs, qe, device=q.device)
                     future = key_pos[None, :] > query_pos[:, None]
@@ -224,7 +225,11 @@ def _backward_variant(*, d_from_grad_out: bool = False, subtract_d: bool = True,
                 dv[..., ks:ke, :] += p.transpose(-2, -1) @ do
                 dp = do @ v[..., ks:ke, :].transpose(-2, -1)
                 ds = p * (dp - D[..., qs:qe, None]) if subtract_d else p * dp
-                dq[..., qs:qe, :] += ds @ k[..., ks:ke, :] * (factor if scale_dq else 1.0)
+                dq_share = ds @ k[..., ks:ke, :] * (factor if scale_dq else 1.0)
+                if overwrite_dq:  # the last key tile's share only
+                    dq[..., qs:qe, :] = dq_share
+                else:
+                    dq[..., qs:qe, :] += dq_share
                 dk[..., ks:ke, :] += ds.transpose(-2, -1) @ q[..., qs:qe, :] * (factor if scale_dk else 1.0)
         return dq, dk, dv
     return {"flash_attention_backward": flash_attention_backward}
@@ -270,6 +275,22 @@ def _bwd_tile_max():
          "mask the recomputed scores exactly as in forward (key position > query position -> -inf) before exp")
 def _bwd_causal():
     return _backward_variant(use_causal=False)
+
+
+@mistake("flash_attention_backward", "dq_overwritten_per_key_tile",
+         "dq of a query tile is assigned (=) in each key tile instead of accumulated (+=): only the last key tile's "
+         "share survives (dk and dv are right)",
+         "dq[..., qs:qe, :] += dS @ k_tile / sqrt(d): with the key tiles outside, dq collects a share from each")
+def _bwd_dq_overwritten():
+    return _backward_variant(overwrite_dq=True)
+
+
+@mistake("flash_attention_backward", "recomputed_scores_not_scaled",
+         "the scores recomputed in backward are not divided by sqrt(d), so P = exp(S - lse) is not the forward's "
+         "weights (lse is the logsumexp of the scaled scores)",
+         "recompute S = q_tile @ k_tile^T / sqrt(d), exactly as in forward, before P = exp(S - lse)")
+def _bwd_unscaled():
+    return _backward_variant(unscaled_recompute=True)
 
 
 # --- FlashAttentionFunction and flash_attention ------------------------------------------------------

@@ -150,9 +150,17 @@ def _window_ignored():
     return _window_variant(lambda d, w: d >= 0)
 
 
+@mistake("sliding_window_mask", "transposed",
+         "the mask is transposed (j - i in place of i - j): each query sees itself and the window_size - 1 LATER "
+         "tokens, not the earlier ones",
+         "query i is the row, key j the column: allow 0 <= i - j < window_size")
+def _window_transposed():
+    return _window_variant(lambda d, w: (d <= 0) & (-d < w))
+
+
 def _online_variant(*, rescale_sum: bool = True, rescale_acc: bool = True, use_causal: bool = True,
                     scale: bool = True, hide_diagonal: bool = False, drop_partial_block: bool = False,
-                    bottom_right: bool = False):
+                    bottom_right: bool = False, block_local_positions: bool = False):
     def online_softmax_attention(q, k, v, block_size=64, causal=False):
         causal = causal and use_causal
         n_q, d = q.shape[-2:]
@@ -167,7 +175,8 @@ def _online_variant(*, rescale_sum: bool = True, rescale_acc: bool = True, use_c
             end = min(start + block_size, n_k)
             scores = q @ k[..., start:end, :].transpose(-2, -1) / (d ** 0.5 if scale else 1.0)
             if causal:
-                key_pos = torch.arange(start, end, device=q.device)[None, :]
+                key_pos = torch.arange(0 if block_local_positions else start, end - start if block_local_positions
+                                       else end, device=q.device)[None, :]
                 future = key_pos >= query_pos if hide_diagonal else key_pos > query_pos
                 scores = scores.masked_fill(future, NEG_INF)
             m_new = torch.maximum(m, scores.amax(-1, keepdim=True))
@@ -232,6 +241,14 @@ def _online_bottom_right():
     return _online_variant(bottom_right=True)
 
 
+@mistake("online_softmax_attention", "causal_block_local_key_positions",
+         "the causal mask compares query positions with key positions counted from the start of each block "
+         "(0 .. block_size - 1), not from the start of the sequence: later blocks are masked as if they were first",
+         "the keys of the block k[..., start:end, :] stand at positions torch.arange(start, end)")
+def _online_local():
+    return _online_variant(block_local_positions=True)
+
+
 # --- FlashAttention: forward ----------------------------------------------------------------------------
 
 
@@ -249,7 +266,8 @@ def _tile_update(m, l, acc, s, v_tile, rescale_sum=True):
 def _forward_variant(*, lse_max: bool = True, lse_unscaled_max: bool = False, normalise: bool = True,
                      all_query_tiles: bool = True, skip_from_first_query: bool = False, rescale_sum: bool = True,
                      use_causal: bool = True, scale: bool = True, use_window: bool = True,
-                     window_implies_causal: bool = True, window_extra: int = 0, window_start_from_last_query=False):
+                     window_implies_causal: bool = True, window_extra: int = 0, window_start_from_last_query=False,
+                     tile_local_positions: bool = False):
     def flash_attention_forward(q, k, v, causal=False, block_q=64, block_k=64, window_size=None):
         window = window_size if use_window else None
         causal = (causal or (window_size is not None and window_implies_causal)) and use_causal
@@ -273,7 +291,7 @@ def _forward_variant(*, lse_max: bool = True, lse_unscaled_max: bool = False, no
                     break
                 ke = min(ks + block_k, n_k)
                 s = q[..., qs:qe, :] @ k[..., ks:ke, :].transpose(-2, -1) * factor
-                key_pos = torch.arange(ks, ke, device=q.device)[None, :]
+                key_pos = torch.arange(ks, ke, device=q.device)[None, :] - (ks if tile_local_positions else 0)
                 if causal:
                     s = s.masked_fill(key_pos > query_pos, NEG_INF)
                 if window is not None:
@@ -334,6 +352,15 @@ def _fwd_sum():
          "in each tile, fill the scores where key position > query position with -inf")
 def _fwd_causal():
     return _forward_variant(use_causal=False)
+
+
+@mistake("flash_attention_forward", "causal_tile_local_key_positions",
+         "the causal mask compares the tile's query positions with key positions counted from the start of the key "
+         "tile (0 .. block_k - 1), not from the start of the sequence",
+         "the keys of the tile k[..., ks:ke, :] stand at positions torch.arange(ks, ke); the queries at "
+         "torch.arange(qs, qe)")
+def _fwd_local():
+    return _forward_variant(tile_local_positions=True)
 
 
 @mistake("flash_attention_forward", "no_scaling",
