@@ -13,7 +13,7 @@ def flash_attention_backward(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
     grad_out: torch.Tensor, causal: bool = False, block_q: int = 64, block_k: int = 64,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients of attention with respect to ``q, k, v`` (FlashAttention-2's backward pass).
+    """Gradients of attention with respect to ``q, k, v`` (FlashAttention's backward pass, by recomputation).
 
     Nothing of size ``n_q * n_k`` was stored by the forward pass: each tile of attention weights is
     recomputed from the scores and ``lse``, ``P = exp(S - lse)``. With ``D_i = sum_c dO_ic O_ic``
