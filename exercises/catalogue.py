@@ -19,14 +19,15 @@ from exercises.lessons import (
     lesson5_multihead,
     lesson6_positions,
     lesson7_language_model,
-    lesson8_efficient,
     lesson8_inference,
+    lesson9_flash_forward,
+    lesson10_flash_backward,
 )
 
 __all__ = ["FLOAT_DTYPES", "ITEMS", "LESSONS", "NOTEBOOKS", "Case", "Item", "available_devices", "items_in"]
 
 LESSONS = (lesson1_scores, lesson2_sdpa, lesson3_trainable, lesson4_causal, lesson5_multihead, lesson6_positions,
-           lesson7_language_model, lesson8_inference, lesson8_efficient)
+           lesson7_language_model, lesson8_inference, lesson9_flash_forward, lesson10_flash_backward)
 
 ITEMS: dict[str, Item] = {item.name: item for module in LESSONS for item in module.ITEMS}
 

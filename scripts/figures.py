@@ -42,6 +42,7 @@ FIGURES: dict[str, tuple[str, ...]] = {
     "01_attention_scores.ipynb": ("given_rnn_bottleneck_demo", "given_plot_embeddings"),
     "02_scaled_dot_product_attention.ipynb": ("given_saturation_demo",),
     "08_fast_generation.ipynb": ("given_cache_layout_picture",),
+    "09_flash_attention_forward.ipynb": ("given_demo_tile_grid",),
 }
 
 CAPTION = ("*What the code cell below draws (generated from the lesson's own code by `scripts/figures.py`; "

@@ -35,14 +35,6 @@ from .lesson7_language_model import (
     plot_attention,
     train_language_model,
 )
-from .lesson8_efficient import (
-    FlashAttentionFunction,
-    flash_attention,
-    flash_attention_backward,
-    flash_attention_forward,
-    online_softmax_attention,
-    sliding_window_mask,
-)
 from .lesson8_inference import (
     GroupedQueryAttention,
     KVCache,
@@ -50,6 +42,8 @@ from .lesson8_inference import (
     padding_mask,
     safe_softmax,
 )
+from .lesson9_flash_forward import flash_attention_forward, online_softmax_attention, sliding_window_mask
+from .lesson10_flash_backward import FlashAttentionFunction, flash_attention, flash_attention_backward
 
 __all__ = [
     # lesson 1
@@ -90,10 +84,11 @@ __all__ = [
     "padding_mask",
     "safe_softmax",
     "kv_cache_bytes",
-    # lesson 8 (first edition; lessons 9 and 10 in the second)
+    # lesson 9
     "sliding_window_mask",
     "online_softmax_attention",
     "flash_attention_forward",
+    # lesson 10
     "flash_attention_backward",
     "FlashAttentionFunction",
     "flash_attention",

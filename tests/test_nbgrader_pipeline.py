@@ -402,6 +402,31 @@ def test_leak_check_sees_a_solution_line_in_markdown_given_code_tests_and_docstr
             assert line in found, f"{name}: a solution line in a {where} cell is not reported"
 
 
+LESSON10 = "10_flash_attention_backward.ipynb"
+# The first edition's optional Triton cell, word for word: given code in the release, and the complete tiled
+# forward algorithm (running maximum, the exp(m - m_new) correction, m + log(l), the causal tile stop)
+FIRST_EDITION_TRITON_CELL = ROOT / "tests" / "fixtures" / "leaks" / "first_edition_triton_cell.py"
+
+
+def test_leak_check_finds_the_first_editions_finished_triton_kernel():
+    """The finished kernel is a solution region of lesson 10 now: the release carries a skeleton, and the first
+    edition's cell, put back as given code, is reported with the lines that give the algorithm away."""
+    sources = require_course()
+    kernel = next(c for c in sources[LESSON10].cells if nbgrader_meta(c).get("grade_id") == "triton_kernel")
+    assert nbgrader_meta(kernel).get("solution") and SOLUTION[0] in kernel.source
+    released = "\n".join(released_cells(nbformat.from_dict({"cells": [kernel]})))
+    assert "tl.exp(m - m_new)" not in released and "tl.dot(q, tl.trans(k))" not in released
+    old = new_code_cell(FIRST_EDITION_TRITON_CELL.read_text(encoding="utf-8"),
+                        metadata={"nbgrader": {"grade_id": "given_triton_kernel", "solution": False, "grade": False,
+                                               "locked": True}})
+    index = sources[LESSON10].cells.index(kernel)
+    found = source_leaks(_with_cell(sources, LESSON10, index, old)).get(LESSON10, [])
+    for line in ("correction = tl.exp(m - m_new)",
+                 "m_new = tl.maximum(m, tl.max(s, 1))  # finite: every row sees key 0",
+                 "s = tl.dot(q, tl.trans(k)) * scale  # (BQ, BK) scores, never in HBM"):
+        assert line in found, f"the first edition's Triton cell is back in the release and {line!r} is not reported"
+
+
 def test_leak_check_ignores_generic_lines():
     sources = require_course()
     generic = ["return out", "def forward(self, x):", "super().__init__()", "loss.backward()", "plt.close(fig)",

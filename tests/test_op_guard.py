@@ -618,11 +618,11 @@ def test_are_sdpa_and_multihead_attention_caught_in_the_worker(tmp_path):
 
 @pytest.mark.slow
 def test_does_max_numel_fail_a_full_score_answer_in_the_worker_and_pass_the_reference(tmp_path, lesson8_rules):
-    rows = _grade(tmp_path / "full", "08_efficient_attention.ipynb", {"online_softmax_attention": FULL_SCORES})
+    rows = _grade(tmp_path / "full", "09_flash_attention_forward.ipynb", {"online_softmax_attention": FULL_SCORES})
     limited = {c.name for c in lesson8_rules.cases(7, "float64") if c.max_numel is not None}
     for row in rows["online_softmax_attention"]:
         assert row.status == "failed" and 0 < row.score < row.max_score and not row.forbidden
         assert row.cases_passed == row.cases_total - len(limited)
         assert "must never build the full (n_q, n_k) score matrix; work block by block" in row.message
-    rows = _grade(tmp_path / "perfect", "08_efficient_attention.ipynb", {})
+    rows = _grade(tmp_path / "perfect", "09_flash_attention_forward.ipynb", {})
     assert all(r.status == "passed" for item in rows.values() for r in item), rows

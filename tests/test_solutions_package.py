@@ -53,7 +53,7 @@ SPEC = {
     "kv_cache_bytes": ["num_layers", "num_kv_heads", "head_dim", "num_tokens", "batch_size=1", "bytes_per_value=2"],
     "sliding_window_mask": ["num_tokens", "window_size", "device=None"],
     "online_softmax_attention": ["q", "k", "v", "block_size=64", "causal=False"],
-    "flash_attention_forward": ["q", "k", "v", "causal=False", "block_q=64", "block_k=64"],
+    "flash_attention_forward": ["q", "k", "v", "causal=False", "block_q=64", "block_k=64", "window_size=None"],
     "flash_attention_backward": [
         "q", "k", "v", "out", "lse", "grad_out", "causal=False", "block_q=64", "block_k=64",
     ],

@@ -39,7 +39,12 @@ HIDDEN = re.compile(r"^[ \t]*### BEGIN HIDDEN TESTS.*?### END HIDDEN TESTS[^\n]*
 SEEDS = (0, 1)  # caught means caught under every seed: a check that catches by luck does not count
 
 # (item, mistake) -> why the visible checks cannot catch it at home. Keep it short and honest.
-NOT_CAUGHT: dict[tuple[str, str], str] = {}
+NOT_CAUGHT: dict[tuple[str, str], str] = {
+    ("sinusoidal_positional_encoding", "angles_in_low_precision"):
+        "a float32 table from float32 angles (Llama, the Annotated Transformer, Hugging Face) is within float32 "
+        "rounding of its own angles: notebook 06 says it is accepted, and its visible check admits that rounding "
+        "(the realworld branch changes grading's tolerance to match)",
+}
 
 
 @dataclass
@@ -238,3 +243,17 @@ def test_does_a_correct_alternative_pass_the_visible_checks(fixture):
     for error in errors:
         assert error is None, (f"{fixture.stem}: a correct alternative fails the visible checks of test_{item}: "
                                f"{type(error).__name__}: {str(error)[:300]}")
+
+
+OVERSIZED = sorted((FIXTURES / "oversized").glob("*.py"))
+
+
+@pytest.mark.parametrize("fixture", OVERSIZED, ids=[p.stem for p in OVERSIZED])
+def test_do_the_visible_checks_refuse_one_full_mask_as_grading_does(fixture):
+    """Right values, but one (n_q, n_k) mask built up front: grading forbids any tensor of n_q * n_k elements
+    (``max_numel``), and so must the visible checks. The first edition's threshold, 2 * n_q * n_k, let it pass."""
+    item = fixture.stem.split("__")[0]
+    for seed in SEEDS:
+        error = run_visible(item, fixture.read_text(encoding="utf-8"), seed)
+        assert isinstance(error, AssertionError) and "256 * 256 elements" in str(error), (
+            f"{fixture.stem}: the visible checks of test_{item} let a full (256, 256) mask pass: {error!r}")

@@ -1,4 +1,4 @@
-"""The course's lessons, one module each (named like ``solutions/``): ``lesson1_scores`` ... ``lesson8_efficient``.
+"""The course's lessons, one module each (named like ``solutions/``): ``lesson1_scores`` ... ``lesson10_...``.
 
 A lesson module holds its notebook's name (``NOTEBOOK``), the builders of its items' cases, its
 ``ITEMS: list[Item]`` (in notebook order) and its known mistakes and error hints (registered in
