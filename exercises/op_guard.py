@@ -270,11 +270,10 @@ class OpGuard:
     cannot erase it; ``report`` reads both.
     """
 
-    # threads of the host that may be alive during a call (``allow_threads``): Jupyter's own, in the kernel
-    allowed_threads: frozenset[int] = frozenset()
-
-    def __init__(self, max_numel: int | None = None, span: dict[str, Any] | None = None):
+    def __init__(self, max_numel: int | None = None, span: dict[str, Any] | None = None,
+                 allow: frozenset[int] = frozenset()):
         self.max_numel = max_numel
+        self.allowed_threads = allow  # threads of the host that may be alive during a call: Jupyter's, in a kernel
         self.span = dict(span) if span is not None else None
         self.used: dict[str, str] = {}
         self.too_big: tuple[tuple[int, ...], int, str] | None = None

@@ -23,7 +23,7 @@ import torch
 
 import solutions
 from autograder.sandbox import Limits
-from exercises import kernel
+from exercises import kernel, rules
 from exercises.cases import BUILTIN_SDPA, BUILTIN_SOFTMAX
 from exercises.catalogue import ITEMS
 from exercises.judge import run_on
@@ -447,6 +447,8 @@ def online_softmax_attention(q, k, v, block_size=64, causal=False):
 
 
 def test_does_a_full_score_answer_fail_max_numel_but_get_full_marks_without_it(lesson8_rules, monkeypatch, capsys):
+    """``max_numel`` on its own (the tiled algorithm's rule, which fails this answer as a whole, is off here)."""
+    monkeypatch.setattr(rules, "span_rule", lambda case: None)
     monkeypatch.setitem(ITEMS, "online_softmax_attention", dataclasses.replace(lesson8_rules, build=_no_limit(
         lesson8_rules.build)))
     assert kernel.check("online_softmax_attention", run_cell(FULL_SCORES), seed=5) is None  # right values
