@@ -30,7 +30,7 @@ from exercises.catalogue import ITEMS, available_devices
 from exercises.compare import Outputs
 from exercises.diagnosis import diagnose, explain_error
 from exercises.judge import judge, reference_outputs
-from exercises.op_guard import OpGuard, install_tripwires, trust
+from exercises.op_guard import OpGuard, install_tripwires
 from exercises.program import ProgramError, compute_dtype, run_program, serialise_outputs
 from exercises.rules import case_guard, shortcut_message, too_big
 from exercises.scoring import CaseOutcome, Status, score_variant
@@ -107,8 +107,7 @@ _READY: list[bool] = []
 def _prepare_monitor() -> None:
     """Once per kernel: the monitor's tripwires and audit hook (as the worker sets them before student code)."""
     if not _READY:
-        install_tripwires()
-        trust(program_module)
+        install_tripwires(trusted=(program_module,))
         _READY.append(True)
 
 

@@ -28,7 +28,6 @@ This file is copied into the worker's sandbox (like ``program.py``): standard li
 from __future__ import annotations
 
 import functools
-import itertools
 import sys
 import threading
 from types import MappingProxyType
@@ -168,14 +167,18 @@ def spans_keys(shape: tuple[int, ...], span: dict[str, Any]) -> bool:
 
 # Modules of the grader that run inside a graded call (stand-ins for dependencies read numbers out of tensors):
 # their frames are not the student's. Identified by their globals dicts, which the student cannot become.
-_TRUSTED: list[dict[str, Any]] = []
+_TRUSTED: tuple[dict[str, Any], ...] = ()
 
 
 def trust(*modules: Any) -> None:
-    """Count code of these modules (and safetensors, which the stand-ins use) as the grader's, not the student's."""
+    """Count code of these modules (and safetensors, which the stand-ins use) as the grader's, not the student's.
+    Called by ``install_tripwires``, before any student code: afterwards the audit hook sees a change as tampering."""
+    global _TRUSTED
+    if _HOOKED:  # too late: the hook has taken its picture of this file
+        return
     for module in [*modules, *(m for name, m in list(sys.modules.items()) if name.split(".")[0] == "safetensors")]:
         if module is not None and all(vars(module) is not known for known in _TRUSTED):
-            _TRUSTED.append(vars(module))
+            _TRUSTED = (*_TRUSTED, vars(module))
 
 
 def _callers_globals() -> dict[str, Any]:
@@ -198,7 +201,7 @@ class _FunctionLevel(TorchFunctionMode):
         guard = self.guard
         name = getattr(func, "__name__", "") or ""
         family = family_of(name)
-        if family is not None and family not in guard.used:
+        if family is not None:  # posted every time: the record of what was seen is not the code's to edit
             guard.note_used(family, _route(func))
         if guard.span is not None and guard.depth == 0 and (name in EXPORTS or name in SCALARS):
             guard.note_export(name)
@@ -224,7 +227,7 @@ class _OperatorLevel(TorchDispatchMode):
         name = getattr(func, "_opname", None) or func.__name__
         # only torch's own operators: a student's custom operator named ``softmax`` is their own code
         family = family_of(name) if getattr(func, "namespace", "aten") == "aten" else None
-        if family is not None and family not in guard.used:
+        if family is not None:
             guard.note_used(family, f"aten.{name} (an operator below the Python API)")
         if guard.depth == 0 and not guard.function_active():
             guard.tamper("torch's Python API ran without the grader's function-level monitor")
@@ -287,11 +290,10 @@ class OpGuard:
         self._operator = _OperatorLevel(self)
         self._saved: tuple[list[Any], list[Any]] = ([], [])  # the mode stacks before the block
         self._state: tuple[Any, bool] | None = None  # torch functions' state, the Python key excluded?
-        self._key = next(_KEYS)  # this guard's key in the audit hook's record
 
     # --- findings, each also posted where the code cannot take it back ---------------------------------------
     def _post(self, kind: str, value: Any) -> None:
-        sys.audit(_AUDIT_POST, self._key, kind, value)
+        sys.audit(_AUDIT_POST, self, kind, value)
 
     def tamper(self, why: str) -> None:
         if self.tampered is None:
@@ -299,7 +301,7 @@ class OpGuard:
             self._post("tampered", why)
 
     def note_used(self, family: str, route: str) -> None:
-        self.used[family] = route
+        self.used.setdefault(family, route)
         self._post("used", (family, route))
 
     def note_export(self, name: str) -> None:
@@ -352,6 +354,7 @@ class OpGuard:
         self._function.__enter__()
         self._operator.__enter__()
         _OPEN.append(self)
+        self._post(_OPENED, (self.max_numel, repr(self.span)))
         return self
 
     def intact(self) -> bool:
@@ -360,6 +363,7 @@ class OpGuard:
         return self.function_active() and self.dispatch_active()
 
     def __exit__(self, *exc: Any) -> None:
+        self._post(_CLOSED, (self.max_numel, repr(self.span)))
         if self in _OPEN:
             _OPEN.remove(self)
         else:
@@ -393,7 +397,7 @@ class OpGuard:
 
         Read from the audit hook's record where it keeps one (the code cannot erase it), else from this object."""
         kept: list[tuple[str, Any]] = []
-        sys.audit(_AUDIT_READ, self._key, kept)
+        sys.audit(_AUDIT_READ, self, kept)
         first: dict[str, Any] = {}
         used = dict(self.used)
         for kind, value in kept:
@@ -416,8 +420,22 @@ def _has_tensor(args: Any) -> bool:
     return any(isinstance(leaf, torch.Tensor) for leaf in torch.utils._pytree.tree_leaves(args))
 
 
-_KEYS = itertools.count(1)
-_AUDIT_POST, _AUDIT_READ = "grader.op_guard.post", "grader.op_guard.read"
+_AUDIT_POST, _AUDIT_READ, _AUDIT_ASK = "grader.op_guard.post", "grader.op_guard.read", "grader.op_guard.open?"
+_OPENED, _CLOSED = "opened", "closed"
+
+
+def _any_open() -> bool:
+    """Is a guard open? The audit hook's answer where it is installed (the code cannot change it), else ``_OPEN``."""
+    box: list[bool] = []
+    sys.audit(_AUDIT_ASK, box)
+    return box[0] if box else bool(_OPEN)
+
+
+def _alert(why: str) -> None:
+    """Record tampering in every open guard: in the audit hook's record, and in the innermost guard object."""
+    sys.audit(_AUDIT_POST, None, "tampered", why)
+    if _OPEN:
+        _OPEN[-1].tamper(why)
 
 
 # --- tripwires: torch's switches for the modes, called by code other than torch's own -----------------
@@ -466,8 +484,8 @@ def _entered_by_student(depth: int = 2) -> bool:
 
 def _tripwire(name: str, original: Any, check: Any, refuse: bool = False) -> Any:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if _OPEN and check():
-            _OPEN[-1].tamper(f"the code called {name}")
+        if _any_open() and check():
+            _alert(f"the code called {name}")
             if refuse:
                 raise RuntimeError(REFUSED)
         return original(*args, **kwargs)
@@ -483,41 +501,96 @@ def _always() -> bool:
     return True
 
 
-def _audit_hook() -> Any:
+def _audit_hook(strict: bool) -> Any:
     """The hook that keeps every guard's findings (``OpGuard._post``) where no Python code can reach them.
 
-    An audit hook cannot be removed or listed; its record is a local of this closure. While a guard is
-    open it also refuses what would reach that record or the monitor's objects (``gc.get_objects`` and its
-    kind, another thread's frames) and new native code (``ctypes`` loading a library or a symbol)."""
-    record: dict[int, list[tuple[str, Any]]] = {}
-    refused = frozenset({"gc.get_objects", "gc.get_referrers", "gc.get_referents", "sys._current_frames",
-                         "ctypes.dlopen", "ctypes.dlsym", "ctypes.dlsym/handle"})
+    An audit hook cannot be removed or listed, and its record is a local of this closure: the code can add to
+    it (only to its own cost) but neither read another's nor erase anything. It knows which guards are open
+    (a guard opened twice, or closed when it was not open, is tampering), answers ``_any_open`` for the
+    tripwires, and while a guard is open refuses what would reach the monitor's objects or the record
+    (``gc.get_objects`` and its kind, other threads' frames) and new native code (``ctypes`` loading a library
+    or a symbol). ``strict`` (the worker): ``gc``'s walks over objects are refused at all times, as no exercise
+    needs them. Every time a guard closes, the hook checks that this file's functions, tables and classes are
+    the objects they were when it was installed: code that rebinds them is tampering."""
+    record: dict[int, tuple[Any, list[tuple[str, Any]]]] = {}  # id(guard) -> (guard, findings)
+    open_guards: dict[int, Any] = {}
+    own = globals()
+    guard_type = OpGuard
+    sealed = (OpGuard, _FunctionLevel, _OperatorLevel)
+    module_then = {name: value for name, value in own.items() if not name.startswith("__")}
+    classes_then = [(cls, dict(vars(cls))) for cls in sealed]
+    walks = frozenset({"gc.get_objects", "gc.get_referrers", "gc.get_referents"})
+    refused = walks | {"sys._current_frames", "ctypes.dlopen", "ctypes.dlsym", "ctypes.dlsym/handle"}
+
+    def changed() -> str | None:
+        for name, value in module_then.items():
+            if own.get(name) is not value:
+                return f"the code changed the monitor's {name}"
+        for cls, then in classes_then:
+            now = vars(cls)
+            if len(now) != len(then) or any(now.get(name) is not value for name, value in then.items()):
+                return f"the code changed the monitor's {cls.__name__}"
+        return None
+
+    def note(guard: Any, kind: str, value: Any) -> None:
+        entry = record.get(id(guard))
+        if entry is None or entry[0] is not guard:  # a new guard (or a new one at a freed one's address)
+            entry = record[id(guard)] = (guard, [])
+        entry[1].append((kind, value))
+
+    def post(guard: Any, kind: str, value: Any) -> None:
+        if guard is None:  # a tripwire: every open guard
+            for each in list(open_guards.values()):
+                note(each, kind, value)
+        elif kind == _OPENED:
+            known = record.get(id(guard))
+            if id(guard) in open_guards or (known is not None and known[0] is guard):
+                note(guard, "tampered", "the monitor was opened again by the code")
+            else:
+                record[id(guard)] = (guard, [])
+            open_guards[id(guard)] = guard
+        elif kind == _CLOSED:
+            if open_guards.pop(id(guard), None) is None:
+                note(guard, "tampered", "the monitor was closed by the code before the end of the call")
+            why = changed()
+            if why:
+                note(guard, "tampered", why)
+        else:
+            note(guard, kind, value)
 
     def hook(event: str, args: tuple) -> None:
         if event == _AUDIT_POST:
-            if type(args[0]) is int and type(args[1]) is str:
-                record.setdefault(args[0], []).append((args[1], args[2]))
+            if len(args) == 3 and type(args[1]) is str and (args[0] is None or type(args[0]) is guard_type):
+                post(*args)
         elif event == _AUDIT_READ:
-            if type(args[0]) is int and type(args[1]) is list:
-                args[1].extend(record.get(args[0], ()))
-        elif event in refused and _OPEN and sys._getframe(1).f_globals is not _OWN:
-            _OPEN[-1].tamper(f"the code called {event}")
-            raise RuntimeError(f"{event} is not allowed while a graded call runs")
+            if len(args) == 2 and type(args[0]) is guard_type and type(args[1]) is list:
+                entry = record.get(id(args[0]))
+                if entry is not None and entry[0] is args[0]:
+                    args[1].extend(entry[1])
+        elif event == _AUDIT_ASK:
+            if len(args) == 1 and type(args[0]) is list:
+                args[0].append(bool(open_guards))
+        elif (event in refused and (open_guards or (strict and event in walks))
+              and sys._getframe(1).f_globals is not own):
+            post(None, "tampered", f"the code called {event}")
+            raise RuntimeError(f"{event} is not allowed while grading")
+        elif event in ("object.__setattr__", "object.__delattr__") and args and any(args[0] is c for c in sealed):
+            # the monitor's classes are sealed: a method replaced would see nothing
+            post(None, "tampered", f"the code changed the monitor's {args[0].__name__}")
+            raise RuntimeError("the grader's monitor cannot be changed")
     return hook
 
 
-_OWN = globals()
 _HOOKED: list[bool] = []
 
 
-def install_tripwires() -> Any:
-    """Wrap ``SWITCHES`` and ``SPAWNERS`` and add the audit hook (once per process: it cannot be removed; see
-    above); returns a function that puts the wrapped originals back (for tests)."""
+def install_tripwires(trusted: tuple[Any, ...] = (), strict: bool = False) -> Any:
+    """Wrap ``SWITCHES`` and ``SPAWNERS``, trust the grader's ``trusted`` modules (``trust``) and add the audit hook
+    (once per process: it cannot be removed; ``strict``: see ``_audit_hook``); returns a function that puts the
+    wrapped originals back (for tests)."""
     import importlib
 
-    if not _HOOKED:
-        sys.addaudithook(_audit_hook())
-        _HOOKED.append(True)
+    trust(*trusted)
     undo = []
     for table, check, refuse in ((SWITCHES, _entered_by_student, False), (SPAWNERS, _always, True)):
         for owner_path, attr in table:
@@ -531,6 +604,9 @@ def install_tripwires() -> Any:
                 continue
             setattr(owner, attr, _tripwire(attr, original, check, refuse))
             undo.append((owner, attr, original))
+    if not _HOOKED:  # last: the hook's picture of this file includes the trusted modules
+        sys.addaudithook(_audit_hook(strict))
+        _HOOKED.append(True)
 
     def restore() -> None:
         for owner, attr, original in reversed(undo):

@@ -24,6 +24,7 @@ import torch
 import solutions
 from autograder.sandbox import Limits
 from exercises import kernel, rules
+from exercises import program as program_module
 from exercises.cases import BUILTIN_SDPA, BUILTIN_SOFTMAX
 from exercises.catalogue import ITEMS
 from exercises.judge import run_on
@@ -277,7 +278,7 @@ def test_is_a_mode_the_code_leaves_behind_harmless_and_removed():
 @pytest.fixture
 def tripwires():
     """torch's switches for the monitor wrapped, as the worker does before any student code (undone after)."""
-    restore = install_tripwires()
+    restore = install_tripwires(trusted=(program_module,))
     yield
     restore()
 

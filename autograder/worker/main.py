@@ -285,8 +285,7 @@ def start(plan: dict) -> dict[int, dict]:
     if any(call.get("guard") is not None for call in plan["calls"]):
         # before any student code: torch's switches for the monitor watched, threads and processes refused during
         # graded calls, findings kept by an audit hook; the grader's own modules are not the student's code
-        op_guard.install_tripwires()
-        op_guard.trust(program, protocol, sys.modules[__name__])
+        op_guard.install_tripwires(trusted=(program, protocol, sys.modules[__name__]), strict=True)
     fraction = plan.get("cuda_memory_fraction")
     if fraction and torch.cuda.is_available():  # a GPU bound CUDA tolerates, unlike an address-space limit
         torch.cuda.set_per_process_memory_fraction(float(fraction))
