@@ -141,11 +141,13 @@ def _python_key_excluded() -> bool:
 # --- what the tiled algorithm may build (lessons 9-10's rule) -------------------------------------------------
 # ``span`` (``exercises.rules.span_rule`` computes it from a case): n_q, n_k, block_q, block_k and the feature
 # sizes d, d_v. The tiled algorithm never holds more than one key block's worth of keys for a query row: a
-# floating-point operator output with a dimension of a size s, max(block_q, block_k) < s <= n_k, s != n_q,
-# is a row of scores (or weights) over more keys than a block: the exact softmax of a whole row, one query at
-# a time, builds one. Tensors that carry a feature dimension (d or d_v) among their last two are K, V, their
-# transposes, their gradients: n_k rows of features, no scores. The rule is checked only where it is
-# unambiguous (n_q != n_k: a query dimension is then never taken for a key dimension).
+# floating-point operator output whose last two dimensions (where scores keep their keys: (.., q, k), or
+# (.., k, q) transposed) include a size s, max(block_q, block_k) < s <= n_k, s != n_q, is a row of scores (or
+# weights) over more keys than a block: the exact softmax of a whole row, one query at a time, builds one.
+# Tensors that carry a feature dimension (d or d_v) among their last two are K, V, their transposes, their
+# gradients: n_k rows of features, no scores; leading dimensions are batches (einsum folds them into bmm's).
+# The rule is checked only where it is unambiguous (n_q != n_k: a query dimension is never taken for a key
+# dimension); every item of lessons 9-10 has such cases.
 # With ``span`` set the data may not leave torch either: the NumPy and Python-list detours (``EXPORTS``,
 # called by the student's code) are refused, and single numbers read out of tensors (``SCALARS``) are counted:
 # more than n_q + n_k of them is the score matrix read out number by number.
@@ -158,11 +160,10 @@ def spans_keys(shape: tuple[int, ...], span: dict[str, Any]) -> bool:
     """Does a floating-point tensor of ``shape`` hold more than one key block's worth of keys per query row?"""
     if span["n_q"] == span["n_k"]:
         return False
-    limit = max(span["block_q"], span["block_k"])
-    if not any(limit < size <= span["n_k"] and size != span["n_q"] for size in shape):
+    limit, last = max(span["block_q"], span["block_k"]), shape[-2:]
+    if not any(limit < size <= span["n_k"] and size != span["n_q"] for size in last):
         return False
-    features = span["features"]
-    return not (len(shape) >= 2 and (shape[-1] in features or shape[-2] in features))
+    return not any(size in span["features"] for size in last)
 
 
 # Modules of the grader that run inside a graded call (stand-ins for dependencies read numbers out of tensors):

@@ -516,11 +516,13 @@ def test_is_no_alternative_answer_flagged_by_the_monitor(path, tripwires):
     exec(compile(source, str(path), "exec"), namespace)
     for dtype in item.variants("cpu"):
         for case in item.cases(0, dtype):
-            with OpGuard(case.max_numel) as guard:
+            with OpGuard(case.max_numel, rules.case_guard(item, case)["span"]) as guard:
                 torch.manual_seed(0)
                 run_program(case.program, namespace, case.inputs, "cpu", dtype)
-            assert not (set(guard.used) & set(item.forbidden)), (case.name, guard.report())
-            assert guard.tampered is None and guard.too_big is None, (case.name, guard.report())
+            report = guard.report()
+            assert not (set(report["used"]) & set(item.forbidden)), (case.name, report)
+            assert report["tampered"] is None and report["too_big"] is None, (case.name, report)
+            assert report["wide"] is None and report["exported"] is None, (case.name, report)
 
 
 @pytest.mark.parametrize("path", [p for p in ALTERNATIVES if p.stem.startswith("online_softmax_attention__")],
@@ -536,11 +538,12 @@ def test_is_no_reference_solution_flagged(name, tripwires):
     item = ITEMS[name]
     for dtype in item.variants("cpu"):
         for case in item.cases(1, dtype):
-            with OpGuard(case.max_numel) as guard:
+            with OpGuard(case.max_numel, rules.case_guard(item, case)["span"]) as guard:
                 torch.manual_seed(0)
                 run_on(vars(solutions), case, "cpu", dtype)
-            assert not (set(guard.used) & set(item.forbidden)) and guard.tampered is None, guard.report()
-            assert guard.too_big is None, (case.name, guard.report())
+            report = guard.report()
+            assert not (set(report["used"]) & set(item.forbidden)) and report["tampered"] is None, report
+            assert report["too_big"] is None and report["wide"] is None and report["exported"] is None, report
 
 
 # --- through the real worker (the copy of op_guard.py in the sandbox) ----------------------------------------
