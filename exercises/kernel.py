@@ -111,6 +111,9 @@ def _prepare_monitor() -> None:
         _READY.append(True)
 
 
+_REPORT = OpGuard.report  # the class's own method, taken on import: one the code sets later is not consulted
+
+
 def _run_case(name: str, namespace: dict[str, Any], case, device: str, dtype: str | None,
               reports: list[dict[str, Any] | None]) -> tuple[bool, str]:
     reference = reference_outputs(case, device, dtype)
@@ -124,7 +127,7 @@ def _run_case(name: str, namespace: dict[str, Any], case, device: str, dtype: st
                 with guard if guard is not None else contextlib.nullcontext():  # the grader's monitor, as in the worker
                     raw = run_program(case.program, namespace, case.inputs, device, dtype)
             finally:
-                reports.append(guard.report() if guard is not None else None)
+                reports.append(_REPORT(guard) if guard is not None else None)
             student = Outputs(*serialise_outputs(raw, compute_dtype(dtype, case.inputs)))
     except NotImplementedError:
         raise

@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 import sys
 import threading
+import types
 from types import MappingProxyType
 from typing import Any
 
@@ -486,7 +487,7 @@ def _entered_by_student(depth: int = 2) -> bool:
 def _tripwire(name: str, original: Any, check: Any, refuse: bool = False) -> Any:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if _any_open() and check():
-            _alert(f"the code called {name}")
+            _alert(f"the code started a thread or a process ({name})" if refuse else f"the code called {name}")
             if refuse:
                 raise RuntimeError(REFUSED)
         return original(*args, **kwargs)
@@ -518,7 +519,10 @@ def _audit_hook(strict: bool) -> Any:
     own = globals()
     guard_type = OpGuard
     sealed = (OpGuard, _FunctionLevel, _OperatorLevel)
-    module_then = {name: value for name, value in own.items() if not name.startswith("__")}
+    # this file as imported (a kernel installs the hook at its first check, after the student's cells ran), and
+    # the grader's trusted modules as they are now (``trust`` ran just before)
+    module_then = {name: value for name, value in _PICTURE.items() if not name.startswith("__")}
+    module_then["_TRUSTED"] = _TRUSTED
     classes_then = [(cls, dict(vars(cls))) for cls in sealed]
     walks = frozenset({"gc.get_objects", "gc.get_referrers", "gc.get_referents"})
     refused = walks | {"sys._current_frames", "ctypes.dlopen", "ctypes.dlsym", "ctypes.dlsym/handle"}
@@ -575,8 +579,11 @@ def _audit_hook(strict: bool) -> Any:
               and sys._getframe(1).f_globals is not own):
             post(None, "tampered", f"the code called {event}")
             raise RuntimeError(f"{event} is not allowed while grading")
-        elif event in ("object.__setattr__", "object.__delattr__") and args and any(args[0] is c for c in sealed):
-            # the monitor's classes are sealed: a method replaced would see nothing
+        elif event in ("object.__setattr__", "object.__delattr__") and args and (
+                any(args[0] is c for c in sealed)
+                or (type(args[0]) is types.FunctionType and args[0].__globals__ is own)):
+            # a function of the monitor given other code (``__code__``) would see nothing; Python audits that, not
+            # a class's attributes (those are compared at every close, see ``changed``)
             post(None, "tampered", f"the code changed the monitor's {args[0].__name__}")
             raise RuntimeError("the grader's monitor cannot be changed")
     return hook
@@ -621,3 +628,7 @@ def too_big_message(item: str, too_big: dict[str, Any], max_numel: int) -> str:
     return (f"`{item}` created a tensor of shape {shape} ({too_big['numel']} elements, more than the "
             f"{max_numel} this case allows, in {too_big['op']}): this lesson's functions must never build the "
             f"full (n_q, n_k) score matrix; work block by block")
+
+
+# The last statement: this file's names as imported, before any student code can have rebound one of them.
+_PICTURE = MappingProxyType(dict(globals()))
