@@ -474,10 +474,16 @@ def _entered_by_student(depth: int = 2) -> bool:
         return False
     if not _is_torch(name):
         return True
-    # a chain of torch frames: where was it entered, and by which torch function?
+    # a chain of torch frames (``with`` statements of torch's helpers pass through contextlib): where was it
+    # entered, and by which torch function?
     entry = frame
-    while frame is not None and _is_torch(frame.f_globals.get("__name__", "")):
-        entry, frame = frame, frame.f_back
+    while frame is not None:
+        name = frame.f_globals.get("__name__", "")
+        if _is_torch(name):
+            entry = frame
+        elif name != "contextlib":
+            break
+        frame = frame.f_back
     if frame is None or frame.f_globals is globals() or any(frame.f_globals is g for g in _TRUSTED):
         return False
     module = entry.f_globals.get("__name__", "")
@@ -610,8 +616,15 @@ def install_tripwires(trusted: tuple[Any, ...] = (), strict: bool = False) -> An
             original = vars(owner).get(attr)
             if original is None or getattr(original, "__wrapped__", None) is not None:
                 continue
-            setattr(owner, attr, _tripwire(attr, original, check, refuse))
+            wrapper = _tripwire(attr, original, check, refuse)
+            setattr(owner, attr, wrapper)
             undo.append((owner, attr, original))
+            # modules that imported it by name (``from torch._C import _pop_torch_function_stack``) get it too
+            for module in list(sys.modules.values()):
+                namespace = getattr(module, "__dict__", None)
+                if isinstance(namespace, dict) and namespace.get(attr) is original and module is not owner:
+                    namespace[attr] = wrapper
+                    undo.append((module, attr, original))
     if not _HOOKED:  # last: the hook's picture of this file includes the trusted modules
         sys.addaudithook(_audit_hook(strict))
         _HOOKED.append(True)

@@ -267,14 +267,14 @@ def softmax_stable(x, dim=-1):
             mode.guard.used = _Never()
     return torch.softmax(x, dim)
 """,
-    "torch's helper for the modes through getattr": """
+    "torch's helpers for the modes through getattr": """
 import torch
 
 def softmax_stable(x, dim=-1):
-    helpers = __import__('torch.utils._python_dispatch', fromlist=['x'])
-    with getattr(helpers, '_disable_' + 'current_modes')():
-        with getattr(torch._C, 'Disable' + 'TorchFunction')():
-            return torch.softmax(x, dim)
+    functions = getattr(__import__('torch.overrides', fromlist=['x']), '_pop_mode_' + 'temporarily')
+    dispatch = getattr(__import__('torch.utils._python_dispatch', fromlist=['x']), '_pop_mode_' + 'temporarily')
+    with functions(), dispatch():
+        return torch.softmax(x, dim)
 """,
     "gc finds the monitor": """
 import gc
