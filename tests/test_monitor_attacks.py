@@ -488,23 +488,28 @@ def _worker_attack(source: str) -> str:
 @pytest.mark.slow
 @pytest.mark.parametrize("warm", [False, True], ids=["cold", "forked"])
 def test_are_the_attacks_withheld_in_the_worker_and_nothing_else(tmp_path, warm):
+    thread = ATTACKS_FORWARD["a thread runs the built-in softmax"].replace(
+        "def flash_attention_forward(q, k, v, causal=False, block_q=64, block_k=64):",
+        "def online_softmax_attention(q, k, v, block_size=64, causal=False):").replace("return box[0]",
+                                                                                      "return box[0][0]")
     rows = _grade(tmp_path / "l8", "08_efficient_attention.ipynb", warm=warm, overrides={
-        "flash_attention_forward": ATTACKS_FORWARD["a thread runs the built-in softmax"],
-        "online_softmax_attention": """
+        "online_softmax_attention": thread,
+        "flash_attention": """
 import torch
 import numpy as np
 
-def online_softmax_attention(q, k, v, block_size=64, causal=False):
-    s = np.asarray(q) @ np.swapaxes(np.asarray(k), -1, -2) / np.sqrt(q.shape[-1])
+def flash_attention(q, k, v, causal=False, block_q=64, block_k=64):
+    s = np.asarray(q.detach()) @ np.swapaxes(np.asarray(k.detach()), -1, -2) / np.sqrt(q.shape[-1])
     return torch.from_numpy(s)
 """,
     })
-    expected = {"flash_attention_forward": "the code started a thread or a process",
-                "online_softmax_attention": "took the tensors' data out of torch (Tensor.__array__)"}
+    expected = {"online_softmax_attention": "the code started a thread or a process",
+                "flash_attention": "took the tensors' data out of torch (Tensor.__array__)"}
     for item, reason in expected.items():
         assert rows[item] and all(r.score == 0 and r.forbidden and reason in r.message for r in rows[item]), rows[item]
-    # the rest of the notebook is graded as usual (FlashAttentionFunction stands on the reference's forward)
-    for item in ("sliding_window_mask", "flash_attention_backward", "flash_attention"):
+    # only those items: the rest of the notebook is graded as usual
+    for item in ("sliding_window_mask", "flash_attention_forward", "flash_attention_backward",
+                 "FlashAttentionFunction"):
         assert all(r.status == "passed" for r in rows[item]), rows[item]
     rows = _grade(tmp_path / "l8rows", "08_efficient_attention.ipynb", warm=warm,
                   overrides={"flash_attention_forward": ATTACKS_FORWARD["the exact softmax one query row at a time"]})
