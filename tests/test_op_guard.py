@@ -623,7 +623,10 @@ def test_are_sdpa_and_multihead_attention_caught_in_the_worker(tmp_path):
 
 
 @pytest.mark.slow
-def test_does_max_numel_fail_a_full_score_answer_in_the_worker_and_pass_the_reference(tmp_path, lesson8_rules):
+def test_does_max_numel_fail_a_full_score_answer_in_the_worker_and_pass_the_reference(tmp_path, lesson8_rules,
+                                                                                       monkeypatch):
+    """``max_numel`` on its own (the tiled algorithm's rule is off here: tests/test_monitor_attacks.py has it)."""
+    monkeypatch.setattr(rules, "span_rule", lambda case: None)
     rows = _grade(tmp_path / "full", "08_efficient_attention.ipynb", {"online_softmax_attention": FULL_SCORES})
     limited = {c.name for c in lesson8_rules.cases(7, "float64") if c.max_numel is not None}
     for row in rows["online_softmax_attention"]:
