@@ -485,43 +485,93 @@ def _worker_attack(source: str) -> str:
     return source.replace("sys.modules.get('exercises.op_guard') or ", "")
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("warm", [False, True], ids=["cold", "forked"])
-def test_are_the_attacks_withheld_in_the_worker_and_nothing_else(tmp_path, warm):
-    thread = ATTACKS_FORWARD["a thread runs the built-in softmax"].replace(
-        "def flash_attention_forward(q, k, v, causal=False, block_q=64, block_k=64):",
-        "def online_softmax_attention(q, k, v, block_size=64, causal=False):").replace("return box[0]",
-                                                                                      "return box[0][0]")
-    rows = _grade(tmp_path / "l8", "08_efficient_attention.ipynb", warm=warm, overrides={
-        "online_softmax_attention": thread,
-        "flash_attention": """
-import torch
-import numpy as np
+def _as(source: str, signature: str, result: str = "box[0]") -> str:
+    """An attack on ``flash_attention_forward`` turned into one on another item (``signature``: its ``def`` line)."""
+    return source.replace("def flash_attention_forward(q, k, v, causal=False, block_q=64, block_k=64):",
+                          signature).replace("return box[0]", f"return {result}")
+
+
+ONLINE = "def online_softmax_attention(q, k, v, block_size=64, causal=False):"
+WRAPPER = "def flash_attention(q, k, v, causal=False, block_q=64, block_k=64):"
+SERVER = EXACT + """
+import queue
+import threading
+
+_jobs, _results = queue.Queue(), queue.Queue()
+
+def _serve():
+    while True:
+        _results.put(_exact(*_jobs.get())[0])
+
+threading.Thread(target=_serve, daemon=True).start()
 
 def flash_attention(q, k, v, causal=False, block_q=64, block_k=64):
-    s = np.asarray(q.detach()) @ np.swapaxes(np.asarray(k.detach()), -1, -2) / np.sqrt(q.shape[-1])
-    return torch.from_numpy(s)
-""",
-    })
-    expected = {"online_softmax_attention": "the code started a thread or a process",
-                "flash_attention": "took the tensors' data out of torch (Tensor.__array__)"}
-    for item, reason in expected.items():
-        assert rows[item] and all(r.score == 0 and r.forbidden and reason in r.message for r in rows[item]), rows[item]
-    # only those items: the rest of the notebook is graded as usual
-    for item in ("sliding_window_mask", "flash_attention_forward", "flash_attention_backward",
-                 "FlashAttentionFunction"):
-        assert all(r.status == "passed" for r in rows[item]), rows[item]
-    rows = _grade(tmp_path / "l8rows", "08_efficient_attention.ipynb", warm=warm,
-                  overrides={"flash_attention_forward": ATTACKS_FORWARD["the exact softmax one query row at a time"]})
-    assert all(r.score == 0 and "holds more keys for a query row than one key block" in r.message
-               for r in rows["flash_attention_forward"]), rows["flash_attention_forward"]
-    rows = _grade(tmp_path / "l1", "01_attention_scores.ipynb", warm=warm, overrides={
+    _jobs.put((q, k, v, causal))
+    return _results.get()
+"""
+# (notebook, the attacked items' answer cells, the reason each must give, items that must pass untouched)
+WORKER_SCENARIOS = {
+    "thread and NumPy": ("08_efficient_attention.ipynb", {
+        "online_softmax_attention": _as(ATTACKS_FORWARD["a thread runs the built-in softmax"], ONLINE, "box[0][0]"),
+        "flash_attention": _as(ATTACKS_FORWARD["NumPy does the work"], WRAPPER).replace(
+            "np.asarray(t) for t in (q, k, v)", "np.asarray(t.detach()) for t in (q, k, v)").replace(
+            "return torch.from_numpy(out).to(q.dtype), torch.from_numpy(lse[..., 0]).to(q.dtype)",
+            "return torch.from_numpy(out).to(q.dtype)"),
+    }, {"online_softmax_attention": "the code started a thread or a process",
+        "flash_attention": "took the tensors' data out of torch (Tensor.__array__)"},
+        ("sliding_window_mask", "flash_attention_forward", "flash_attention_backward", "FlashAttentionFunction")),
+    "fork": ("08_efficient_attention.ipynb", {
+        "online_softmax_attention": _as(ATTACKS_FORWARD["a child process computes it"], ONLINE).replace(
+            "return pickle.loads(data)", "return pickle.loads(data)[0]"),
+    }, {"online_softmax_attention": "the code started a thread or a process (fork)"},
+        ("sliding_window_mask", "flash_attention_forward", "flash_attention_backward", "FlashAttentionFunction",
+         "flash_attention")),
+    # a thread a cell leaves running runs beside every watched call after it: each of them is withheld
+    "a thread started by a cell": ("08_efficient_attention.ipynb", {"flash_attention": SERVER}, dict.fromkeys(
+        ("flash_attention", "online_softmax_attention", "flash_attention_forward", "flash_attention_backward",
+         "FlashAttentionFunction"), "another thread of the code was running"), ("sliding_window_mask",)),
+    "row by row": ("08_efficient_attention.ipynb", {
+        "flash_attention_forward": ATTACKS_FORWARD["the exact softmax one query row at a time"],
+    }, {"flash_attention_forward": "holds more keys for a query row than one key block"},
+        ("sliding_window_mask", "online_softmax_attention", "flash_attention_backward")),
+    "the monitor patched, gc": ("01_attention_scores.ipynb", {
         "softmax_stable": _worker_attack(REACH["the monitor's class patched to report nothing"]),
         "softmax_naive": REACH["gc finds the monitor"].replace("softmax_stable", "softmax_naive"),
-    })
-    for item in ("softmax_stable", "softmax_naive"):
-        assert all(r.score == 0 for r in rows[item]), rows[item]
-    assert all(r.status == "passed" for r in rows["attention_scores"]), rows["attention_scores"]
+    }, {"softmax_stable": "the code changed the monitor's OpGuard", "softmax_naive": "the code called gc.get_objects"},
+        ("attention_scores", "context_vectors")),
+    "the mode stack, torch's helpers": ("01_attention_scores.ipynb", {
+        "softmax_stable": REACH["the mode stack, told to record nothing"].replace(
+            "torch.softmax(x, dim)", "getattr(torch, 'soft' + 'max')(x, dim)"),
+        "softmax_naive": REACH["torch's helpers for the modes through getattr"].replace(
+            "softmax_stable", "softmax_naive").replace("torch.softmax(x, dim)",
+                                                       "getattr(torch, 'soft' + 'max')(x, dim)"),
+    }, {"softmax_stable": "the code called _get_dispatch_stack_at", "softmax_naive": "the code called _pop_torch_"},
+        ("attention_scores", "context_vectors")),
+    "a sparse softmax": ("01_attention_scores.ipynb", {
+        "softmax_naive": "import torch\ndef softmax_naive(x, dim=-1):\n"
+                         "    return torch.sparse.softmax(x.to_sparse(), dim).to_dense()\n",
+    }, {"softmax_naive": "may not use the built-in softmax (reached through"},
+        ("softmax_stable", "attention_scores", "context_vectors")),
+    # the monitor's function rebound by a cell: every watched call after it is withheld
+    "the monitor's function rebound": ("01_attention_scores.ipynb", {
+        "softmax_stable": ("import sys, torch\nsys.modules['__main__'].op_guard.family_of = lambda name: None\n"
+                           "def softmax_stable(x, dim=-1):\n    return getattr(torch, 'soft' + 'max')(x, dim)\n"),
+    }, dict.fromkeys(("softmax_stable", "softmax_naive"), "the code changed the monitor's family_of"),
+        ("attention_scores", "context_vectors")),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("warm", [False, True], ids=["cold", "forked"])
+@pytest.mark.parametrize("scenario", WORKER_SCENARIOS)
+def test_are_the_attacks_withheld_in_the_worker_and_nothing_else(tmp_path, warm, scenario):
+    notebook, overrides, reasons, untouched = WORKER_SCENARIOS[scenario]
+    rows = _grade(tmp_path, notebook, overrides, warm=warm)
+    for item, reason in reasons.items():
+        assert rows[item] and all(r.score == 0 and r.forbidden and reason in r.message for r in rows[item]), rows[item]
+    # only those items: the rest of the notebook is graded as usual
+    for item in untouched:
+        assert rows[item] and all(r.status == "passed" for r in rows[item]), rows[item]
 
 
 @pytest.mark.slow
