@@ -12,15 +12,23 @@ graded call runs, two of torch's own interposition points watch it:
   that autograd runs during a backward pass included, and every tensor they return.
 
 Both levels are mapped to the same families (``FAMILIES``: ``softmax``, ``scaled_dot_product_attention``,
-``MultiheadAttention``). Both are needed: composite operators such as SDPA's math path decompose before
-the operator level sees them (it sees only ``_safe_softmax``, which is no proof of SDPA where softmax
-itself is allowed), and the Python level cannot see what runs inside a built-in or a backward pass.
+``MultiheadAttention``), read from torch's own operator registry and Python API, not from a hand list.
+Both are needed: composite operators such as SDPA's math path decompose before the operator level sees
+them (it sees only ``_safe_softmax``, which is no proof of SDPA where softmax itself is allowed), and the
+Python level cannot see what runs inside a built-in or a backward pass.
 
 With ``max_numel`` set, every operator output with more elements is recorded (views and reshapes too:
-a flattened score matrix is still one). The student's code runs in the same process; code that switches
-the monitor off (pops a mode, disables torch functions or the Python dispatch key) is recorded as
-``tampered`` (each level checks the other on every event, and both are checked at the end); the worker
-also sets tripwires on torch's switches for both levels at once (``install_tripwires``).
+a flattened score matrix is still one). With ``span`` set (lessons 9-10: the tiled algorithm), every
+output that holds more than one key block's worth of keys for a query row is recorded (``spans_keys``),
+and the data may not leave torch (NumPy, Python lists, numbers one by one).
+
+The student's code runs in the same process. Code that switches the monitor off (pops a mode, disables
+torch functions or the Python dispatch key) is recorded as ``tampered`` (each level checks the other on
+every event, and both are checked at the end); ``install_tripwires``, run before any student code, wraps
+torch's switches for the modes (and its helpers for them, entered from student code), refuses threads
+and processes while a call is watched (the modes are per thread), and adds an audit hook that keeps every
+finding where Python code cannot erase it (``_audit_hook``). What an in-process monitor cannot guarantee
+is written in docs/ARCHITECTURE.md ("No shortcuts").
 
 This file is copied into the worker's sandbox (like ``program.py``): standard library and torch only.
 """
