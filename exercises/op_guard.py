@@ -339,7 +339,7 @@ class OpGuard:
                 self.too_big = (tuple(leaf.shape), leaf.numel(), f"aten.{name}")
                 self._post("too_big", self.too_big)
             if (self.span is not None and self.wide is None and leaf.is_floating_point()
-                    and spans_keys(tuple(leaf.shape), self.span) and _has_tensor(args)):
+                    and spans_keys(tuple(leaf.shape), self.span) and _has_tensor(args) and not _is_mask(leaf)):
                 self.wide = (tuple(leaf.shape), f"aten.{name}")
                 self._post("wide", self.wide)
 
@@ -423,6 +423,14 @@ class OpGuard:
                 "wide": None if wide is None else {"shape": list(wide[0]), "op": wide[1]},
                 "exported": first.get("exported", self.exported),
                 "tampered": first.get("tampered", self.tampered)}
+
+
+def _is_mask(tensor: torch.Tensor) -> bool:
+    """A floating-point mask (every value 0, 1 or infinite) holds no scores: a causal mask built whole is the
+    size rule's business (``max_numel``), not the tiled algorithm's."""
+    with torch.no_grad():
+        values = tensor.detach()
+        return bool(((values == 0) | (values == 1) | values.isinf()).all())
 
 
 def _has_tensor(args: Any) -> bool:

@@ -437,9 +437,45 @@ def flash_attention_forward(q, k, v, causal=False, block_q=64, block_k=64):
 }
 
 
+WHOLE_MASK = """
+import math
+import torch
+
+def flash_attention_forward(q, k, v, causal=False, block_q=64, block_k=64):
+    n_q, n_k = q.shape[-2], k.shape[-2]
+    bias = torch.zeros(n_q, n_k, dtype=q.dtype)
+    if causal:
+        bias = bias.masked_fill(torch.ones(n_q, n_k, dtype=torch.bool).triu(1), -math.inf)
+    outs, lses = [], []
+    for i in range(0, n_q, block_q):
+        qi = q[..., i:i + block_q, :] / math.sqrt(q.shape[-1])
+        m = torch.full(qi.shape[:-1], -math.inf, dtype=q.dtype)
+        l = torch.zeros(qi.shape[:-1], dtype=q.dtype)
+        acc = torch.zeros(*qi.shape[:-1], v.shape[-1], dtype=q.dtype)
+        for j in range(0, n_k, block_k):
+            s = qi @ k[..., j:j + block_k, :].transpose(-2, -1) + bias[i:i + block_q, j:j + block_k]
+            m_new = torch.maximum(m, s.amax(-1))
+            p = torch.exp(s - m_new[..., None])
+            l = torch.exp(m - m_new) * l + p.sum(-1)
+            acc = torch.exp(m - m_new)[..., None] * acc + p @ v[..., j:j + block_k, :]
+            m = m_new
+        outs.append(acc / l[..., None])
+        lses.append(m + torch.log(l))
+    return torch.cat(outs, -2), torch.cat(lses, -1)
+"""
+
+
 @pytest.mark.parametrize("implementation", TILED_FORWARDS)
 def test_does_an_independent_tiled_forward_get_full_marks(implementation):
     assert kernel.check("flash_attention_forward", run_cell(TILED_FORWARDS[implementation]), seed=5) is None
+
+
+def test_is_a_whole_mask_the_size_rules_business_not_the_tiled_rules(capsys):
+    """An additive (n_q, n_k) mask of 0 and -inf, sliced per tile, holds no scores: the large cases fail it (the size
+    rule, case by case), the tiled rule does not withhold the item."""
+    partial = kernel.check("flash_attention_forward", run_cell(WHOLE_MASK), seed=5)
+    assert partial is not None and partial > 0
+    assert "must never build the full (n_q, n_k) score matrix" in capsys.readouterr().out
 
 
 def test_are_a_students_own_names_like_torchs_not_the_built_in():
