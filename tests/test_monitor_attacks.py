@@ -465,6 +465,37 @@ def flash_attention_forward(q, k, v, causal=False, block_q=64, block_k=64):
 """
 
 
+TILED_FORWARDS["a number read out per tile, to skip the tiles the mask hides"] = """
+import math
+import torch
+
+def flash_attention_forward(q, k, v, causal=False, block_q=64, block_k=64):
+    outs, lses = [], []
+    for i in range(0, q.shape[-2], block_q):
+        qi = q[..., i:i + block_q, :] / math.sqrt(q.shape[-1])
+        m = torch.full(qi.shape[:-1], -math.inf, dtype=q.dtype)
+        l = torch.zeros(qi.shape[:-1], dtype=q.dtype)
+        acc = torch.zeros(*qi.shape[:-1], v.shape[-1], dtype=q.dtype)
+        rows = torch.arange(i, i + qi.shape[-2])
+        for j in range(0, k.shape[-2], block_k):
+            cols = torch.arange(j, j + k[..., j:j + block_k, :].shape[-2])
+            hidden = cols[None, :] > rows[:, None]
+            if causal and bool(hidden.all().item()):  # one number per tile
+                continue
+            s = qi @ k[..., j:j + block_k, :].transpose(-2, -1)
+            if causal:
+                s = s.masked_fill(hidden, -math.inf)
+            m_new = torch.maximum(m, s.amax(-1))
+            p = torch.exp(s - m_new[..., None])
+            l = torch.exp(m - m_new) * l + p.sum(-1)
+            acc = torch.exp(m - m_new)[..., None] * acc + p @ v[..., j:j + block_k, :]
+            m = m_new
+        outs.append(acc / l[..., None])
+        lses.append(m + torch.log(l))
+    return torch.cat(outs, -2), torch.cat(lses, -1)
+"""
+
+
 @pytest.mark.parametrize("implementation", TILED_FORWARDS)
 def test_does_an_independent_tiled_forward_get_full_marks(implementation):
     assert kernel.check("flash_attention_forward", run_cell(TILED_FORWARDS[implementation]), seed=5) is None
