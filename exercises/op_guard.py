@@ -313,15 +313,19 @@ class OpGuard:
         sys.audit(_AUDIT_POST, self, kind, value)
 
     def tamper(self, why: str) -> None:
+        """Record the first sign that the monitor was switched off or reached."""
         if self.tampered is None:
             self.tampered = why
             self._post("tampered", why)
 
     def note_used(self, family: str, route: str) -> None:
+        """Record a family seen, with the route it was reached by (the first route is the one shown)."""
         self.used.setdefault(family, route)
         self._post("used", (family, route))
 
     def note_export(self, name: str) -> None:
+        """A tensor's data leaving torch (``EXPORTS``, refused) or one number read out (``SCALARS``, counted), unless
+        the grader's own code did it."""
         if any(g is _callers_globals() for g in _TRUSTED):
             return
         if name in EXPORTS:

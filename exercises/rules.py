@@ -199,8 +199,7 @@ def _builtin_names(code: str) -> set[str]:
     own_attributes = {node.attr for node in ast.walk(tree)
                       if isinstance(node, ast.Attribute) and isinstance(node.ctx, (ast.Store, ast.Del))}
     own_attributes |= {item.name for node in ast.walk(tree) if isinstance(node, ast.ClassDef) for item in node.body
-                       if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Assign, ast.AnnAssign))
-                       and hasattr(item, "name")}
+                       if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef))}  # methods
     found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load) and node.attr not in own_attributes:
