@@ -21,7 +21,7 @@ from autograder.sandbox import Limits
 from exercises.catalogue import Case, Item, available_devices, items_in
 from exercises.diagnosis import diagnose, explain_error
 from exercises.judge import judge, reference_outputs
-from exercises.rules import guarded, shortcut_message, too_big
+from exercises.rules import case_guard, shortcut_message, too_big
 from exercises.scoring import CaseOutcome, Status, score_variant
 from exercises.source import load_source
 
@@ -183,7 +183,7 @@ def build_calls(items: list[Item], devices: list[str], seed: int) -> tuple[Plan,
                 for case in item.cases(seed, dtype):
                     call_id = len(calls)
                     calls.append(CallSpec(call_id, case.program, case.inputs, device, dtype, group=item.name,
-                                          guard=guarded(item.forbidden, case.max_numel)))
+                                          guard=case_guard(item, case)))
                     plan.append((item, device, dtype, case, call_id))
     return plan, calls
 

@@ -362,7 +362,12 @@ def _guard_report(report: Any) -> dict[str, Any] | None:
     if big is not None and not (isinstance(big, dict) and isinstance(big.get("numel"), int)
                                 and isinstance(big.get("shape"), list)):
         return None
+    wide = report.get("wide")
+    if wide is not None and not (isinstance(wide, dict) and isinstance(wide.get("shape"), list)):
+        return None
     return {"used": {str(k): str(v) for k, v in report["used"].items()}, "too_big": big,
+            "wide": None if wide is None else {"shape": [int(s) for s in wide["shape"]], "op": str(wide.get("op"))},
+            "exported": str(report["exported"]) if report.get("exported") else None,
             "tampered": str(report["tampered"]) if report.get("tampered") else None}
 
 

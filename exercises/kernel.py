@@ -18,19 +18,21 @@ import inspect
 import linecache
 import secrets
 import textwrap
+import threading
 import traceback
 import warnings
 from typing import Any
 
 import torch
 
+from exercises import program as program_module
 from exercises.catalogue import ITEMS, available_devices
 from exercises.compare import Outputs
 from exercises.diagnosis import diagnose, explain_error
 from exercises.judge import judge, reference_outputs
-from exercises.op_guard import OpGuard
+from exercises.op_guard import OpGuard, install_tripwires
 from exercises.program import ProgramError, compute_dtype, run_program, serialise_outputs
-from exercises.rules import guarded, shortcut_message, too_big
+from exercises.rules import case_guard, shortcut_message, too_big
 from exercises.scoring import CaseOutcome, Status, score_variant
 
 
@@ -81,11 +83,42 @@ def cell_source(obj: Any) -> str | None:
         return None
 
 
+# Threads of the kernel itself (Jupyter's, the test runner's) may be alive during a graded call; any other thread
+# is the student's (see ``op_guard.OpGuard``). A student can dress a thread up as one of these: the in-kernel
+# check runs in the student's own process and is no stronger than that process (see docs/ARCHITECTURE.md).
+HOST_MODULES = ("ipykernel", "IPython", "zmq", "jupyter_client", "tornado", "traitlets", "_pytest", "pytest",
+                "execnet", "xdist", "nbclient", "nbconvert", "nbgrader")
+
+
+def host_threads() -> frozenset[int]:
+    """Idents of the live threads that belong to the kernel or the test runner, not to the student's code."""
+    found = set()
+    for thread in threading.enumerate():
+        target = getattr(thread, "_target", None)
+        modules = (type(thread).__module__, getattr(target, "__module__", None) or "")
+        if any(module.split(".")[0] in HOST_MODULES for module in modules) and thread.ident is not None:
+            found.add(thread.ident)
+    return frozenset(found)
+
+
+_READY: list[bool] = []
+
+
+def _prepare_monitor() -> None:
+    """Once per kernel: the monitor's tripwires and audit hook (as the worker sets them before student code)."""
+    if not _READY:
+        install_tripwires(trusted=(program_module,))
+        _READY.append(True)
+
+
+_REPORT = OpGuard.report  # the class's own method, taken on import: one the code sets later is not consulted
+
+
 def _run_case(name: str, namespace: dict[str, Any], case, device: str, dtype: str | None,
               reports: list[dict[str, Any] | None]) -> tuple[bool, str]:
     reference = reference_outputs(case, device, dtype)
-    watch = guarded(ITEMS[name].forbidden, case.max_numel)
-    guard = OpGuard(case.max_numel) if watch is not None else None
+    watch = case_guard(ITEMS[name], case)
+    guard = OpGuard(case.max_numel, watch["span"], allow=host_threads()) if watch is not None else None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -94,7 +127,7 @@ def _run_case(name: str, namespace: dict[str, Any], case, device: str, dtype: st
                 with guard if guard is not None else contextlib.nullcontext():  # the grader's monitor, as in the worker
                     raw = run_program(case.program, namespace, case.inputs, device, dtype)
             finally:
-                reports.append(guard.report() if guard is not None else None)
+                reports.append(_REPORT(guard) if guard is not None else None)
             student = Outputs(*serialise_outputs(raw, compute_dtype(dtype, case.inputs)))
     except NotImplementedError:
         raise
@@ -122,6 +155,7 @@ def check(name: str, namespace: dict[str, Any], seed: int | None = None) -> floa
     if name not in namespace:
         raise AssertionError(f"`{name}` is not defined: run its answer cell (and keep the name `{name}`)")
     seed = secrets.randbits(31) if seed is None else seed
+    _prepare_monitor()
     failures: list[str] = []
     devs = available_devices()
     reports: list[dict[str, Any] | None] = []  # the operation monitor's, one per case that ran

@@ -152,14 +152,16 @@ def test_is_a_huge_stdout_truncated(tmp_path):
 
 
 def test_does_a_daemon_outlive_the_worker(tmp_path):
+    # forked during a graded call of an item without a no-shortcut rule: with a rule, the operation monitor
+    # refuses fork during the call (tests/test_monitor_attacks.py) and no daemon would be left to look for
     code = ("import os, time\n"
-            "def softmax_naive(x, dim=-1):\n"
+            "def attention_scores_loop(inputs):\n"
             "    if os.fork() == 0:\n        os.setsid()\n"
             "        if os.fork() == 0:\n            while True:\n                time.sleep(0.1)\n"
             "        os._exit(0)\n"
-            "    return x\n")
-    result = grade(tmp_path, {"softmax_naive": code})
-    assert_only_broken(result, {"softmax_naive": "failed"})
+            "    return inputs\n")
+    result = grade(tmp_path, {"attention_scores_loop": code})
+    assert_only_broken(result, {"attention_scores_loop": "failed"})
     time.sleep(0.5)
     leftovers = []
     for entry in Path("/proc").iterdir():

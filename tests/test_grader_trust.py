@@ -195,10 +195,10 @@ def test_does_the_canary_stop_a_grader_that_compares_devices_as_strings(monkeypa
 def test_does_the_canary_stop_a_grader_whose_operation_monitor_sees_nothing(monkeypatch, tmp_path):
     """A worker whose monitor is blind would let every shortcut through: the canary's probe must notice."""
     blind = tmp_path / "op_guard.py"
-    blind.write_text("class OpGuard:\n    def __init__(self, max_numel=None):\n        pass\n"
+    blind.write_text("class OpGuard:\n    def __init__(self, max_numel=None, span=None):\n        pass\n"
                      "    def __enter__(self):\n        return self\n    def __exit__(self, *exc):\n        pass\n"
                      "    def report(self):\n        return {'used': {}, 'too_big': None, 'tampered': None}\n"
-                     "def install_tripwires():\n    return None\n")
+                     "def install_tripwires(trusted=(), strict=False):\n    return None\n")
     monkeypatch.setitem(sandbox.WORKER_FILES, "op_guard.py", blind)
     with pytest.raises(GraderError, match="self-check failed") as info:
         check_grader(["cpu"], FAST, None)
@@ -350,7 +350,8 @@ def test_does_the_monitor_turn_a_workers_events_into_records(tmp_path):
     assert watch.finished and watch.ready and watch.step is None
     assert watch.cells[0].status == "ok" and watch.cells[0].defined == ["f"]
     assert watch.calls[3].status == "ok" and watch.calls[3].used == ["softmax"]
-    assert watch.calls[3].guard == {"used": {"softmax": "torch.softmax"}, "too_big": None, "tampered": None}
+    assert watch.calls[3].guard == {"used": {"softmax": "torch.softmax"}, "too_big": None, "wide": None,
+                                    "exported": None, "tampered": None}
     assert watch.calls[4].guard is None  # a report in another shape is no report
 
 

@@ -23,7 +23,8 @@ import torch
 
 import solutions
 from autograder.sandbox import Limits
-from exercises import kernel
+from exercises import kernel, rules
+from exercises import program as program_module
 from exercises.cases import BUILTIN_SDPA, BUILTIN_SOFTMAX
 from exercises.catalogue import ITEMS
 from exercises.judge import run_on
@@ -277,7 +278,7 @@ def test_is_a_mode_the_code_leaves_behind_harmless_and_removed():
 @pytest.fixture
 def tripwires():
     """torch's switches for the monitor wrapped, as the worker does before any student code (undone after)."""
-    restore = install_tripwires()
+    restore = install_tripwires(trusted=(program_module,))
     yield
     restore()
 
@@ -447,6 +448,8 @@ def online_softmax_attention(q, k, v, block_size=64, causal=False):
 
 
 def test_does_a_full_score_answer_fail_max_numel_but_get_full_marks_without_it(lesson8_rules, monkeypatch, capsys):
+    """``max_numel`` on its own (the tiled algorithm's rule, which fails this answer as a whole, is off here)."""
+    monkeypatch.setattr(rules, "span_rule", lambda case: None)
     monkeypatch.setitem(ITEMS, "online_softmax_attention", dataclasses.replace(lesson8_rules, build=_no_limit(
         lesson8_rules.build)))
     assert kernel.check("online_softmax_attention", run_cell(FULL_SCORES), seed=5) is None  # right values
@@ -513,11 +516,13 @@ def test_is_no_alternative_answer_flagged_by_the_monitor(path, tripwires):
     exec(compile(source, str(path), "exec"), namespace)
     for dtype in item.variants("cpu"):
         for case in item.cases(0, dtype):
-            with OpGuard(case.max_numel) as guard:
+            with OpGuard(case.max_numel, rules.case_guard(item, case)["span"]) as guard:
                 torch.manual_seed(0)
                 run_program(case.program, namespace, case.inputs, "cpu", dtype)
-            assert not (set(guard.used) & set(item.forbidden)), (case.name, guard.report())
-            assert guard.tampered is None and guard.too_big is None, (case.name, guard.report())
+            report = guard.report()
+            assert not (set(report["used"]) & set(item.forbidden)), (case.name, report)
+            assert report["tampered"] is None and report["too_big"] is None, (case.name, report)
+            assert report["wide"] is None and report["exported"] is None, (case.name, report)
 
 
 @pytest.mark.parametrize("path", [p for p in ALTERNATIVES if p.stem.startswith("online_softmax_attention__")],
@@ -533,11 +538,12 @@ def test_is_no_reference_solution_flagged(name, tripwires):
     item = ITEMS[name]
     for dtype in item.variants("cpu"):
         for case in item.cases(1, dtype):
-            with OpGuard(case.max_numel) as guard:
+            with OpGuard(case.max_numel, rules.case_guard(item, case)["span"]) as guard:
                 torch.manual_seed(0)
                 run_on(vars(solutions), case, "cpu", dtype)
-            assert not (set(guard.used) & set(item.forbidden)) and guard.tampered is None, guard.report()
-            assert guard.too_big is None, (case.name, guard.report())
+            report = guard.report()
+            assert not (set(report["used"]) & set(item.forbidden)) and report["tampered"] is None, report
+            assert report["too_big"] is None and report["wide"] is None and report["exported"] is None, report
 
 
 # --- through the real worker (the copy of op_guard.py in the sandbox) ----------------------------------------
@@ -617,7 +623,10 @@ def test_are_sdpa_and_multihead_attention_caught_in_the_worker(tmp_path):
 
 
 @pytest.mark.slow
-def test_does_max_numel_fail_a_full_score_answer_in_the_worker_and_pass_the_reference(tmp_path, lesson8_rules):
+def test_does_max_numel_fail_a_full_score_answer_in_the_worker_and_pass_the_reference(tmp_path, lesson8_rules,
+                                                                                       monkeypatch):
+    """``max_numel`` on its own (the tiled algorithm's rule is off here: tests/test_monitor_attacks.py has it)."""
+    monkeypatch.setattr(rules, "span_rule", lambda case: None)
     rows = _grade(tmp_path / "full", "09_flash_attention_forward.ipynb", {"online_softmax_attention": FULL_SCORES})
     limited = {c.name for c in lesson8_rules.cases(7, "float64") if c.max_numel is not None}
     for row in rows["online_softmax_attention"]:

@@ -106,11 +106,20 @@ def _drop_privileges() -> None:
 def run_call(call: dict, namespace: dict, inputs: dict, guards: list) -> object:
     """Run one call's program, inside the operation monitor when the plan asks for it (appended to ``guards``)."""
     settings = call.get("guard")
-    guard = None if settings is None else op_guard.OpGuard(max_numel=settings.get("max_numel"))
+    guard = None if settings is None else op_guard.OpGuard(max_numel=settings.get("max_numel"),
+                                                           span=settings.get("span"))
     if guard is not None:
         guards.append(guard)
     with guard if guard is not None else contextlib.nullcontext():
         return program.run_program(call["program"], namespace, inputs, call["device"], call["dtype"])
+
+
+def _report(guard) -> dict:
+    """The guard's report, read by the class's own method: one the code set on the object is not consulted."""
+    return _GUARD_REPORT(guard)
+
+
+_GUARD_REPORT = op_guard.OpGuard.report  # taken before any student code runs
 
 
 # --- progress and results ---------------------------------------------------------------------
@@ -254,9 +263,9 @@ def run_calls(plan: dict, namespace: dict, inputs_by_id: dict[int, dict]) -> Non
         except BaseException as exc:  # noqa: BLE001
             kind = "program" if isinstance(exc, program.ProgramError) else "exception"
             emit(event=protocol.CALL_DONE, id=call["id"], status=kind, error=describe(exc),
-                 **({"guard": guards[0].report()} if guards else {}))
+                 **({"guard": _report(guards[0])} if guards else {}))
             continue
-        watched = {"guard": guards[0].report()} if guards else {}
+        watched = {"guard": _report(guards[0])} if guards else {}
         try:
             write_outputs(call["id"], tensors, meta)
         except BaseException as exc:  # noqa: BLE001 - the grader decides whose fault this is (runner.py)
@@ -274,7 +283,9 @@ def start(plan: dict) -> dict[int, dict]:
     inputs_by_id = {call["id"]: load_file(os.path.join(WORKDIR, protocol.input_file(call["id"])))
                     for call in plan["calls"] if call["id"] >= plan.get("start_call", 0)}
     if any(call.get("guard") is not None for call in plan["calls"]):
-        op_guard.install_tripwires()  # before any student code: torch's switches for the monitor, watched
+        # before any student code: torch's switches for the monitor watched, threads and processes refused during
+        # graded calls, findings kept by an audit hook; the grader's own modules are not the student's code
+        op_guard.install_tripwires(trusted=(program, protocol, sys.modules[__name__]), strict=True)
     fraction = plan.get("cuda_memory_fraction")
     if fraction and torch.cuda.is_available():  # a GPU bound CUDA tolerates, unlike an address-space limit
         torch.cuda.set_per_process_memory_fraction(float(fraction))
