@@ -22,6 +22,7 @@ import threading
 from pathlib import Path
 
 from autograder import sandbox
+from autograder.safe_io import WorkerDir
 from autograder.worker import protocol
 
 WORKERS_PER_GPU = 4  # cold CUDA workers sharing one GPU at a time (their memory fraction is split four ways)
@@ -111,14 +112,14 @@ class Zygote:
         workdir.mkdir()
         return workdir
 
-    def start(self, workdir: Path) -> ForkedJob:
-        """Fork a worker for the job in ``workdir`` (plan and inputs already written)."""
+    def start(self, wdir: WorkerDir) -> ForkedJob:
+        """Fork a worker for the job in ``wdir`` (plan and inputs already written)."""
         try:
-            self.launched.process.stdin.write(f"{workdir.name}\n".encode())
+            self.launched.process.stdin.write(f"{Path(wdir.path).name}\n".encode())
             self.launched.process.stdin.flush()
         except OSError:  # the zygote is gone: the job reports its exit status, as a dead worker would
             pass
-        return ForkedJob(self, workdir)
+        return ForkedJob(self, wdir)
 
     def kill(self) -> None:
         sandbox.terminate(self.launched)
@@ -131,8 +132,8 @@ class Zygote:
 class ForkedJob:
     """One run's worker, forked by a zygote; stopping it early costs the zygote (it is killed)."""
 
-    def __init__(self, zygote: Zygote, workdir: Path):
-        self.zygote, self.workdir = zygote, workdir
+    def __init__(self, zygote: Zygote, wdir: WorkerDir):
+        self.zygote, self.wdir, self.workdir = zygote, wdir, Path(wdir.path)
         self.isolation, self.tag = zygote.isolation, zygote.tag
         self.returncode: int | None = None
 
@@ -158,9 +159,8 @@ class ForkedJob:
 
     def output(self) -> str:
         cap = self.zygote.limits.output_bytes + 200  # the zygote kept the first output_bytes, and a note
-        try:
-            with open(self.workdir / protocol.OUTPUT, "rb") as fh:
-                text = fh.read(cap).decode("utf-8", "replace")
+        try:  # the zygote wrote it, in a directory the job could change: read as any worker file
+            text = self.wdir.read(protocol.OUTPUT, cap).decode("utf-8", "replace")
         except OSError:
             text = ""
         if not self.zygote.alive() and self.zygote.text:

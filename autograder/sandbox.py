@@ -27,6 +27,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from autograder.safe_io import WorkerDir
+
 # The worker's code, copied into its directory: the harness, and the course's call-program interpreter
 # (stdlib and torch only; the same file runs the reference in the grader).
 WORKER_FILES = {"main.py": Path(__file__).with_name("worker") / "main.py",
@@ -164,15 +166,14 @@ class Launched:
     isolation: str
 
 
-def prepare_workdir(workdir: Path, copy_worker: bool = True) -> None:
-    """Copy the worker's files in (a warm worker's job needs none); hand the directory to ``nobody`` if we are root."""
+def prepare_workdir(wdir: WorkerDir, copy_worker: bool = True, uid: int = NOBODY) -> None:
+    """Copy the worker's files in (a warm worker's job needs none); hand the directory to the worker's user
+    (``uid``) if we are root. Only before the worker starts: the directory holds nothing but the grader's files."""
     if copy_worker:
         for name, origin in WORKER_FILES.items():
-            shutil.copyfile(origin, workdir / name)
-    if os.geteuid() == 0:  # the worker runs as nobody: it must read its inputs and write its outputs
-        for path in [workdir, *workdir.iterdir()]:
-            os.chown(path, NOBODY, NOBODY)
-            os.chmod(path, 0o700 if path.is_dir() else 0o600)
+            wdir.create(name, origin.read_bytes())
+    if os.geteuid() == 0:  # the worker runs as its own user: it must read its inputs and write its outputs
+        wdir.give_to(uid, uid)
 
 
 def launch(workdir: Path, limits: Limits, cuda: bool, use_bwrap: str | None, zygote: bool = False) -> Launched:

@@ -163,7 +163,8 @@ def _rpc(kind: str, name: str, tensors: dict, spec: dict) -> tuple[dict, dict]:
         json.dump({"kind": kind, "name": name, **spec}, fh)
     emit(event=protocol.RPC, n=n)
     answer_tensors, answer_json = protocol.rpc_response(n)
-    answer = os.path.join(WORKDIR, answer_json)
+    answers = os.path.join(WORKDIR, protocol.ANSWERS)
+    answer = os.path.join(answers, answer_json)
     deadline = time.monotonic() + RPC_WAIT_SECONDS
     while not os.path.exists(answer):
         if time.monotonic() > deadline:
@@ -173,7 +174,7 @@ def _rpc(kind: str, name: str, tensors: dict, spec: dict) -> tuple[dict, dict]:
         meta = json.load(fh)
     if meta.get("error"):
         raise RuntimeError(meta["error"])
-    return meta, load_file(os.path.join(WORKDIR, answer_tensors))
+    return meta, load_file(os.path.join(answers, answer_tensors))
 
 
 def _device_of(args, kwargs, default="cpu"):
