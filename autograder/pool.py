@@ -78,8 +78,11 @@ class Zygote:
 
     def __init__(self, limits: sandbox.Limits, use_bwrap: str | None, drop: bool):
         self.limits = limits
+        # the jobs run as this slot's own user (one per concurrent worker: see sandbox.WorkerUid)
+        self.user = sandbox.WorkerUid() if drop else None
+        self.uid = self.user.uid if self.user else sandbox.NOBODY
         self.slot = sandbox.make_grading_root(drop and not use_bwrap)
-        if drop:  # the jobs run as nobody and must pass through the slot to their own directory
+        if drop:  # the jobs must pass through the slot to their own directory
             self.slot.chmod(0o711)
         for name, origin in sandbox.WORKER_FILES.items():
             shutil.copyfile(origin, self.slot / name)
@@ -127,6 +130,8 @@ class Zygote:
     def close(self) -> None:
         self.kill()
         shutil.rmtree(self.slot, ignore_errors=True)
+        if self.user:  # its processes are gone: the uid may serve another worker
+            self.user.release()
 
 
 class ForkedJob:

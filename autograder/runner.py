@@ -167,9 +167,11 @@ def run_plan(cells: list[CellSpec], calls: list[CallSpec], limits: sandbox.Limit
     drop = sandbox.can_drop_privileges(use_bwrap)
     warm = pool is not None and not cuda and pool.use_bwrap == use_bwrap  # CPU only, its own isolation mode only
     root = None
+    user = None
     if not warm:
         try:
             root = sandbox.make_grading_root(drop and not use_bwrap)
+            user = sandbox.WorkerUid() if drop else None  # this run's workers' own user, one after another
         except OSError as exc:
             raise GraderError(f"could not make the worker's directory: {exc}") from exc
     try:
@@ -189,7 +191,8 @@ def run_plan(cells: list[CellSpec], calls: list[CallSpec], limits: sandbox.Limit
                     "skip_cells": sorted(skip_cells), "start_call": remaining[0] if remaining else 1 << 30,
                     "calls": [{"id": c.id, "program": c.program, "device": c.device, "dtype": c.dtype,
                                "guard": c.guard} for c in calls if c.id in remaining],
-                    "drop_privileges": drop, "oracles": oracles or {},
+                    "drop_privileges": drop, "worker_uid": zygote.uid if zygote else (user.uid if user else None),
+                    "private_namespaces": True, "oracles": oracles or {},
                     "cuda_memory_fraction": limits.cuda_memory_fraction if cuda else None}
             wdir = WorkerDir(workdir)
             try:
@@ -227,7 +230,9 @@ def run_plan(cells: list[CellSpec], calls: list[CallSpec], limits: sandbox.Limit
             remaining = [cid for cid in remaining if cid not in call_results]
             if finished or (step is None and not remaining):
                 break
-            if step is None:  # died between steps, after start-up (e.g. a student's thread killed it)
+            if step is None:  # died or hung between steps, after start-up (a student's thread, a forged event)
+                if watch.calls:  # it got somewhere: a fresh worker goes on (each try finishes a call at least)
+                    continue
                 message = output_parts[-1][-MESSAGE_TAIL:] or "the worker stopped between two steps"
                 for cid in remaining:
                     call_results[cid] = CallResult("crashed", error={"type": "WorkerError", "message": message})
@@ -251,6 +256,8 @@ def run_plan(cells: list[CellSpec], calls: list[CallSpec], limits: sandbox.Limit
     finally:
         if root is not None:
             shutil.rmtree(root, ignore_errors=True)
+        if user is not None:  # every worker of this run was terminated
+            user.release()
     for c in calls:
         call_results.setdefault(c.id, CallResult("crashed", error={
             "type": "WorkerError", "message": "the worker stopped before this call ran"}))
@@ -282,7 +289,7 @@ def _start_worker(wdir: WorkerDir, plan: dict[str, Any], calls: list[CallSpec], 
         if c.id in remaining:
             wdir.create(protocol.input_file(c.id), save({k: v.contiguous() for k, v in c.inputs.items()}))
     wdir.create(protocol.PROGRESS, b"")
-    sandbox.prepare_workdir(wdir, copy_worker=zygote is None)
+    sandbox.prepare_workdir(wdir, copy_worker=zygote is None, uid=plan["worker_uid"] or sandbox.NOBODY)
     if stand_ins:
         wdir.make_answers()
     progress = Progress(wdir.open_for_reading(protocol.PROGRESS))
@@ -451,7 +458,7 @@ def _monitor(wdir: WorkerDir | None, progress: Progress, worker: ColdWorker | Fo
         return Watch(finished, ready, in_flight, step_started, timed_out, cell_results, call_results)
 
     step: tuple[str, int, str] | None = None
-    step_started = time.monotonic()
+    step_started = idle_since = time.monotonic()
     ready = False
     launched_at = time.monotonic()
     rss_checked = launched_at
@@ -460,7 +467,7 @@ def _monitor(wdir: WorkerDir | None, progress: Progress, worker: ColdWorker | Fo
         for event in events:
             kind = event.get("event")
             if kind == protocol.READY:
-                ready = True
+                ready, idle_since = True, time.monotonic()
             elif kind == protocol.RPC:
                 n = event.get("n")
                 if (responder is not None and wdir is not None and type(n) is int and 0 < n <= RPC_MAX
@@ -473,7 +480,7 @@ def _monitor(wdir: WorkerDir | None, progress: Progress, worker: ColdWorker | Fo
             elif kind == protocol.CELL_DONE and step and step[0] == "cell" and event.get("index") == step[1]:
                 error = event.get("error") or {}
                 cell_results[step[1]] = CellResult("error" if error else "ok", error, event.get("defined", []))
-                step = None
+                step, idle_since = None, time.monotonic()
             elif kind == protocol.CALL_START and isinstance(event.get("id"), int):
                 step, step_started = ("call", event["id"], "timeout"), time.monotonic()
                 if responder is not None and hasattr(responder, "begin_call"):
@@ -486,7 +493,7 @@ def _monitor(wdir: WorkerDir | None, progress: Progress, worker: ColdWorker | Fo
                 call_results[step[1]] = CallResult(status if status in protocol.CALL_STATUSES else "exception",
                                                    None, event.get("error") or {}, report,
                                                    time.monotonic() - step_started)
-                step = None
+                step, idle_since = None, time.monotonic()
             elif kind == protocol.FINISHED:
                 if step is not None:  # only student code can say so mid-step (a forged event): charge that step
                     return stop(False, (step[0], step[1], "crashed"))
@@ -502,6 +509,8 @@ def _monitor(wdir: WorkerDir | None, progress: Progress, worker: ColdWorker | Fo
         now = time.monotonic()
         if not ready and now - launched_at > limits.startup_timeout:
             return stop(False, None, timed_out=True)
+        if ready and step is None and now - idle_since > max(limits.cell_timeout, limits.call_timeout):
+            return stop(False, None)  # a healthy worker goes straight to its next step: only student code waits here
         if step is not None:
             bound = limits.cell_timeout if step[0] == "cell" else limits.call_timeout
             if now - step_started > bound:

@@ -82,9 +82,12 @@ class WorkerDir:
         return fd
 
     def give_to(self, uid: int, gid: int) -> None:
-        """Hand the directory and the files in it to the worker's user (before it starts: nothing else is there)."""
+        """Hand the directory and the files in it to the worker's user (before it starts: nothing else is there).
+
+        The progress file stays the grader's: the worker opens it before it drops its privileges, so its
+        student code cannot open it again by name (it can still write through the worker's descriptor)."""
         for name in os.listdir(self.fd):
-            if name == ANSWERS:  # the grader's own, and stays so
+            if name in (ANSWERS, protocol.PROGRESS):  # the grader's own, and stay so
                 continue
             os.chown(name, uid, gid, dir_fd=self.fd, follow_symlinks=False)
             if stat.S_ISREG(os.lstat(name, dir_fd=self.fd).st_mode):
