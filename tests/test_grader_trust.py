@@ -158,7 +158,7 @@ def test_is_a_student_who_breaks_the_output_files_charged_not_the_grader():
 
 @pytest.mark.slow
 def test_is_an_output_path_broken_for_everyone_a_grader_error(monkeypatch):
-    monkeypatch.setattr(runner, "_read_outputs", lambda workdir, call_id: None)
+    monkeypatch.setattr(runner, "_read_outputs", lambda wdir, call_id, limits: None)
     probe = CallSpec(0, CLONE, {"x": torch.arange(4.0)}, "cpu", None)
     with pytest.raises(GraderError, match="even without student code"):
         run_plan([], [probe], FAST, use_bwrap=None)
