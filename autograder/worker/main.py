@@ -120,10 +120,11 @@ def _check(result: int, what: str) -> None:
 
 
 def _user_namespace() -> None:
-    """Without root: a user namespace of our own (we are its root, mapped to our own uid) to hold the others."""
+    """Without root: a user namespace of our own to hold the others (our uid keeps its number inside; the
+    capabilities it grants serve the mounts below and are given up before student code runs)."""
     uid, gid = os.geteuid(), os.getegid()
     _check(_libc().unshare(CLONE_NEWUSER), "unshare(user)")
-    for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"), ("gid_map", f"0 {gid} 1")):
+    for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
         with open(f"/proc/self/{name}", "w") as fh:
             fh.write(text)
 
