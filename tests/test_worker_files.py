@@ -231,3 +231,67 @@ def test_does_the_grader_refuse_links_fifos_and_big_files(tmp_path):
         assert (tmp_path / "ok").read_bytes() == b"fine"
     finally:
         wdir.close()
+
+
+# --- jobs that share nothing: namespaces and users of their own ----------------------------------------
+LEAVE = ("import ctypes, os\n"
+         "def attack(x):\n"
+         "    libc = ctypes.CDLL(None, use_errno=True)\n"
+         "    if libc.shmget(0x5E1E, 4096, 0o1666) == -1:\n"
+         "        raise OSError(ctypes.get_errno(), 'shmget')\n"
+         "    for folder in ('/tmp', '/dev/shm'):\n"
+         "        with open(folder + '/left-by-the-first', 'w') as fh:\n"
+         "            fh.write('x')\n"
+         "    return x\n")
+LOOK = ("import ctypes, os\n"
+        "def attack(x):\n"
+        "    seen = [f for f in ('/tmp/left-by-the-first', '/dev/shm/left-by-the-first') if os.path.exists(f)]\n"
+        "    if ctypes.CDLL(None).shmget(0x5E1E, 0, 0) != -1:\n"
+        "        seen.append('a System V segment')\n"
+        "    if seen:\n"
+        "        raise RuntimeError(f'left by another worker: {seen}')\n"
+        "    return x\n")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("use_bwrap", MODES)
+def test_does_a_cold_worker_see_what_another_left_in_tmp_or_shared_memory(use_bwrap):
+    first = run_attack(LEAVE, use_bwrap)
+    assert first.calls[0].status == "ok", first.calls[0].error  # the student could write all three
+    second = run_attack(LOOK, use_bwrap)
+    assert second.calls[0].status == "ok", second.calls[0].error
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="worker uids are handed out by a root grader only")
+def test_does_every_concurrent_worker_get_a_uid_of_its_own():
+    import time
+
+    from autograder import sandbox
+
+    first, second = sandbox.WorkerUid(), sandbox.WorkerUid()
+    try:
+        assert first.uid != second.uid
+        for user in (first, second):
+            assert sandbox.WORKER_UID_BASE <= user.uid < sandbox.WORKER_UID_BASE + sandbox.WORKER_UID_COUNT
+        # a process of the first uid that left every group and tag is still killed when the uid is released
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.setsid()
+                os.setgid(first.uid)
+                os.setuid(first.uid)
+                time.sleep(60)
+            finally:
+                os._exit(0)
+        time.sleep(0.2)
+        first.release()
+        deadline = time.monotonic() + 10
+        while os.waitpid(pid, os.WNOHANG) == (0, 0):
+            assert time.monotonic() < deadline, "a process of a released uid survived"
+            time.sleep(0.05)
+        third = sandbox.WorkerUid()  # the released uid may serve again; the held one may not
+        assert third.uid != second.uid
+        third.release()
+    finally:
+        first.release()
+        second.release()
