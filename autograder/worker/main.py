@@ -103,6 +103,7 @@ def _drop_privileges(uid: int = NOBODY) -> None:
 CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER = 0x00020000, 0x08000000, 0x10000000
 MS_NOSUID, MS_NODEV, MS_BIND, MS_REC, MS_PRIVATE = 2, 4, 4096, 16384, 1 << 18
 PRIVATE_DIRS = ("/tmp", "/dev/shm")
+PRIVATE_DIR_BYTES = 1 << 30  # each is memory: bounded, so files there cannot take the machine's RAM
 
 
 def _libc():
@@ -159,7 +160,8 @@ def private_namespaces() -> list[str]:
         keep = os.open(WORKDIR, os.O_RDONLY | os.O_DIRECTORY)  # the worker's directory may lie under /tmp
         for folder in PRIVATE_DIRS:
             if os.path.isdir(folder):
-                _check(libc.mount(b"tmpfs", folder.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, b"mode=1777"),
+                _check(libc.mount(b"tmpfs", folder.encode(), b"tmpfs", MS_NOSUID | MS_NODEV,
+                                  f"mode=1777,size={PRIVATE_DIR_BYTES}".encode()),
                        f"mount tmpfs {folder}")
                 got.append(folder)
         if not os.path.isdir(WORKDIR) or not os.path.samestat(os.stat(WORKDIR), os.fstat(keep)):
