@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 
 from autograder import runner
 from autograder.oracle import OracleResponder
+from autograder.pool import WorkerPool
 from autograder.runner import CallSpec, CellSpec, run_plan
 from autograder.sandbox import Limits
 from exercises.program import serialise_outputs
@@ -30,6 +31,7 @@ LIMITS = Limits(call_timeout=5.0, cell_timeout=10.0, startup_timeout=60.0, memor
 BWRAP = runner.default_bwrap()
 MODES = [pytest.param(BWRAP, id="bubblewrap", marks=pytest.mark.skipif(BWRAP is None, reason="no bubblewrap")),
          pytest.param(None, id="no-bubblewrap")]
+WORKERS = [pytest.param(False, id="cold"), pytest.param(True, id="forked")]
 DEADLINE = 120.0  # seconds: far beyond what these runs take; a grader that waits forever fails here
 CLONE = [{"op": "call", "fn": "torch.clone", "args": [{"tensor": "x"}], "out": "y"},
          {"op": "output", "key": "out", "var": "y"}]
@@ -48,8 +50,15 @@ FORGE = ("import json, os, time\n"
          "    os.write(progress_fd(), (json.dumps(event) + '\\n').encode())\n")
 
 
-def run_attack(code: str, use_bwrap, **options) -> runner.RunResult:
-    """Call ``attack`` (call 0, item a) then ``torch.clone`` (call 1, item b) after the student's cell ``code``."""
+def run_attack(code: str, use_bwrap, forked: bool = False, **options) -> runner.RunResult:
+    """Call ``attack`` (call 0, item a) then ``torch.clone`` (call 1, item b) after the student's cell ``code``;
+    ``forked``: in workers forked from a warm pool's zygote (closed afterwards) instead of cold ones."""
+    if forked:
+        pool = WorkerPool(LIMITS, use_bwrap)
+        try:
+            return run_attack(code, use_bwrap, pool=pool, **options)
+        finally:
+            pool.shutdown()
     calls = [CallSpec(0, ATTACK, {"x": torch.ones(3)}, "cpu", None, group="a"),
              CallSpec(1, CLONE, {"x": torch.arange(3.0)}, "cpu", None, group="b")]
     done: list = []
@@ -76,8 +85,9 @@ def victims(folder: Path) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("forked", WORKERS)
 @pytest.mark.parametrize("use_bwrap", MODES)
-def test_does_a_stand_in_request_in_a_run_without_stand_ins_write_through_a_link(tmp_path, use_bwrap):
+def test_does_a_stand_in_request_in_a_run_without_stand_ins_write_through_a_link(tmp_path, use_bwrap, forked):
     victim = str(tmp_path / "victim")
     code = FORGE + (
         f"VICTIM = {victim!r}\n"
@@ -93,14 +103,15 @@ def test_does_a_stand_in_request_in_a_run_without_stand_ins_write_through_a_link
         "    forge(event='rpc', n=1)\n"
         "    time.sleep(1.5)\n"
         "    return x\n")
-    run = run_attack(code, use_bwrap)
+    run = run_attack(code, use_bwrap, forked)
     assert victims(tmp_path) == []  # nothing created or changed outside the sandbox
     assert run.calls[0].status == "ok"  # and the request was simply not answered
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("forked", WORKERS)
 @pytest.mark.parametrize("use_bwrap", MODES)
-def test_does_a_swapped_answers_folder_redirect_the_grader(tmp_path, use_bwrap):
+def test_does_a_swapped_answers_folder_redirect_the_grader(tmp_path, use_bwrap, forked):
     """A run with stand-ins: the student moves the grader's answers/ away and puts links in a folder of its own."""
     victim = str(tmp_path / "victim")
     code = FORGE + (
@@ -122,18 +133,19 @@ def test_does_a_swapped_answers_folder_redirect_the_grader(tmp_path, use_bwrap):
         "    time.sleep(1.5)\n"
         "    return x\n")
     oracles = {"softmax_naive": "function"}
-    run_attack(code, use_bwrap, oracles=oracles, responder=OracleResponder(oracles))
+    run_attack(code, use_bwrap, forked, oracles=oracles, responder=OracleResponder(oracles))
     assert victims(tmp_path) == []
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("forked", WORKERS)
 @pytest.mark.parametrize("use_bwrap", MODES)
-def test_do_fifos_in_place_of_a_calls_outputs_cost_only_that_call(tmp_path, use_bwrap):
+def test_do_fifos_in_place_of_a_calls_outputs_cost_only_that_call(tmp_path, use_bwrap, forked):
     code = FORGE + ("def attack(x):\n"
                     "    os.mkfifo('out_0.json')\n    os.mkfifo('out_0.safetensors')\n"
                     "    forge(event='call_done', id=0, status='ok')\n"
                     "    os._exit(0)\n")
-    run = run_attack(code, use_bwrap)
+    run = run_attack(code, use_bwrap, forked)
     assert run.calls[0].status == "missing" and "your code" in run.calls[0].error["message"]
 
 
@@ -150,12 +162,13 @@ def test_does_a_fifo_in_place_of_a_stand_in_request_block_the_grader(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("forked", WORKERS)
 @pytest.mark.parametrize("use_bwrap", MODES)
-def test_does_a_fifo_in_place_of_the_progress_file_block_the_grader(tmp_path, use_bwrap):
+def test_does_a_fifo_in_place_of_the_progress_file_block_the_grader(tmp_path, use_bwrap, forked):
     code = FORGE + ("def attack(x):\n"
                     "    os.unlink('progress.jsonl')\n    os.mkfifo('progress.jsonl')\n"
                     "    return x * 2\n")
-    run = run_attack(code, use_bwrap)
+    run = run_attack(code, use_bwrap, forked)
     assert run.calls[0].status == "ok" and torch.equal(run.calls[0].outputs.tensors["out"], torch.full((3,), 2.0))
 
 
