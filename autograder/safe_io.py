@@ -46,6 +46,13 @@ def _read_fd(fd: int, cap: int) -> bytes:
     return b"".join(chunks)
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    """All of ``data`` into ``fd`` (``os.write`` may write less than asked)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 class WorkerDir:
     """A worker's directory, held open by the grader (see the module's docstring)."""
 
@@ -59,9 +66,7 @@ class WorkerDir:
         fd = os.open(name, CREATE_FLAGS, mode, dir_fd=self.fd)
         try:
             os.fchmod(fd, mode)  # the umask must not decide who reads it
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            _write_all(fd, data)
         finally:
             os.close(fd)
 
@@ -110,14 +115,13 @@ class WorkerDir:
         fd = os.open(temporary, CREATE_FLAGS, 0o644, dir_fd=self.answers_fd)
         try:
             os.fchmod(fd, 0o644)  # the worker's user reads it; nobody else's file is ever changed
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            _write_all(fd, data)
         finally:
             os.close(fd)
         os.rename(temporary, name, src_dir_fd=self.answers_fd, dst_dir_fd=self.answers_fd)
 
     def close(self) -> None:
+        """Let the descriptors go (the directory itself is removed by whoever made it)."""
         for fd in (self.fd, self.answers_fd):
             if fd is not None and fd >= 0:
                 try:
