@@ -125,6 +125,7 @@ class Progress:
         return not self.overflow and os.fstat(self.fd).st_size > self.offset + len(self.pending)
 
     def close(self) -> None:
+        """Let the descriptor go (after the worker's last event was read)."""
         try:
             os.close(self.fd)
         except OSError:
