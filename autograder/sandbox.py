@@ -265,6 +265,7 @@ class WorkerUid:
                 os.close(fd)
                 continue
             self.uid, self._fd = uid, fd
+            kill_user(uid)  # whatever a grader that died while holding it left running
             return
         raise OSError(f"all {WORKER_UID_COUNT} worker uids are in use")
 
