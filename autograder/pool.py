@@ -22,6 +22,7 @@ import threading
 from pathlib import Path
 
 from autograder import sandbox
+from autograder.safe_io import WorkerDir
 from autograder.worker import protocol
 
 WORKERS_PER_GPU = 4  # cold CUDA workers sharing one GPU at a time (their memory fraction is split four ways)
@@ -77,8 +78,11 @@ class Zygote:
 
     def __init__(self, limits: sandbox.Limits, use_bwrap: str | None, drop: bool):
         self.limits = limits
+        # the jobs run as this slot's own user (one per concurrent worker: see sandbox.WorkerUid)
+        self.user = sandbox.WorkerUid() if drop else None
+        self.uid = self.user.uid if self.user else sandbox.NOBODY
         self.slot = sandbox.make_grading_root(drop and not use_bwrap)
-        if drop:  # the jobs run as nobody and must pass through the slot to their own directory
+        if drop:  # the jobs must pass through the slot to their own directory
             self.slot.chmod(0o711)
         for name, origin in sandbox.WORKER_FILES.items():
             shutil.copyfile(origin, self.slot / name)
@@ -111,14 +115,14 @@ class Zygote:
         workdir.mkdir()
         return workdir
 
-    def start(self, workdir: Path) -> ForkedJob:
-        """Fork a worker for the job in ``workdir`` (plan and inputs already written)."""
+    def start(self, wdir: WorkerDir) -> ForkedJob:
+        """Fork a worker for the job in ``wdir`` (plan and inputs already written)."""
         try:
-            self.launched.process.stdin.write(f"{workdir.name}\n".encode())
+            self.launched.process.stdin.write(f"{Path(wdir.path).name}\n".encode())
             self.launched.process.stdin.flush()
         except OSError:  # the zygote is gone: the job reports its exit status, as a dead worker would
             pass
-        return ForkedJob(self, workdir)
+        return ForkedJob(self, wdir)
 
     def kill(self) -> None:
         sandbox.terminate(self.launched)
@@ -126,13 +130,15 @@ class Zygote:
     def close(self) -> None:
         self.kill()
         shutil.rmtree(self.slot, ignore_errors=True)
+        if self.user:  # its processes are gone: the uid may serve another worker
+            self.user.release()
 
 
 class ForkedJob:
     """One run's worker, forked by a zygote; stopping it early costs the zygote (it is killed)."""
 
-    def __init__(self, zygote: Zygote, workdir: Path):
-        self.zygote, self.workdir = zygote, workdir
+    def __init__(self, zygote: Zygote, wdir: WorkerDir):
+        self.zygote, self.wdir, self.workdir = zygote, wdir, Path(wdir.path)
         self.isolation, self.tag = zygote.isolation, zygote.tag
         self.returncode: int | None = None
 
@@ -158,9 +164,8 @@ class ForkedJob:
 
     def output(self) -> str:
         cap = self.zygote.limits.output_bytes + 200  # the zygote kept the first output_bytes, and a note
-        try:
-            with open(self.workdir / protocol.OUTPUT, "rb") as fh:
-                text = fh.read(cap).decode("utf-8", "replace")
+        try:  # the zygote wrote it, in a directory the job could change: read as any worker file
+            text = self.wdir.read(protocol.OUTPUT, cap).decode("utf-8", "replace")
         except OSError:
             text = ""
         if not self.zygote.alive() and self.zygote.text:

@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save
 
 from autograder import sandbox
 from autograder.pool import WORKERS_PER_GPU, ColdWorker, ForkedJob, WorkerPool, Zygote
+from autograder.safe_io import WorkerDir
 from autograder.worker import protocol
 from exercises.compare import Outputs
 
@@ -88,32 +89,54 @@ class RunResult:
     seconds: float
 
 
-def _read_events(path: Path, offset: int) -> tuple[list[dict[str, Any]], int]:
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(offset)
-            data = fh.read()
-    except FileNotFoundError:
-        return [], offset
-    events, consumed = [], 0
-    for line in data.splitlines(keepends=True):
-        if not line.endswith(b"\n"):
-            break
-        consumed += len(line)
-        try:
-            event = json.loads(line)
+PROGRESS_CAP = 32 << 20  # bytes of events one worker may write; beyond it the step in flight is charged
+JSON_CAP = 16 << 20  # bytes of one call's output metadata or one stand-in request's JSON
+
+
+class Progress:
+    """The worker's events, read through the descriptor the grader opened on ``progress.jsonl`` before the
+    worker started: a file put in its place later is never read, and no more than ``PROGRESS_CAP`` bytes."""
+
+    def __init__(self, fd: int):
+        self.fd, self.offset, self.pending, self.overflow = fd, 0, b"", False
+
+    def events(self) -> list[dict[str, Any]]:
+        """The complete events written since the last call (a line cut short waits for its end)."""
+        room = PROGRESS_CAP - self.offset - len(self.pending)
+        data = os.pread(self.fd, min(room + 1, 1 << 20), self.offset + len(self.pending)) if room >= 0 else b""
+        if len(data) > room:
+            self.overflow = True
+            data = data[:max(room, 0)]
+        lines = (self.pending + data).split(b"\n")
+        self.pending = lines.pop()
+        self.offset += sum(len(line) + 1 for line in lines)
+        events = []
+        for line in lines:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue  # the student wrote into our file: ignore what is not ours
             if isinstance(event, dict):
                 events.append(event)
-        except ValueError:
-            continue  # the student wrote into our file: ignore what is not ours
-    return events, offset + consumed
+        return events
+
+    def has_more(self) -> bool:
+        """Whether bytes were written that ``events`` has not read yet (and may still read)."""
+        return not self.overflow and os.fstat(self.fd).st_size > self.offset + len(self.pending)
+
+    def close(self) -> None:
+        """Let the descriptor go (after the worker's last event was read)."""
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
 
 
-def _read_outputs(workdir: Path, call_id: int) -> Outputs | None:
+def _read_outputs(wdir: WorkerDir, call_id: int, limits: sandbox.Limits) -> Outputs | None:
     try:
         tensors_file, meta_file = protocol.output_files(call_id)
-        meta = json.loads((workdir / meta_file).read_text(encoding="utf-8"))
-        tensors = load_file(str(workdir / tensors_file))
+        meta = json.loads(wdir.read(meta_file, JSON_CAP).decode("utf-8"))
+        tensors = load(wdir.read(tensors_file, limits.file_bytes))
     except (OSError, ValueError, RuntimeError):
         return None
     if not isinstance(meta, dict) or not all(type(t) is torch.Tensor for t in tensors.values()):
@@ -145,9 +168,11 @@ def run_plan(cells: list[CellSpec], calls: list[CallSpec], limits: sandbox.Limit
     drop = sandbox.can_drop_privileges(use_bwrap)
     warm = pool is not None and not cuda and pool.use_bwrap == use_bwrap  # CPU only, its own isolation mode only
     root = None
+    user = None
     if not warm:
         try:
             root = sandbox.make_grading_root(drop and not use_bwrap)
+            user = sandbox.WorkerUid() if drop else None  # this run's workers' own user, one after another
         except OSError as exc:
             raise GraderError(f"could not make the worker's directory: {exc}") from exc
     try:
@@ -167,22 +192,33 @@ def run_plan(cells: list[CellSpec], calls: list[CallSpec], limits: sandbox.Limit
                     "skip_cells": sorted(skip_cells), "start_call": remaining[0] if remaining else 1 << 30,
                     "calls": [{"id": c.id, "program": c.program, "device": c.device, "dtype": c.dtype,
                                "guard": c.guard} for c in calls if c.id in remaining],
-                    "drop_privileges": drop, "oracles": oracles or {},
+                    "drop_privileges": drop, "worker_uid": zygote.uid if zygote else (user.uid if user else None),
+                    "private_namespaces": True, "oracles": oracles or {},
                     "cuda_memory_fraction": limits.cuda_memory_fraction if cuda else None}
-            (workdir / protocol.PLAN).write_text(json.dumps(plan), encoding="utf-8")
-            for c in calls:
-                if c.id in remaining:
-                    save_file({k: v.contiguous() for k, v in c.inputs.items()},
-                              str(workdir / protocol.input_file(c.id)))
-            sandbox.prepare_workdir(workdir, copy_worker=not warm)
-            worker = zygote.start(workdir) if zygote else ColdWorker(workdir, limits, cuda, use_bwrap)
-            isolation = worker.isolation
-            watch = _monitor(workdir, worker, limits, len(cells), cuda, responder)
-            for index, cell in watch.cells.items():
-                cell_results[index] = cell
-            call_results.update(watch.calls)
-            worker.stop(wait=JOB_END_WAIT if watch.finished else 0.0)
-            output_parts.append(worker.output())
+            wdir = WorkerDir(workdir)
+            try:
+                worker, progress = _start_worker(wdir, plan, calls, remaining, limits, cuda, use_bwrap, zygote,
+                                                 stand_ins=bool(oracles))
+                isolation = worker.isolation
+                guarded = {c.id for c in calls if c.guard is not None}
+                watch = _monitor(wdir, progress, worker, limits, len(cells), cuda,
+                                 responder if oracles else None, guarded)
+                progress.close()
+                for index, cell in watch.cells.items():
+                    cell_results[index] = cell
+                call_results.update(watch.calls)
+                worker.stop(wait=JOB_END_WAIT if watch.finished else 0.0)
+                output_parts.append(worker.output())
+                for cid in list(call_results):
+                    if call_results[cid].status == "ok" and call_results[cid].outputs is None:
+                        outputs = _read_outputs(wdir, cid, limits)
+                        if outputs is None:
+                            call_results[cid] = CallResult("missing", error={
+                                "type": "GraderError", "message": "the worker's output could not be read back"})
+                        else:
+                            call_results[cid].outputs = outputs
+            finally:
+                wdir.close()
             if not watch.ready:  # no student code ran in this worker: whatever stopped it is ours
                 _release(pool, zygote, workdir)
                 startup_failures += 1
@@ -191,19 +227,13 @@ def run_plan(cells: list[CellSpec], calls: list[CallSpec], limits: sandbox.Limit
                     continue
                 raise GraderError(_startup_failure(worker, drop, cuda, watch.timed_out, limits, output_parts[-1]))
             finished, step, step_started = watch.finished, watch.step, watch.step_started
-            for cid in list(call_results):
-                if call_results[cid].status == "ok" and call_results[cid].outputs is None:
-                    outputs = _read_outputs(workdir, cid)
-                    if outputs is None:
-                        call_results[cid] = CallResult("missing", error={
-                            "type": "GraderError", "message": "the worker's output could not be read back"})
-                    else:
-                        call_results[cid].outputs = outputs
             _release(pool, zygote, workdir)
             remaining = [cid for cid in remaining if cid not in call_results]
             if finished or (step is None and not remaining):
                 break
-            if step is None:  # died between steps, after start-up (e.g. a student's thread killed it)
+            if step is None:  # died or hung between steps, after start-up (a student's thread, a forged event)
+                if watch.calls:  # it got somewhere: a fresh worker goes on (each try finishes a call at least)
+                    continue
                 message = output_parts[-1][-MESSAGE_TAIL:] or "the worker stopped between two steps"
                 for cid in remaining:
                     call_results[cid] = CallResult("crashed", error={"type": "WorkerError", "message": message})
@@ -227,6 +257,8 @@ def run_plan(cells: list[CellSpec], calls: list[CallSpec], limits: sandbox.Limit
     finally:
         if root is not None:
             shutil.rmtree(root, ignore_errors=True)
+        if user is not None:  # every worker of this run was terminated
+            user.release()
     for c in calls:
         call_results.setdefault(c.id, CallResult("crashed", error={
             "type": "WorkerError", "message": "the worker stopped before this call ran"}))
@@ -243,6 +275,31 @@ def run_plan(cells: list[CellSpec], calls: list[CallSpec], limits: sandbox.Limit
     text = "".join(output_parts)
     return RunResult(cell_results, call_results, isolation, text[:limits.output_bytes * 2],
                      time.monotonic() - started)
+
+
+def _start_worker(wdir: WorkerDir, plan: dict[str, Any], calls: list[CallSpec], remaining: list[int],
+                  limits: sandbox.Limits, cuda: bool, use_bwrap: str | None, zygote: Zygote | None,
+                  stand_ins: bool) -> tuple[ColdWorker | ForkedJob, Progress]:
+    """Fill the fresh directory (plan, inputs, an empty progress file, the worker's code), then start the worker.
+
+    The grader opens the progress file before the worker exists and reads only through that descriptor; the
+    answers folder is made only when the run planned stand-ins.
+    """
+    wdir.create(protocol.PLAN, json.dumps(plan).encode("utf-8"))
+    for c in calls:
+        if c.id in remaining:
+            wdir.create(protocol.input_file(c.id), save({k: v.contiguous() for k, v in c.inputs.items()}))
+    wdir.create(protocol.PROGRESS, b"")
+    sandbox.prepare_workdir(wdir, copy_worker=zygote is None, uid=plan["worker_uid"] or sandbox.NOBODY)
+    if stand_ins:
+        wdir.make_answers()
+    progress = Progress(wdir.open_for_reading(protocol.PROGRESS))
+    try:
+        worker = zygote.start(wdir) if zygote else ColdWorker(Path(wdir.path), limits, cuda, use_bwrap)
+    except BaseException:
+        progress.close()
+        raise
+    return worker, progress
 
 
 def run_calls(cells: list[CellSpec], calls: list[CallSpec], limits: sandbox.Limits, use_bwrap: str | None,
@@ -332,26 +389,32 @@ def _rss_bytes(pid: int) -> int:
     return 0
 
 
-def _answer_rpc(workdir: Path, n: Any, responder: Responder | None) -> None:
-    """Answer stand-in request ``n``: response tensors first, then the JSON whose appearance releases the worker."""
-    if not isinstance(n, int):
-        return
+RPC_MAX = 10_000  # stand-in requests answered per worker at most
+
+
+def _answer_rpc(wdir: WorkerDir, n: Any, responder: Responder, limits: sandbox.Limits) -> None:
+    """Answer stand-in request ``n``: response tensors first, then the JSON whose appearance releases the worker.
+
+    Only ever called in a run that planned stand-ins; the answer goes into the grader's own ``answers/``.
+    """
     try:
         request_tensors, request_json = protocol.rpc_request(n)
-        request = json.loads((workdir / request_json).read_text(encoding="utf-8"))
-        tensors = load_file(str(workdir / request_tensors))
-        if responder is None:
-            raise ValueError("no stand-ins in this run")
+        request = json.loads(wdir.read(request_json, JSON_CAP).decode("utf-8"))
+        tensors = load(wdir.read(request_tensors, limits.file_bytes))
+        if not isinstance(request, dict):
+            raise ValueError("a stand-in request is a JSON object")
         meta, out = responder(request, tensors)
     except Exception as exc:  # noqa: BLE001 - any failure becomes the stand-in's exception in the worker
         meta, out = {"error": f"stand-in failed: {type(exc).__name__}: {str(exc)[:300]}"}, {}
     answer_tensors, answer_json = protocol.rpc_response(n)
-    save_file({k: v.contiguous() for k, v in out.items()}, str(workdir / answer_tensors))
-    tmp = workdir / f".{answer_json}"
-    tmp.write_text(json.dumps(meta), encoding="utf-8")
-    for path in (workdir / answer_tensors, tmp):
-        os.chmod(path, 0o644)
-    os.replace(tmp, workdir / answer_json)
+    try:
+        wdir.answer(answer_tensors, save({k: v.contiguous() for k, v in out.items()}))
+        wdir.answer(answer_json, json.dumps(meta).encode("utf-8"))
+    except OSError:  # only a worker that wrote into our folder (same user, no privilege drop) gets here
+        pass
+
+
+MISSING_REPORT = "the operation monitor's report of this call is missing (the worker's events were tampered with)"
 
 
 def _guard_report(report: Any) -> dict[str, Any] | None:
@@ -384,57 +447,67 @@ class Watch:
     calls: dict[int, CallResult] = field(default_factory=dict)  # the calls it finished, by id
 
 
-def _monitor(workdir: Path, worker: ColdWorker | ForkedJob, limits: sandbox.Limits, n_cells: int, cuda: bool,
-             responder: Responder | None = None) -> Watch:
+def _monitor(wdir: WorkerDir | None, progress: Progress, worker: ColdWorker | ForkedJob, limits: sandbox.Limits,
+             n_cells: int, cuda: bool, responder: Responder | None = None, guarded: set[int] | None = None) -> Watch:
     """Follow progress events until the worker finishes, dies, or runs a step past its limit.
 
     Returns what it saw (``Watch``), the steps this worker finished included; writes nothing of its caller's.
+    ``responder``: stand-in requests are answered only when there is one (a run that planned stand-ins).
+    ``guarded``: the calls the operation monitor watches; one whose report is missing is not clean.
     """
     cell_results: dict[int, CellResult] = {}
     call_results: dict[int, CallResult] = {}
+    guarded = guarded or set()
+    answered: set[int] = set()
 
     def stop(finished: bool, in_flight: tuple[str, int, str] | None, timed_out: bool = False) -> Watch:
         return Watch(finished, ready, in_flight, step_started, timed_out, cell_results, call_results)
 
-    progress = workdir / protocol.PROGRESS
-    offset = 0
     step: tuple[str, int, str] | None = None
-    step_started = time.monotonic()
+    step_started = idle_since = time.monotonic()
     ready = False
     launched_at = time.monotonic()
     rss_checked = launched_at
     while True:
-        events, offset = _read_events(progress, offset)
+        events = progress.events()
         for event in events:
             kind = event.get("event")
             if kind == protocol.READY:
-                ready = True
+                ready, idle_since = True, time.monotonic()
             elif kind == protocol.RPC:
-                _answer_rpc(workdir, event.get("n"), responder)
+                n = event.get("n")
+                if (responder is not None and wdir is not None and type(n) is int and 0 < n <= RPC_MAX
+                        and n not in answered):
+                    answered.add(n)
+                    _answer_rpc(wdir, n, responder, limits)
             elif (kind == protocol.CELL_START and isinstance(event.get("index"), int)
                   and event["index"] < n_cells):
                 step, step_started = ("cell", event["index"], "timeout"), time.monotonic()
             elif kind == protocol.CELL_DONE and step and step[0] == "cell" and event.get("index") == step[1]:
                 error = event.get("error") or {}
                 cell_results[step[1]] = CellResult("error" if error else "ok", error, event.get("defined", []))
-                step = None
+                step, idle_since = None, time.monotonic()
             elif kind == protocol.CALL_START and isinstance(event.get("id"), int):
                 step, step_started = ("call", event["id"], "timeout"), time.monotonic()
                 if responder is not None and hasattr(responder, "begin_call"):
                     responder.begin_call()  # the stand-ins' random stream starts over with each call
             elif kind == protocol.CALL_DONE and step and step[0] == "call" and event.get("id") == step[1]:
                 status = event.get("status", "exception")
+                report = _guard_report(event.get("guard"))
+                if report is None and step[1] in guarded:  # no report is not a clean report
+                    report = {"used": {}, "too_big": None, "tampered": MISSING_REPORT}
                 call_results[step[1]] = CallResult(status if status in protocol.CALL_STATUSES else "exception",
-                                                   None, event.get("error") or {}, _guard_report(event.get("guard")),
+                                                   None, event.get("error") or {}, report,
                                                    time.monotonic() - step_started)
-                step = None
+                step, idle_since = None, time.monotonic()
             elif kind == protocol.FINISHED:
                 if step is not None:  # only student code can say so mid-step (a forged event): charge that step
                     return stop(False, (step[0], step[1], "crashed"))
                 return stop(True, None)
+        if progress.overflow:  # only student code writes that much: the step in flight pays
+            return stop(False, (step[0], step[1], "crashed") if step else None)
         if worker.poll() is not None:
-            events, offset = _read_events(progress, offset)
-            if events:
+            if progress.has_more():  # what it wrote just before it ended
                 continue
             if step is not None:
                 step = (step[0], step[1], "crashed")
@@ -442,6 +515,8 @@ def _monitor(workdir: Path, worker: ColdWorker | ForkedJob, limits: sandbox.Limi
         now = time.monotonic()
         if not ready and now - launched_at > limits.startup_timeout:
             return stop(False, None, timed_out=True)
+        if ready and step is None and now - idle_since > max(limits.cell_timeout, limits.call_timeout):
+            return stop(False, None)  # a healthy worker goes straight to its next step: only student code waits here
         if step is not None:
             bound = limits.cell_timeout if step[0] == "cell" else limits.call_timeout
             if now - step_started > bound:

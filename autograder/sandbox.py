@@ -14,6 +14,7 @@ import ctypes
 import importlib.util
 import os
 import resource
+import secrets
 import shutil
 import signal
 import site
@@ -26,6 +27,8 @@ import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+
+from autograder.safe_io import WorkerDir
 
 # The worker's code, copied into its directory: the harness, and the course's call-program interpreter
 # (stdlib and torch only; the same file runs the reference in the grader).
@@ -164,15 +167,14 @@ class Launched:
     isolation: str
 
 
-def prepare_workdir(workdir: Path, copy_worker: bool = True) -> None:
-    """Copy the worker's files in (a warm worker's job needs none); hand the directory to ``nobody`` if we are root."""
+def prepare_workdir(wdir: WorkerDir, copy_worker: bool = True, uid: int = NOBODY) -> None:
+    """Copy the worker's files in (a warm worker's job needs none); hand the directory to the worker's user
+    (``uid``) if we are root. Only before the worker starts: the directory holds nothing but the grader's files."""
     if copy_worker:
         for name, origin in WORKER_FILES.items():
-            shutil.copyfile(origin, workdir / name)
-    if os.geteuid() == 0:  # the worker runs as nobody: it must read its inputs and write its outputs
-        for path in [workdir, *workdir.iterdir()]:
-            os.chown(path, NOBODY, NOBODY)
-            os.chmod(path, 0o700 if path.is_dir() else 0o600)
+            wdir.create(name, origin.read_bytes())
+    if os.geteuid() == 0:  # the worker runs as its own user: it must read its inputs and write its outputs
+        wdir.give_to(uid, uid)
 
 
 def launch(workdir: Path, limits: Limits, cuda: bool, use_bwrap: str | None, zygote: bool = False) -> Launched:
@@ -183,6 +185,7 @@ def launch(workdir: Path, limits: Limits, cuda: bool, use_bwrap: str | None, zyg
     """
     tag = uuid.uuid4().hex
     env = {"PATH": "/usr/bin:/bin", "HOME": str(workdir), "LANG": "C.UTF-8", "MPLBACKEND": "Agg",
+           "USER": "selfattn-worker", "LOGNAME": "selfattn-worker",  # the worker's uid has no passwd entry
            "MPLCONFIGDIR": str(workdir / ".mpl"), "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1",
            TAG_VARIABLE: tag}
     if cuda:
@@ -210,6 +213,7 @@ def launch(workdir: Path, limits: Limits, cuda: bool, use_bwrap: str | None, zyg
         isolation = "rlimits"
         plan_env = env
     with _LAUNCH_LOCK:  # registered before any reap_orphans can see it
+        _TAGS.append(tag)
         process = subprocess.Popen(
             cmd, cwd=workdir, env=plan_env if plan_env is not None else {},
             stdin=subprocess.PIPE if zygote else subprocess.DEVNULL,
@@ -217,6 +221,77 @@ def launch(workdir: Path, limits: Limits, cuda: bool, use_bwrap: str | None, zyg
         )
         _LAUNCHED.add(process.pid)
     return Launched(process, tag, isolation)
+
+
+# --- a user of its own for every concurrent worker ------------------------------------------------------
+# RLIMIT_NPROC counts the processes of a user: workers that shared ``nobody`` shared it, so one student's
+# fork bomb left the others none. Each worker (a cold one, or a zygote and its jobs) gets a uid of a range
+# that no account uses, held through a lock file that only root can reach, so that two graders on one
+# machine never hand out the same uid at once.
+WORKER_UID_BASE = 1_700_000_000
+WORKER_UID_COUNT = 4096
+UID_LOCK_DIRS = ("/run/selfattn-worker-uids", "/var/lock/selfattn-worker-uids")
+
+
+def _uid_lock_dir() -> str:
+    """A folder for the uid locks that only root can change (made 0700, checked: never a link, never shared)."""
+    for folder in (*UID_LOCK_DIRS, os.path.join(tempfile.gettempdir(), "selfattn-worker-uids-root")):
+        try:
+            os.mkdir(folder, 0o700)
+        except FileExistsError:
+            pass
+        except OSError:
+            continue
+        info = os.lstat(folder)
+        if stat.S_ISDIR(info.st_mode) and info.st_uid == 0 and not info.st_mode & 0o077:
+            return folder
+    raise OSError("no folder for the worker uids' locks that only root can change")
+
+
+class WorkerUid:
+    """An unprivileged uid for one worker, held (``flock``) until ``release``; the gid has the same number."""
+
+    def __init__(self):
+        import fcntl
+
+        folder = _uid_lock_dir()
+        start = secrets.randbelow(WORKER_UID_COUNT)  # fewer collisions between graders that start together
+        for step in range(WORKER_UID_COUNT):
+            uid = WORKER_UID_BASE + (start + step) % WORKER_UID_COUNT
+            fd = os.open(os.path.join(folder, str(uid)), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                continue
+            self.uid, self._fd = uid, fd
+            kill_user(uid)  # whatever a grader that died while holding it left running
+            return
+        raise OSError(f"all {WORKER_UID_COUNT} worker uids are in use")
+
+    def release(self) -> None:
+        """Kill whatever still runs as this uid (nothing else may: the uid was ours), then let it go."""
+        if self._fd is not None:
+            kill_user(self.uid)
+            os.close(self._fd)
+            self._fd = None
+
+
+def kill_user(uid: int) -> None:
+    """SIGKILL every process of ``uid`` at once: ``kill(-1)`` from a process of that user (a process that
+    left the worker's group and changed its environment escapes the tag, never its user)."""
+    if os.geteuid() != 0 or uid < WORKER_UID_BASE:
+        return
+    pid = os.fork()
+    if pid == 0:  # only system calls here: the grader may have threads
+        try:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            os.kill(-1, signal.SIGKILL)
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
 
 
 def can_drop_privileges(use_bwrap: str | None) -> bool:
@@ -277,6 +352,13 @@ def make_grading_root(for_other_user: bool) -> Path:
 
 
 _LAUNCHED: set[int] = set()  # pids of the workers we started and have not waited for yet (see reap_orphans)
+_TAGS: list[str] = []  # the tag of every worker this process started (another grader's workers carry others)
+
+
+def tags_started() -> list[str]:
+    """The environment tags of every worker this process has started, oldest first."""
+    with _LAUNCH_LOCK:
+        return list(_TAGS)
 _LAUNCH_LOCK = threading.Lock()
 
 

@@ -15,7 +15,7 @@ from grader_fixtures import NB1, answers_from_source, write_submission
 
 from autograder.grading import grade_notebook
 from autograder.runner import default_bwrap
-from autograder.sandbox import TAG_VARIABLE, Limits
+from autograder.sandbox import TAG_VARIABLE, Limits, tagged_pids, tags_started
 
 pytestmark = pytest.mark.slow
 
@@ -160,18 +160,40 @@ def test_does_a_daemon_outlive_the_worker(tmp_path):
             "        if os.fork() == 0:\n            while True:\n                time.sleep(0.1)\n"
             "        os._exit(0)\n"
             "    return inputs\n")
+    before = set(tags_started())
     result = grade(tmp_path, {"attention_scores_loop": code})
     assert_only_broken(result, {"attention_scores_loop": "failed"})
     time.sleep(0.5)
-    leftovers = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if f"{TAG_VARIABLE}=".encode() in (entry / "environ").read_bytes():
-                    leftovers.append(entry.name)
-            except OSError:
-                continue
+    # only this grading's workers: another grader on the same machine (another test session) has its own
+    mine = set(tags_started()) - before
+    assert mine, "the grading started no worker?"
+    leftovers = [pid for tag in mine for pid in tagged_pids(tag)]
     assert not leftovers, f"worker processes survived grading: {leftovers}"
+
+
+def test_does_the_leftover_count_see_a_survivor_of_its_own_and_no_other(tmp_path):
+    """The count above finds a process of its own grading (a check that cannot fail proves nothing), and not a
+    process that another grader's worker left (a tag it did not start)."""
+    import subprocess
+    import sys
+    import uuid
+
+    from autograder import sandbox
+
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                                env={TAG_VARIABLE: uuid.uuid4().hex})
+    own_tag = uuid.uuid4().hex
+    own = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env={TAG_VARIABLE: own_tag})
+    try:
+        time.sleep(0.3)
+        with sandbox._LAUNCH_LOCK:
+            sandbox._TAGS.append(own_tag)
+        leftovers = [pid for tag in tags_started() for pid in tagged_pids(tag)]
+        assert own.pid in leftovers and stranger.pid not in leftovers
+    finally:
+        for process in (stranger, own):
+            process.kill()
+            process.wait()
 
 
 def test_is_the_reference_out_of_reach(tmp_path):

@@ -158,7 +158,7 @@ def test_is_a_student_who_breaks_the_output_files_charged_not_the_grader():
 
 @pytest.mark.slow
 def test_is_an_output_path_broken_for_everyone_a_grader_error(monkeypatch):
-    monkeypatch.setattr(runner, "_read_outputs", lambda workdir, call_id: None)
+    monkeypatch.setattr(runner, "_read_outputs", lambda wdir, call_id, limits: None)
     probe = CallSpec(0, CLONE, {"x": torch.arange(4.0)}, "cpu", None)
     with pytest.raises(GraderError, match="even without student code"):
         run_plan([], [probe], FAST, use_bwrap=None)
@@ -326,7 +326,7 @@ def test_is_a_hidden_builtin_softmax_caught_at_run_time_in_the_worker(tmp_path):
 # --- the worker protocol, read without a worker --------------------------------------------------------
 
 
-def _watch(tmp_path, events: list, n_cells: int = 1):
+def _watch(tmp_path, events: list, n_cells: int = 1, guarded: set[int] | None = None):
     from autograder.worker import protocol
 
     (tmp_path / protocol.PROGRESS).write_text("".join(e if isinstance(e, str) else json.dumps(e) + "\n"
@@ -335,7 +335,11 @@ def _watch(tmp_path, events: list, n_cells: int = 1):
     process.wait()
     worker = ColdWorker.__new__(ColdWorker)  # a worker that has already ended: only its process is read
     worker.launched, worker.tag = sandbox.Launched(process, "no-such-tag", "rlimits"), "no-such-tag"
-    return runner._monitor(tmp_path, worker, FAST, n_cells, False)
+    progress = runner.Progress(os.open(tmp_path / protocol.PROGRESS, os.O_RDONLY))
+    try:
+        return runner._monitor(None, progress, worker, FAST, n_cells, False, guarded=guarded)
+    finally:
+        progress.close()
 
 
 def test_does_the_monitor_turn_a_workers_events_into_records(tmp_path):

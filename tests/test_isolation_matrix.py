@@ -18,6 +18,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -30,6 +31,8 @@ from pathlib import Path
 import nbformat
 import pytest
 from grader_fixtures import NB1, write_submission
+
+from autograder.sandbox import WORKER_UID_BASE, WORKER_UID_COUNT
 
 pytestmark = pytest.mark.slow
 
@@ -327,7 +330,8 @@ def _bubblewrap_works() -> bool:
     return probe.returncode == 0
 
 
-MODES = ["bubblewrap", "rlimits-drop", "rlimits-no-drop", "non-root"]
+MODES = ["bubblewrap", "rlimits-drop", "rlimits-no-drop", "non-root", "non-root-bubblewrap"]
+WORKER_UID = None  # a uid of the worker's own, from sandbox.WorkerUid's range (root graders that drop privileges)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -343,13 +347,13 @@ def test_are_grades_the_same_in_every_isolation_mode(mode, course_copy, request)
             if not _bubblewrap_works():
                 pytest.skip("bubblewrap is missing or cannot create namespaces here")
             python, cwd, as_nobody = REPO_PYTHON, REPO, False
-            isolation, uid = "bubblewrap", NOBODY if IS_ROOT else os.getuid()
+            isolation, uid = "bubblewrap", WORKER_UID if IS_ROOT else os.getuid()
         elif mode == "rlimits-drop":
             if not IS_ROOT:
                 pytest.skip("the privilege drop needs a grader running as root")
             python, cwd, as_nobody = request.getfixturevalue("debian_venv").python, REPO, False
             args.append("--no-bwrap")
-            isolation, uid = "rlimits", NOBODY
+            isolation, uid = "rlimits", WORKER_UID
         elif mode == "rlimits-no-drop":
             if not IS_ROOT:
                 pytest.skip("the no-drop path is the root grader's with an unreadable Python tree")
@@ -359,12 +363,16 @@ def test_are_grades_the_same_in_every_isolation_mode(mode, course_copy, request)
             python, cwd, as_nobody = REPO_PYTHON, REPO, False
             args.append("--no-bwrap")
             isolation, uid = "rlimits", 0
-        else:
+        else:  # the grader never needs root to be safe: run as nobody, without and with bubblewrap
             if not IS_ROOT or not shutil.which("setpriv"):
                 pytest.skip("needs root and setpriv to run the grader as nobody")
+            if mode == "non-root-bubblewrap" and not _bubblewrap_works():
+                pytest.skip("bubblewrap is missing or cannot create namespaces here")
             python, cwd, as_nobody = request.getfixturevalue("debian_venv").python, course_copy, True
-            args += ["--no-bwrap", "--source", str(course_copy / "source")]
-            isolation, uid = "rlimits", NOBODY
+            args += ["--source", str(course_copy / "source")]
+            if mode == "non-root":
+                args.append("--no-bwrap")
+            isolation, uid = ("rlimits" if mode == "non-root" else "bubblewrap"), NOBODY
 
         forged_before = {name for name in FORGED_NAMES if (cwd / name).exists()}
         result = grade_cli(python, args, cwd, home, as_nobody=as_nobody)
@@ -401,7 +409,13 @@ def test_are_grades_the_same_in_every_isolation_mode(mode, course_copy, request)
                 f"{[r['message'][:300] for r in rows]}"
         bomb = [r["message"] for r in hostile["context_vectors"][2]]
         assert all("memory bomb stopped" in m for m in bomb), f"the 20 GB allocation was not refused: {bomb}"
-        assert all(f"worker uid={uid}:" in m for m in bomb), f"student code did not run as uid {uid}: {bomb}"
+        uids = {int(found.group(1)) for m in bomb if (found := re.search(r"worker uid=(\d+):", m))}
+        assert len(uids) == 1 and len(bomb) > 0, f"the worker's uid is not in every message: {bomb}"
+        if uid is WORKER_UID:
+            assert all(WORKER_UID_BASE <= u < WORKER_UID_BASE + WORKER_UID_COUNT for u in uids), \
+                f"student code did not run as a worker uid of its own: {bomb}"
+        else:
+            assert uids == {uid}, f"student code did not run as uid {uid}: {bomb}"
         assert subs["hostile"]["score"] == sum(hostile[i][1] for i in HONEST) == 2
         assert sorted(p.name for p in out.iterdir()) == ["report.json"], "a forged file reached the report folder"
         forged_after = {name for name in FORGED_NAMES if (cwd / name).exists()}

@@ -4,7 +4,9 @@ The warm pool (``autograder/pool.py``) is what the CLI uses on the CPU. Here: ev
 test of ``test_grader_hostile.py`` that involves the worker runs again, unchanged, with its notebook
 graded by a forked worker (those decided before any worker runs are not repeated);
 then students graded one after another in the *same* warm slot try to leave state behind for the next
-(a global, a patched torch, a thread, a daemon process, a file in /tmp) and the next must not see it.
+(a global, a patched torch, a thread, a daemon process, a file in /tmp or /dev/shm, a System V
+shared-memory segment) and the next must not see it; and two students graded at once, one of them
+a fork bomb, each keep their own processes.
 """
 
 from __future__ import annotations
@@ -71,8 +73,19 @@ if os.fork() == 0:
     os.setsid()
     while True:
         time.sleep(0.05)
-with open("/tmp/left-behind", "w") as fh:
-    fh.write("for the next student")
+import ctypes
+_libc = ctypes.CDLL(None, use_errno=True)
+if _libc.shmget(0x5E1F, 4096, 0o1666) == -1:  # IPC_CREAT | 0666: a System V segment outlives its process
+    raise OSError(ctypes.get_errno(), "shmget")
+_left = ["a System V segment"]
+for _folder in ("/tmp", "/dev/shm"):
+    try:  # bubblewrap's own /tmp and /dev/shm are root's: a job's private ones (worker/main.py) are everyone's
+        with open(_folder + "/left-behind", "w") as fh:
+            fh.write("for the next student")
+        _left.append(_folder)
+    except OSError:
+        pass
+print("left behind:", ", ".join(_left))
 def softmax_naive(x, dim=-1):
     return x * 0
 """
@@ -85,6 +98,8 @@ _seen = [what for what, there in [
     ("a Tensor method patched", getattr(torch.Tensor, "soft" + "max").__name__ == "<lambda>"),
     ("torch.exp patched", torch.exp.__name__ == "<lambda>"),
     ("a file in /tmp", os.path.exists("/tmp/left-behind") and CHECK_TMP),
+    ("a file in /dev/shm", os.path.exists("/dev/shm/left-behind") and CHECK_TMP),
+    ("a System V shared-memory segment", __import__("ctypes").CDLL(None).shmget(0x5E1F, 0, 0) != -1),
 ] if there]
 if _seen:
     raise RuntimeError("state of an earlier student reached this one: " + ", ".join(_seen))
@@ -100,13 +115,16 @@ def _one_slot_pool(use_bwrap):
 def test_does_anything_of_one_student_reach_the_next_in_the_same_slot(tmp_path, use_bwrap):
     answers = answers_from_source(NB1)
     first = write_submission(tmp_path / "first", NB1, {"softmax_naive": LEAVER})
-    # Without bubblewrap /tmp is the machine's, as it is for cold workers: only the private /tmp is checked.
-    looker = LOOKER.replace("CHECK_TMP", "True" if use_bwrap else "False")
+    # Every job has a /tmp and /dev/shm of its own (worker/main.py, private_namespaces), without bubblewrap too
+    looker = LOOKER.replace("CHECK_TMP", "True")
     second = write_submission(tmp_path / "second", NB1, {"context_vectors": looker + answers["context_vectors"]})
     pool = _one_slot_pool(use_bwrap)
     try:
         graded_first = grade_notebook(NB1, first, 7, ["cpu"], hostile.LIMITS, use_bwrap, pool=pool)
-        assert all(o.score == 0 for o in graded_first.outcomes if o.item == "softmax_naive")
+        # not "error": the whole cell ran, so everything it leaves behind was left
+        first_rows = [o for o in graded_first.outcomes if o.item == "softmax_naive" and o.device == "cpu"]
+        assert first_rows and all(o.score == 0 and o.status != "error" for o in first_rows), \
+            [(o.name, o.status, o.message) for o in first_rows]
         assert len(pool.idle) == 1, "the slot should have been kept warm after a job that ended normally"
         zygote = pool.idle[0]
         assert sandbox.tagged_pids(zygote.tag) == [zygote.launched.process.pid] or use_bwrap, \
@@ -117,6 +135,8 @@ def test_does_anything_of_one_student_reach_the_next_in_the_same_slot(tmp_path, 
         pool.shutdown()
     lost = [(o.name, o.message) for o in graded_second.outcomes if o.device == "cpu" and o.status != "passed"]
     assert not lost, (lost, graded_second.notes)
+    # and the check was not empty: every kind of leftover was there to be found
+    assert "left behind: a System V segment, /tmp, /dev/shm" in graded_first.output, graded_first.output[-2000:]
 
 
 def test_does_the_looker_see_what_is_left_in_its_own_process(tmp_path):
@@ -196,6 +216,69 @@ def test_is_the_pools_slot_out_of_the_students_reach(tmp_path):
         pool.shutdown()
     assert all(o.status == "passed" for o in graded.outcomes if o.device == "cpu")
 
+
+
+# --- two students at once: one student's fork bomb must not starve the other's worker --------------------
+BOMB = """import os, time
+_hit_limit = False
+for _ in range(10_000):
+    try:
+        if os.fork() == 0:
+            time.sleep(30)
+            os._exit(0)
+    except OSError:  # the process limit of this worker's user
+        _hit_limit = True
+        break
+if not _hit_limit:
+    raise RuntimeError("the fork bomb never reached a process limit")
+time.sleep(10)  # the job (and with it its processes, reaped when it ends) stays while the neighbour runs
+"""
+NEIGHBOUR = """import threading, time
+time.sleep(4)  # the bomb beside is in place by now
+_go = threading.Event()
+_helpers = [threading.Thread(target=_go.wait) for _ in range(4)]
+for _helper in _helpers:
+    _helper.start()  # a thread counts against the process limit of the worker's user
+_go.set()
+for _helper in _helpers:
+    _helper.join()
+"""
+
+
+@pytest.mark.parametrize("use_bwrap", [pytest.param(hostile.BWRAP, id="bubblewrap", marks=hostile.needs_bwrap),
+                                       pytest.param(None, id="rlimits")])
+def test_does_a_fork_bomb_starve_a_student_graded_at_the_same_time(tmp_path, use_bwrap):
+    import threading
+    from dataclasses import replace
+
+    if not sandbox.can_drop_privileges(use_bwrap):
+        pytest.skip("the worker does not drop privileges here: every worker is the grader's own user")
+    limits = replace(hostile.LIMITS, processes=48, cell_timeout=30.0)
+    answers = answers_from_source(NB1)
+    bomber = write_submission(tmp_path / "bomber", NB1, {"softmax_naive": BOMB + answers["softmax_naive"]})
+    neighbour = write_submission(tmp_path / "neighbour", NB1, {"softmax_naive": NEIGHBOUR + answers["softmax_naive"]})
+    pool = WorkerPool(limits, use_bwrap)
+    pool.prewarm(2)
+    graded: dict = {}
+
+    def grade(name, path):
+        graded[name] = grade_notebook(NB1, path, 7, ["cpu"], limits, use_bwrap, pool=pool)
+
+    threads = [threading.Thread(target=grade, args=(name, path)) for name, path in
+               (("bomber", bomber), ("neighbour", neighbour))]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(300)
+    finally:
+        pool.shutdown()
+    assert set(graded) == {"bomber", "neighbour"}
+    # the bomb went off (its cell raises if no limit stopped it) and cost its author nothing else
+    assert all(o.status == "passed" for o in graded["bomber"].outcomes if o.device == "cpu"), \
+        [(o.name, o.message) for o in graded["bomber"].outcomes if o.status != "passed"]
+    lost = [(o.name, o.message) for o in graded["neighbour"].outcomes if o.device == "cpu" and o.status != "passed"]
+    assert not lost, (lost, graded["neighbour"].notes)
 
 
 def test_does_a_run_on_the_gpu_start_a_cold_worker():

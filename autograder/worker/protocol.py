@@ -3,12 +3,14 @@
 Copied into the worker's directory beside ``main.py``, ``program.py`` and ``op_guard.py`` (standard library only);
 ``autograder.runner`` imports it. The grader writes ``plan.json`` and one input file per call; the
 worker appends one JSON event per line to ``progress.jsonl`` and writes one pair of output files per
-call; a stand-in's request and the grader's answer are files too (the answer's JSON appears last,
-by rename, and releases the worker).
+call; a stand-in's request is a file too, and the grader's answer appears in ``answers/``, a folder
+the worker can read but not change (the answer's JSON appears last, by rename, and releases the worker).
+The grader reads every file here through ``autograder.safe_io`` (no links, no FIFOs, sizes bounded).
 """
 
 PLAN = "plan.json"
-PROGRESS = "progress.jsonl"
+PROGRESS = "progress.jsonl"  # made empty by the grader, which reads it through its own descriptor
+ANSWERS = "answers"  # the grader's folder for stand-in answers (only in a run that planned stand-ins)
 
 # events, in the order a healthy worker reports them
 READY = "ready"  # start-up done (imports, plan, inputs, privilege drop): no student code has run before it
@@ -40,7 +42,7 @@ def rpc_request(n: int) -> tuple[str, str]:
 
 
 def rpc_response(n: int) -> tuple[str, str]:
-    """(tensors, JSON) of the grader's answer to request ``n``."""
+    """(tensors, JSON) of the grader's answer to request ``n``, in the ``ANSWERS`` folder."""
     return f"rpc_{n}_resp.safetensors", f"rpc_{n}_resp.json"
 
 
