@@ -40,10 +40,6 @@ SEEDS = (0, 1)  # caught means caught under every seed: a check that catches by 
 
 # (item, mistake) -> why the visible checks cannot catch it at home. Keep it short and honest.
 NOT_CAUGHT: dict[tuple[str, str], str] = {
-    ("sinusoidal_positional_encoding", "angles_in_low_precision"):
-        "a float32 table from float32 angles (Llama, the Annotated Transformer, Hugging Face) is within float32 "
-        "rounding of its own angles: notebook 06 says it is accepted, and its visible check admits that rounding "
-        "(the realworld branch changes grading's tolerance to match)",
 }
 
 
