@@ -24,7 +24,7 @@ COURSE_ROOT = os.path.dirname(os.path.abspath(__file__))
 if COURSE_ROOT not in sys.path:  # the course's own packages, when the project is not pip-installed
     sys.path.append(COURSE_ROOT)
 
-from autograder.nbgrader_feedback import HideHiddenTests  # noqa: E402
+from autograder.nbgrader.feedback import HideHiddenTests  # noqa: E402
 
 c = get_config()  # noqa: F821 (provided by traitlets when it loads this file)
 
@@ -60,7 +60,8 @@ c.GenerateFeedback.preprocessors = [GetGrades, HideHiddenTests, CSSHTMLHeaderPre
 # --- JupyterLab and the Formgrader (issue 11) -----------------------------------------------------
 # Each nbgrader process (command line, Formgrader, Assignment List, Validate button) loads this file
 # before it does anything, so what is set up here holds however JupyterLab was started.
-from autograder import nbgrader_gradebook, nbgrader_validate  # noqa: E402
+from autograder.nbgrader import gradebook as nbgrader_gradebook  # noqa: E402
+from autograder.nbgrader import validate as nbgrader_validate  # noqa: E402
 
 # Tools nbgrader runs as subprocesses are found from the running Python, not from whatever PATH the
 # Lab was started with (`.venv/bin/jupyter lab` without activating the environment).
@@ -84,7 +85,7 @@ STUB_MESSAGE = "write your answer here, then run this cell and the check below i
 c.ClearSolutions.code_stub = {"python": f'# YOUR CODE HERE\nraise NotImplementedError("{STUB_MESSAGE}")'}
 
 # Validate (the Lab toolbar button and `nbgrader validate`) starts its result with one line per
-# graded cell: passed / FAILED / not answered (autograder/nbgrader_validate.py).
+# graded cell: passed / FAILED / not answered (autograder/nbgrader/validate.py).
 nbgrader_validate.register()
 
 # --- autograde: the sandboxed grader's scores (issue 11, "one score, whichever front end") -------
@@ -93,7 +94,7 @@ nbgrader_validate.register()
 # place: it grades each submission once with the isolated grader (`python -m autograder grade`,
 # subprocess, one seed per run) and writes each test cell's score (partial credit) and message, which
 # SaveAutoGrades stores. Student code is never run in the instructor's kernel. A grader fault makes
-# autograde fail for that student (never a zero). See autograder/nbgrader_autograde.py.
+# autograde fail for that student (never a zero). See autograder/nbgrader/autograde.py.
 # The Execute settings above therefore apply to Validate (nbgrader's Validator runs Execute), not to
 # autograde.
 from nbconvert.preprocessors import ClearMetadataPreprocessor  # noqa: E402
@@ -105,7 +106,7 @@ from nbgrader.preprocessors import (  # noqa: E402
     SaveAutoGrades,
 )
 
-from autograder.nbgrader_autograde import SandboxAutograde  # noqa: E402
+from autograder.nbgrader.autograde import SandboxAutograde  # noqa: E402
 
 c.Autograde.autograde_preprocessors = [
     SandboxAutograde,  # in place of nbgrader's Execute; the rest is nbgrader 0.9.6's default chain

@@ -14,8 +14,8 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_outp
 from nbgrader.utils import determine_grade
 from traitlets.config import Config, Configurable
 
-import autograder.nbgrader_autograde as sandbox
-from autograder.nbgrader_autograde import SandboxAutograde, SandboxGradingError, cell_outcome, item_rows
+import autograder.nbgrader.autograde as sandbox
+from autograder.nbgrader.autograde import SandboxAutograde, SandboxGradingError, cell_outcome, item_rows
 
 NB = "01_attention_scores.ipynb"
 
@@ -159,3 +159,9 @@ def test_run_grader_timeout_is_an_error(monkeypatch, tmp_path):
     monkeypatch.setattr(sandbox.subprocess, "run", fake_run)
     with pytest.raises(SandboxGradingError, match="longer than 5 s"):
         sandbox.run_grader(tmp_path, tmp_path / "source", 3, [], 5.0)
+
+
+def test_the_grader_subprocess_finds_the_same_autograder_package():
+    # the front end lives in autograder/nbgrader/: the grader's PYTHONPATH is the folder above autograder/
+    assert (Path(sandbox._PACKAGE_PARENT) / "autograder" / "nbgrader" / "autograde.py").resolve() == \
+        Path(sandbox.__file__).resolve()

@@ -27,8 +27,8 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook, new_output
 
-from autograder import nbgrader_validate as nv
 from autograder.examples import ASSIGNMENT, answer_cells, strip_solution_delimiters
+from autograder.nbgrader import validate as nv
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = str(Path(sys.executable).parent)
@@ -105,7 +105,7 @@ def test_config_sets_up_tools_exchange_stub_and_validator(course):
     assert probe["stub"].endswith('raise NotImplementedError("write your answer here, then run this cell and the '
                                   'check below it")')
     # Validate, from the Lab's button and from `nbgrader validate`, is the course's
-    assert probe["handler_validator"] == probe["cli_validator"] == "autograder.nbgrader_validate.CourseValidator"
+    assert probe["handler_validator"] == probe["cli_validator"] == "autograder.nbgrader.validate.CourseValidator"
 
 
 def test_exchange_folder_is_gitignored():
@@ -166,10 +166,10 @@ def test_gradebook_is_never_half_migrated(course, tmp_path):
     # the half-migrated gradebook is refused, with the way out in the message ...
     refused = run_python(_GRADEBOOK, str(course), "course", str(plain_db))
     assert refused["outcome"].startswith("HalfMigratedGradebook"), refused
-    assert "alembic_version" in refused["outcome"] and "nbgrader_gradebook stamp" in refused["outcome"]
+    assert "alembic_version" in refused["outcome"] and "nbgrader.gradebook stamp" in refused["outcome"]
     # ... and the repair command makes it usable
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    stamp = subprocess.run([sys.executable, "-m", "autograder.nbgrader_gradebook", "stamp", str(plain_db)],
+    stamp = subprocess.run([sys.executable, "-m", "autograder.nbgrader.gradebook", "stamp", str(plain_db)],
                            capture_output=True, text=True, env=env, timeout=120)
     assert stamp.returncode == 0, stamp.stderr
     repaired = run_python(_GRADEBOOK, str(course), "course", str(plain_db))
@@ -177,7 +177,7 @@ def test_gradebook_is_never_half_migrated(course, tmp_path):
 
 
 def test_alembic_head_in_process_needs_no_path(monkeypatch):
-    from autograder.nbgrader_gradebook import alembic_head, half_migrated, sqlite_path
+    from autograder.nbgrader.gradebook import alembic_head, half_migrated, sqlite_path
 
     monkeypatch.setenv("PATH", "/nonexistent")
     alembic_head.cache_clear()

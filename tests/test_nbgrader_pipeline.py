@@ -38,8 +38,8 @@ from autograder.examples import (
     build_submission,
     strip_solution_delimiters,
 )
-from autograder.nbgrader_autograde import SandboxAutograde
-from autograder.nbgrader_feedback import HideHiddenTests
+from autograder.nbgrader.autograde import SandboxAutograde
+from autograder.nbgrader.feedback import HideHiddenTests
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "source" / ASSIGNMENT
@@ -329,7 +329,7 @@ def test_hide_hidden_tests_preprocessor():
 
 
 def test_hide_hidden_tests_timeout_message_is_kept():
-    from autograder.nbgrader_feedback import short_error
+    from autograder.nbgrader.feedback import short_error
 
     timeout = new_output("error", ename="CellTimeoutError", evalue="",
                          traceback=["\x1b[0;31mCellTimeoutError\x1b[0m: No reply from kernel before timeout"])

@@ -62,7 +62,7 @@ __all__ = ["SandboxAutograde", "SandboxGradingError", "cell_outcome", "item_rows
 
 # The folder that holds the ``autograder`` package this process imported: the grader subprocess
 # must run the same code, whether the course is pip-installed or run from its repository.
-_PACKAGE_PARENT = str(Path(__file__).resolve().parents[1])
+_PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])  # autograder/nbgrader/autograde.py -> the course root
 _MAX_MESSAGE = 600  # characters of one row's message in a test cell (the full report is in the log)
 
 
