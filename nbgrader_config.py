@@ -119,4 +119,7 @@ c.Autograde.autograde_preprocessors = [
 ]
 # c.SandboxAutograde.seed = 12345                    # fixed inputs for every run (default: fresh, logged)
 # c.SandboxAutograde.grader_args = ["--device", "cpu"]  # any `python -m autograder grade` option
+# A class is graded as one batch (one self-check, warm workers, every core; progress with an ETA in the log),
+# then each student's scores go to the gradebook. False: one grader run per student, as before.
+# c.SandboxAutograde.batch = False
 # --- end of the sandboxed-autograde block ---------------------------------------------------------

@@ -33,6 +33,18 @@ cell for (or disagrees on its points), the preprocessor raises :class:`SandboxGr
 nbgrader then logs the error for that student, removes their half-written ``autograded/`` folder,
 goes on with the other students and exits non-zero.
 
+**A class is graded as one batch** (``SandboxAutograde.batch``, on by default). nbgrader's autograde
+loops over the students one at a time (``nbgrader/converters/base.py: convert_notebooks``); at the
+first notebook of a run, the preprocessor asks the converter (its exporter's parent) which submission
+folders this run will process (:func:`pending_submissions`, nbgrader's own skip rules without their
+side effects) and grades them all with one ``python -m autograder grade SUB1 SUB2 ...``: one
+canary, one torch import, warm workers and shared references, every core. The grader's progress
+lines (done/total, elapsed, ETA) go to nbgrader's log as they come. nbgrader's loop then writes
+each student's scores from that report into the gradebook. Whatever the batch did not grade
+cleanly (the batch failed, or lists a student under ``not_graded``) is graded alone as before, so
+a grader fault stays that student's error, never a zero, and never another student's. The
+Formgrader's per-student button is a run of one student: the same path as before.
+
 The grader's self-check (it grades the reference solutions first and stops with exit 2 when they
 lose points) runs once per run, for the first submission (``SandboxAutograde.canary_once``).
 
@@ -45,10 +57,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import subprocess
 import sys
 import tempfile
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,12 +73,15 @@ from nbgrader.coursedir import CourseDirectory
 from nbgrader.preprocessors import NbGraderPreprocessor
 from traitlets import Bool, Float, Integer, List, Unicode
 
-__all__ = ["SandboxAutograde", "SandboxGradingError", "cell_outcome", "item_rows", "run_grader"]
+__all__ = ["SandboxAutograde", "SandboxGradingError", "cell_outcome", "item_rows", "pending_submissions",
+           "run_batch", "run_grader"]
 
 # The folder that holds the ``autograder`` package this process imported: the grader subprocess
 # must run the same code, whether the course is pip-installed or run from its repository.
 _PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])  # autograder/nbgrader/autograde.py -> the course root
 _MAX_MESSAGE = 600  # characters of one row's message in a test cell (the full report is in the log)
+#: How the grader is started; a test puts a stand-in here.
+GRADER = [sys.executable, "-m", "autograder"]
 
 
 class SandboxGradingError(RuntimeError):
@@ -77,13 +95,11 @@ def run_grader(submission: Path, source: Path, seed: int, extra_args: list[str],
     Raises :class:`SandboxGradingError` with the grader's output when it exits non-zero (exit 2: the
     grader failed), runs past ``timeout``, writes no report, or lists the submission as not graded.
     """
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(x for x in (_PACKAGE_PARENT, env.get("PYTHONPATH")) if x)
     # the grader runs the worker with this interpreter; its bin/ first, as for nbgrader's own tools
-    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    env = _grader_env()
     with tempfile.TemporaryDirectory(prefix="selfattn-nbgrader-") as tmp:
         report = Path(tmp) / "report.json"
-        command = [sys.executable, "-m", "autograder", "grade", str(submission), "--json", str(report),
+        command = [*GRADER, "grade", str(submission), "--json", str(report),
                    "--seed", str(seed), "--source", str(source), "-q", *extra_args]
         try:
             proc = subprocess.run(command, cwd=cwd or tmp, env=env, capture_output=True, text=True,
@@ -106,6 +122,93 @@ def run_grader(submission: Path, source: Path, seed: int, extra_args: list[str],
         raise SandboxGradingError(f"the sandboxed grader reported {len(subs)} submissions for {submission}, "
                                   f"expected 1:\n{output}")
     return subs[0]
+
+
+def _grader_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(x for x in (_PACKAGE_PARENT, env.get("PYTHONPATH")) if x)
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    return env
+
+
+def run_batch(submissions: list[Path], source: Path, seed: int, extra_args: list[str], timeout: float,
+              cwd: Path | None = None, on_line: Callable[[str], None] | None = None
+              ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """Grade several submission folders in one grader run; ``(reports, not_graded)`` by resolved path.
+
+    The grader's output lines go to ``on_line`` as they come (its progress bar: done/total, ETA).
+    Raises :class:`SandboxGradingError` when the run as a whole gave nothing to trust: a non-zero exit
+    (a failed self-check, a worker that could not start), a timeout, or no report. A submission the
+    report lists under ``not_graded`` is in ``not_graded`` with the grader's reason, never scored.
+    """
+    with tempfile.TemporaryDirectory(prefix="selfattn-nbgrader-batch-") as tmp:
+        report = Path(tmp) / "report.json"
+        command = [*GRADER, "grade", *(str(p) for p in submissions), "--json", str(report),
+                   "--seed", str(seed), "--source", str(source), "-q", *extra_args]
+        proc = subprocess.Popen(command, cwd=cwd or tmp, env=_grader_env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, errors="replace")
+        timer = threading.Timer(timeout, proc.kill)  # the whole batch's limit; kill() ends the line loop
+        timer.start()
+        tail: list[str] = []
+        try:
+            for line in proc.stdout:
+                line = line.rstrip("\n")
+                tail = (tail + [line])[-60:]
+                if on_line is not None:
+                    on_line(line)
+            code = proc.wait()
+        finally:
+            timed_out = not timer.is_alive()
+            timer.cancel()
+        output = "\n".join(tail)[-6000:]
+        if timed_out and code != 0:
+            raise SandboxGradingError(f"the sandboxed grader ran longer than {timeout:g} s on a batch of "
+                                      f"{len(submissions)} submissions; nothing was scored")
+        if code != 0:
+            raise SandboxGradingError(f"the sandboxed grader could not grade the batch (exit status {code}; "
+                                      f"not the students' fault, nothing was scored):\n{output}")
+        if not report.is_file():
+            raise SandboxGradingError(f"the sandboxed grader wrote no report for the batch:\n{output}")
+        data = json.loads(report.read_text(encoding="utf-8"))
+    reports = {str(Path(sub["path"]).resolve()): sub for sub in data.get("submissions") or []}
+    not_graded = {str(Path(entry["path"]).resolve()): json.dumps(entry.get("errors"))[:2000]
+                  for entry in data.get("not_graded") or []}
+    return reports, not_graded
+
+
+def _will_process(converter: Any, assignment_id: str, student_id: str) -> bool:
+    """Whether nbgrader's ``init_destination`` will process this submission, without its side effects."""
+    coursedir = converter.coursedir
+    if coursedir.student_id_exclude and student_id in coursedir.student_id_exclude.split(","):
+        return False
+    dest = os.path.normpath(converter._format_dest(assignment_id, student_id))
+    if coursedir.notebook_id != "*" or not os.path.exists(dest) or converter.force:
+        return True
+    new = coursedir.get_existing_timestamp(converter._format_source(assignment_id, student_id))
+    old = coursedir.get_existing_timestamp(dest)
+    return new is not None and old is not None and new > old
+
+
+def pending_submissions(converter: Any, current: Path) -> list[Path]:
+    """The submission folders this autograde run will process, ``current`` first, then in nbgrader's order.
+
+    ``converter`` is nbgrader's ``Autograde`` (it globbed ``submitted/<student>/<assignment>`` into
+    ``converter.assignments`` before the first notebook). Folders before ``current`` in nbgrader's
+    order were already passed over. A wrong guess costs time, never a score: a folder the batch did not
+    grade is graded alone when nbgrader reaches it.
+    """
+    folders = sorted(getattr(converter, "assignments", None) or {})
+    if not folders or not hasattr(converter, "_format_source"):
+        return [current]
+    regexp = converter._format_source("(?P<assignment_id>.*)", "(?P<student_id>.*)", escape=True)
+    resolved = [Path(f).resolve() for f in folders]
+    later = resolved.index(current) + 1 if current in resolved else 0
+    out = [current]
+    for folder, path in zip(folders[later:], resolved[later:], strict=True):
+        match = re.match(regexp, folder)
+        if path != current and match and _will_process(converter, match["assignment_id"], match["student_id"]):
+            out.append(path)
+    return out
 
 
 def item_rows(report: dict[str, Any], notebook: str) -> dict[str, list[dict[str, Any]]]:
@@ -170,6 +273,12 @@ class SandboxAutograde(NbGraderPreprocessor):
         3600.0, help="Seconds the grader may take for one submission before the submission fails loudly.",
     ).tag(config=True)
 
+    batch = Bool(
+        True,
+        help="Grade every submission of an autograde run in one grader run (one self-check, warm workers, "
+             "every core), then write each student's scores. False: one grader run per student.",
+    ).tag(config=True)
+
     def _run_state(self) -> dict[str, Any]:
         """What one ``nbgrader autograde`` run shares across its notebooks: the seed and the reports.
 
@@ -181,7 +290,7 @@ class SandboxAutograde(NbGraderPreprocessor):
         state = getattr(holder, "_selfattn_sandbox_run", None)
         if state is None:
             seed = int(self.seed) if self.seed is not None else secrets.randbelow(2**31)
-            state = {"seed": seed, "reports": {}, "canary_ran": False}
+            state = {"seed": seed, "reports": {}, "canary_ran": False, "batch_tried": False, "written": set()}
             holder._selfattn_sandbox_run = state
             self.log.info("Sandboxed grader: seed %d for this autograde run", seed)
         return state
@@ -194,6 +303,9 @@ class SandboxAutograde(NbGraderPreprocessor):
         assignment = resources["nbgrader"]["assignment"]
         submitted = Path(coursedir.format_path(coursedir.submitted_directory, student, assignment)).resolve()
         key = str(submitted)
+        if key not in state["reports"] and self.batch and not state["batch_tried"]:
+            state["batch_tried"] = True
+            self._grade_batch(state, coursedir, submitted)
         if key not in state["reports"]:
             args = list(self.grader_args)
             if self.canary_once and state["canary_ran"] and "--no-canary" not in args:
@@ -207,7 +319,39 @@ class SandboxAutograde(NbGraderPreprocessor):
             self.log.info("Sandboxed grader: %s scored %s / %s (seed %s)", student, report["score"],
                           report["max_score"], report["seed"])
             state["reports"][key] = report
+        if key not in state["written"]:
+            state["written"].add(key)
+            total = max(len(state["reports"]), len(state["written"]))
+            self.log.info("Sandboxed grader: writing %s's scores (%d of %d graded)", student,
+                          len(state["written"]), total)
         return state["reports"][key]
+
+    def _grade_batch(self, state: dict[str, Any], coursedir: CourseDirectory, current: Path) -> None:
+        """Grade every submission this run will process in one grader run; keep the reports it gave."""
+        converter = getattr(self.parent, "parent", None)  # the exporter's parent: nbgrader's converter
+        batch = pending_submissions(converter, current)
+        if len(batch) < 2:
+            return  # one student (the Formgrader's button): the one-student path
+        args = list(self.grader_args)
+        self.log.info("Sandboxed grader: grading %d submissions as one batch (seed %d)", len(batch), state["seed"])
+
+        def progress(line: str) -> None:
+            if line.startswith("[") or "error" in line.lower():
+                self.log.info("Sandboxed grader: %s", line.strip())
+
+        try:
+            reports, not_graded = run_batch(batch, Path(coursedir.root) / coursedir.source_directory,
+                                            state["seed"], args, self.timeout * len(batch),
+                                            cwd=Path(coursedir.root), on_line=progress)
+        except SandboxGradingError as exc:
+            self.log.warning("Sandboxed grader: the batch gave no scores; grading each student alone.\n%s", exc)
+            return
+        state["canary_ran"] = True
+        for path, report in reports.items():
+            report.setdefault("seed", state["seed"])
+            state["reports"][path] = report
+        for path, why in not_graded.items():
+            self.log.warning("Sandboxed grader: %s was not graded in the batch (%s); grading it alone", path, why)
 
     def preprocess(self, nb: NotebookNode, resources: dict[str, Any]) -> tuple[NotebookNode, dict[str, Any]]:
         report = self.report_for(resources)
