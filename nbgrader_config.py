@@ -40,6 +40,32 @@ c.CourseDirectory.db_url = "sqlite:///" + os.path.join(COURSE_ROOT, "gradebook.d
 # An answer cell's solution region becomes this stub (see STUB_MESSAGE in the JupyterLab block below),
 # so a released notebook fails every test with NotImplementedError and nothing else.
 
+# The Formgrader's Generate and `nbgrader generate_assignment` draw the lessons' pictures into the release,
+# as scripts/release.py does (scripts/figures.py), so both ways give the same notebooks. nbgrader logs a
+# failing hook at INFO level only, so the hook logs its own error before it re-raises. A course copy
+# without scripts/figures.py (the test suite's, scripts/release.py's temporary one) gets no pictures here:
+# scripts/release.py draws them itself after nbgrader.
+def _draw_release_figures(assignment: str, student: str, notebooks: list) -> None:
+    import importlib.util
+    import logging
+    from pathlib import Path
+
+    script = Path(COURSE_ROOT) / "scripts" / "figures.py"
+    if not script.is_file() or not assignment or "*" in assignment:
+        return
+    try:
+        spec = importlib.util.spec_from_file_location("_selfattn_figures", script)
+        figures = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(figures)
+        figures.add_figures_to_release(Path(COURSE_ROOT) / "release" / assignment,
+                                       Path(COURSE_ROOT) / "source" / assignment)
+    except Exception:
+        logging.getLogger("NbGraderAPI").exception("could not draw the lesson pictures into release/%s", assignment)
+        raise
+
+
+c.GenerateAssignment.post_convert_hook = _draw_release_figures
+
 # --- autograde --------------------------------------------------------------------------------
 # Seconds per cell (nbgrader's default is 30). The whole notebook runs in the `python3` kernel of
 # the environment that runs nbgrader: jupyter_client replaces a kernelspec argv of "python" by

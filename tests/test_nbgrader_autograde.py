@@ -190,6 +190,7 @@ def _converter(root, **config):
         setattr(c.CourseDirectory if key != "force" else c.Autograde, key, value)
     converter = Autograde(coursedir=CourseDirectory(config=c), config=c)
     converter.init_notebooks()
+    converter._sanitizing = False  # as while a notebook is autograded: its "source" is then autograded/
     return converter
 
 
@@ -274,8 +275,9 @@ def test_a_failed_batch_falls_back_to_one_run_per_student(tmp_path, monkeypatch)
 
 STAND_IN = '''
 import json, sys
+import pathlib
 args = sys.argv[2:]
-subs = args[:args.index("--json")]
+subs = sorted(str(p) for p in pathlib.Path(args[0]).iterdir())  # one batch folder, one link per student
 report = args[args.index("--json") + 1]
 if "--fail" in args:
     print("error: the self-check lost points"); sys.exit(2)
@@ -292,13 +294,25 @@ def test_run_batch_streams_progress_and_splits_graded_from_not_graded(tmp_path, 
     script = tmp_path / "stand_in.py"
     script.write_text(STAND_IN)
     monkeypatch.setattr(sandbox, "GRADER", [sandbox.sys.executable, str(script)])
-    subs = [tmp_path / "a", tmp_path / "b", tmp_path / "c"]
+    subs = [tmp_path / "submitted" / s / "self_attention" for s in ("a", "b", "c")]  # one folder name for all
+    for sub in subs:
+        sub.mkdir(parents=True)
     lines = []
     reports, not_graded = sandbox.run_batch(subs, tmp_path, 3, [], 60.0, on_line=lines.append)
     assert sorted(reports) == [str(subs[1].resolve()), str(subs[2].resolve())]
     assert list(not_graded) == [str(subs[0].resolve())] and "worker died" in not_graded[str(subs[0].resolve())]
     assert len(lines) == 3 and "ETA" in lines[-1]
+    assert reports[str(subs[2].resolve())]["path"] == str(subs[2].resolve())  # the student's folder, not the link
     with pytest.raises(SandboxGradingError, match="exit status 2"):
         sandbox.run_batch(subs, tmp_path, 3, ["--fail"], 60.0)
     with pytest.raises(SandboxGradingError, match="longer than 1 s"):
         sandbox.run_batch(subs, tmp_path, 3, ["--hang"], 1.0)
+
+
+def test_the_batch_folder_names_each_submission_after_its_student(tmp_path):
+    subs = [tmp_path / "submitted" / s / a for s, a in (("ann", "hw"), ("bob", "hw"), ("bob", "hw2"))]
+    for sub in subs:
+        sub.mkdir(parents=True)
+    links = sandbox.batch_folder(subs, tmp_path / "batch")
+    assert links == {"ann": subs[0], "bob-hw": subs[1], "bob-hw2": subs[2]}
+    assert (tmp_path / "batch" / "bob-hw2").resolve() == subs[2].resolve()

@@ -73,8 +73,8 @@ from nbgrader.coursedir import CourseDirectory
 from nbgrader.preprocessors import NbGraderPreprocessor
 from traitlets import Bool, Float, Integer, List, Unicode
 
-__all__ = ["SandboxAutograde", "SandboxGradingError", "cell_outcome", "item_rows", "pending_submissions",
-           "run_batch", "run_grader"]
+__all__ = ["SandboxAutograde", "SandboxGradingError", "batch_folder", "cell_outcome", "item_rows",
+           "pending_submissions", "run_batch", "run_grader"]
 
 # The folder that holds the ``autograder`` package this process imported: the grader subprocess
 # must run the same code, whether the course is pip-installed or run from its repository.
@@ -143,7 +143,10 @@ def run_batch(submissions: list[Path], source: Path, seed: int, extra_args: list
     """
     with tempfile.TemporaryDirectory(prefix="selfattn-nbgrader-batch-") as tmp:
         report = Path(tmp) / "report.json"
-        command = [*GRADER, "grade", *(str(p) for p in submissions), "--json", str(report),
+        # One batch folder of links named after the students: the grader names a submission after its folder,
+        # and every nbgrader submission folder has the same name (the assignment's).
+        links = batch_folder(submissions, Path(tmp) / "batch")
+        command = [*GRADER, "grade", str(Path(tmp) / "batch"), "--json", str(report),
                    "--seed", str(seed), "--source", str(source), "-q", *extra_args]
         proc = subprocess.Popen(command, cwd=cwd or tmp, env=_grader_env(), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, errors="replace")
@@ -170,10 +173,38 @@ def run_batch(submissions: list[Path], source: Path, seed: int, extra_args: list
         if not report.is_file():
             raise SandboxGradingError(f"the sandboxed grader wrote no report for the batch:\n{output}")
         data = json.loads(report.read_text(encoding="utf-8"))
-    reports = {str(Path(sub["path"]).resolve()): sub for sub in data.get("submissions") or []}
-    not_graded = {str(Path(entry["path"]).resolve()): json.dumps(entry.get("errors"))[:2000]
+    def original(path: str) -> str:
+        return str(links.get(Path(path).name, Path(path)).resolve())
+
+    reports = {original(sub["path"]): dict(sub, path=original(sub["path"])) for sub in data.get("submissions") or []}
+    not_graded = {original(entry["path"]): json.dumps(entry.get("errors"))[:2000]
                   for entry in data.get("not_graded") or []}
     return reports, not_graded
+
+
+def batch_folder(submissions: list[Path], folder: Path) -> dict[str, Path]:
+    """Make ``folder`` hold one link per submission folder, named after its student; ``{name: submission}``.
+
+    ``submitted/<student>/<assignment>`` is linked as ``<student>`` (``<student>-<assignment>`` where
+    a student has several, ``-2``... on any other clash).
+    """
+    folder.mkdir(parents=True)
+    links: dict[str, Path] = {}
+    students = [p.parent.name for p in submissions]
+    for path in submissions:
+        name = path.parent.name if students.count(path.parent.name) == 1 else f"{path.parent.name}-{path.name}"
+        base, n = name, 1
+        while name in links or name.startswith("."):
+            n += 1
+            name = f"{base.lstrip('.')}-{n}"
+        (folder / name).symlink_to(path.resolve(), target_is_directory=True)
+        links[name] = path
+    return links
+
+
+def _submitted(coursedir: Any, student_id: str, assignment_id: str, escape: bool = False) -> str:
+    # not converter._format_source: while a notebook is autograded, that points at autograded/
+    return coursedir.format_path(coursedir.submitted_directory, student_id, assignment_id, escape=escape)
 
 
 def _will_process(converter: Any, assignment_id: str, student_id: str) -> bool:
@@ -184,7 +215,7 @@ def _will_process(converter: Any, assignment_id: str, student_id: str) -> bool:
     dest = os.path.normpath(converter._format_dest(assignment_id, student_id))
     if coursedir.notebook_id != "*" or not os.path.exists(dest) or converter.force:
         return True
-    new = coursedir.get_existing_timestamp(converter._format_source(assignment_id, student_id))
+    new = coursedir.get_existing_timestamp(_submitted(coursedir, student_id, assignment_id))
     old = coursedir.get_existing_timestamp(dest)
     return new is not None and old is not None and new > old
 
@@ -198,9 +229,9 @@ def pending_submissions(converter: Any, current: Path) -> list[Path]:
     grade is graded alone when nbgrader reaches it.
     """
     folders = sorted(getattr(converter, "assignments", None) or {})
-    if not folders or not hasattr(converter, "_format_source"):
+    if not folders or not hasattr(converter, "_format_dest"):
         return [current]
-    regexp = converter._format_source("(?P<assignment_id>.*)", "(?P<student_id>.*)", escape=True)
+    regexp = _submitted(converter.coursedir, "(?P<student_id>.*)", "(?P<assignment_id>.*)", escape=True)
     resolved = [Path(f).resolve() for f in folders]
     later = resolved.index(current) + 1 if current in resolved else 0
     out = [current]
