@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import time
 import traceback
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -46,7 +45,6 @@ class GradingSession:
         self.submissions: list[report.SubmissionReport] = []
         self.current: dict[str, report.SubmissionReport] = {}
         self.done = 0
-        self.started = time.monotonic()  # for the progress line's elapsed time and ETA
         self.canary_wanted = not opt["no_canary"]
         self.canary_seconds: float | None = None
         self.fatal: str | None = None
@@ -103,15 +101,7 @@ class GradingSession:
             filled = int(width * self.done / len(self.submissions))
             reporter.write_line(f"[{'#' * filled}{'.' * (width - filled)}] {self.done}/{len(self.submissions)} "
                                 f"{Path(sub.path).name}: {sub.score:g}/{sub.max_score:g} "
-                                f"({sum(nb.seconds for nb in sub.notebooks):.1f} s) "
-                                f"{eta_text(time.monotonic() - self.started, self.done, len(self.submissions))}")
-
-
-def eta_text(elapsed: float, done: int, total: int) -> str:
-    """``elapsed 12 s, ETA 30 s``: the remaining submissions at the mean pace so far (notebooks run in parallel)."""
-    left = total - done
-    eta = elapsed / done * left if done else float("nan")
-    return f"elapsed {elapsed:.0f} s, ETA {eta:.0f} s" if left else f"elapsed {elapsed:.0f} s, done"
+                                f"({sum(nb.seconds for nb in sub.notebooks):.1f} s)")
 
 
 def _session(config: pytest.Config, manifest: dict | None = None) -> GradingSession:

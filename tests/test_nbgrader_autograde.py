@@ -284,7 +284,7 @@ if "--fail" in args:
 if "--hang" in args:
     import time; time.sleep(60)
 for i, s in enumerate(subs, 1):
-    print(f"[###] {i}/{len(subs)} {s}: 1/1 (0.1 s) elapsed 1 s, ETA 1 s", flush=True)
+    print("." * 10 + f" [{10 * i:3d}/30]", flush=True)
 json.dump({"submissions": [{"path": s, "score": 1.0, "max_score": 1.0, "tests": []} for s in subs[1:]],
            "not_graded": [{"path": subs[0], "errors": {"01": "worker died"}}]}, open(report, "w"))
 '''
@@ -301,7 +301,7 @@ def test_run_batch_streams_progress_and_splits_graded_from_not_graded(tmp_path, 
     reports, not_graded = sandbox.run_batch(subs, tmp_path, 3, [], 60.0, on_line=lines.append)
     assert sorted(reports) == [str(subs[1].resolve()), str(subs[2].resolve())]
     assert list(not_graded) == [str(subs[0].resolve())] and "worker died" in not_graded[str(subs[0].resolve())]
-    assert len(lines) == 3 and "ETA" in lines[-1]
+    assert len(lines) == 3 and lines[-1].endswith("[ 30/30]")
     assert reports[str(subs[2].resolve())]["path"] == str(subs[2].resolve())  # the student's folder, not the link
     with pytest.raises(SandboxGradingError, match="exit status 2"):
         sandbox.run_batch(subs, tmp_path, 3, ["--fail"], 60.0)
@@ -316,3 +316,10 @@ def test_the_batch_folder_names_each_submission_after_its_student(tmp_path):
     links = sandbox.batch_folder(subs, tmp_path / "batch")
     assert links == {"ann": subs[0], "bob-hw": subs[1], "bob-hw2": subs[2]}
     assert (tmp_path / "batch" / "bob-hw2").resolve() == subs[2].resolve()
+
+
+def test_progress_lines_give_an_eta_from_the_graders_count():
+    assert sandbox.progress_line("..F.s..... [ 60/240]", 30.0, 5) == (
+        "graded checks 60/240 (25%) of 5 students, elapsed 30 s, ETA 90 s")
+    assert sandbox.progress_line("...... [240/240]", 99.0, 5).endswith("elapsed 99 s, done")
+    assert sandbox.progress_line("== /x/ann: 60 / 60 points [x]", 1.0, 5) is None

@@ -37,12 +37,13 @@ goes on with the other students and exits non-zero.
 loops over the students one at a time (``nbgrader/converters/base.py: convert_notebooks``); at the
 first notebook of a run, the preprocessor asks the converter (its exporter's parent) which submission
 folders this run will process (:func:`pending_submissions`, nbgrader's own skip rules without their
-side effects) and grades them all with one ``python -m autograder grade SUB1 SUB2 ...``: one
-canary, one torch import, warm workers and shared references, every core. The grader's progress
-lines (done/total, elapsed, ETA) go to nbgrader's log as they come. nbgrader's loop then writes
-each student's scores from that report into the gradebook. Whatever the batch did not grade
-cleanly (the batch failed, or lists a student under ``not_graded``) is graded alone as before, so
-a grader fault stays that student's error, never a zero, and never another student's. The
+side effects) and grades them all, as one batch folder of links named after the students
+(:func:`batch_folder`), with one ``python -m autograder grade``: one canary, one torch import, warm
+workers and shared references, every core. The grader's progress (its graded checks done/total,
+elapsed time, ETA: :func:`progress_line`) goes to nbgrader's log as it comes. nbgrader's loop then
+writes each student's scores from that report into the gradebook. Whatever the batch did not grade
+cleanly (the batch failed, or lists a student under ``not_graded``) is graded alone as before, so a
+grader fault stays that student's error, never a zero, and never another student's. The
 Formgrader's per-student button is a run of one student: the same path as before.
 
 The grader's self-check (it grades the reference solutions first and stops with exit 2 when they
@@ -63,6 +64,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -205,6 +207,23 @@ def batch_folder(submissions: list[Path], folder: Path) -> dict[str, Path]:
 def _submitted(coursedir: Any, student_id: str, assignment_id: str, escape: bool = False) -> str:
     # not converter._format_source: while a notebook is autograded, that points at autograded/
     return coursedir.format_path(coursedir.submitted_directory, student_id, assignment_id, escape=escape)
+
+
+_COUNT = re.compile(r"\[\s*(\d+)/(\d+)\]\s*$")  # pytest's console_output_style=count, at a line's end
+
+
+def progress_line(line: str, elapsed: float, students: int) -> str | None:
+    """``graded checks 135/249 (54%) of 3 students, elapsed 20 s, ETA 17 s`` from a grader output line
+    that ends in pytest's ``[done/total]`` count; None for any other line."""
+    match = _COUNT.search(line)
+    if not match:
+        return None
+    done, total = int(match[1]), int(match[2])
+    if not total:
+        return None
+    eta = elapsed / done * (total - done) if done else float("nan")
+    return (f"graded checks {done}/{total} ({100 * done / total:.0f}%) of {students} students, "
+            f"elapsed {elapsed:.0f} s, " + (f"ETA {eta:.0f} s" if done < total else "done"))
 
 
 def _will_process(converter: Any, assignment_id: str, student_id: str) -> bool:
@@ -366,8 +385,13 @@ class SandboxAutograde(NbGraderPreprocessor):
         args = list(self.grader_args)
         self.log.info("Sandboxed grader: grading %d submissions as one batch (seed %d)", len(batch), state["seed"])
 
+        started = time.monotonic()
+
         def progress(line: str) -> None:
-            if line.startswith("[") or "error" in line.lower():
+            counted = progress_line(line, time.monotonic() - started, len(batch))
+            if counted:
+                self.log.info("Sandboxed grader: %s", counted)
+            elif line.startswith("error") or "[grader error]" in line:
                 self.log.info("Sandboxed grader: %s", line.strip())
 
         try:
