@@ -77,6 +77,16 @@ c.Execute.kernel_name = "python3"
 # A test cell that a student deleted is put back from the gradebook, so it still runs and is
 # scored (nbgrader 0.9 option; nbgrader/preprocessors/overwritecells.py).
 c.OverwriteCells.add_missing_cells = True
+# nbgrader's sanitizing chain with CourseOverwriteCells in place of OverwriteCells: a test cell whose hidden
+# tests the release removed is not reported as changed (autograder/nbgrader/sanitize.py); a cell the
+# student really changed still is, and every locked cell is put back from the gradebook as before.
+from nbgrader.preprocessors import CheckCellMetadata as _CheckCellMetadata  # noqa: E402
+from nbgrader.preprocessors import ClearOutput, DeduplicateIds, OverwriteKernelspec  # noqa: E402
+
+from autograder.nbgrader.sanitize import CourseOverwriteCells  # noqa: E402
+
+c.Autograde.sanitize_preprocessors = [ClearOutput, DeduplicateIds, OverwriteKernelspec, CourseOverwriteCells,
+                                      _CheckCellMetadata]
 
 # --- feedback ---------------------------------------------------------------------------------
 # nbgrader's chain is [GetGrades, CSSHTMLHeaderPreprocessor]; HideHiddenTests runs before the HTML

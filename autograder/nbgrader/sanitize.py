@@ -1,0 +1,61 @@
+"""Autograde's sanitizing step without false alarms: only a locked cell the student changed is reported.
+
+nbgrader's ``OverwriteCells`` compares each locked cell of a submission with the gradebook's copy,
+whose checksum was computed from ``source/``, hidden tests included. A test cell with hidden tests
+therefore never matches what the student received (the release has them removed), and a clean
+submission logs ``Attribute 'checksum' for cell test_... has changed!`` for every such cell (29 in
+this course). :class:`CourseOverwriteCells` reports a checksum change only when the cell differs
+from its released form: the source cell with its hidden-test region removed, nbgrader metadata as
+the gradebook has it. In every case the cell is put back from the gradebook, as nbgrader does.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from nbformat.notebooknode import NotebookNode
+from nbgrader import utils
+from nbgrader.api import MissingEntry
+from nbgrader.preprocessors import ClearHiddenTests, OverwriteCells
+
+__all__ = ["CourseOverwriteCells", "released_source"]
+
+
+def released_source(source: str) -> str:
+    """``source`` as ``generate_assignment`` releases it: its hidden-test region removed (nbgrader's own code)."""
+    cell = NotebookNode({"cell_type": "code", "source": source, "metadata": {}})
+    ClearHiddenTests()._remove_hidden_test_region(cell)
+    return cell.source
+
+
+def as_released(cell: NotebookNode, source_cell: Any) -> bool:
+    """Whether ``cell`` is its gradebook ``source_cell`` as released: the same but for the hidden tests."""
+    if cell.cell_type != source_cell.cell_type or cell.source != released_source(source_cell.source):
+        return False
+    restored = copy.deepcopy(cell)
+    restored.source = source_cell.source
+    return utils.compute_checksum(restored) == source_cell.checksum
+
+
+class CourseOverwriteCells(OverwriteCells):
+    """``OverwriteCells`` that warns about a changed checksum only where the student changed the cell."""
+
+    def preprocess_cell(self, cell: NotebookNode, resources: dict, cell_index: int) -> tuple[NotebookNode, dict]:
+        self._released = False
+        grade_id = cell.metadata.get("nbgrader", {}).get("grade_id")
+        if grade_id is not None:
+            try:
+                source_cell = self.gradebook.find_source_cell(grade_id, self.notebook_id, self.assignment_id)
+            except MissingEntry:
+                pass  # nbgrader's own handling below
+            else:
+                self._released = as_released(cell, source_cell)
+        return super().preprocess_cell(cell, resources, cell_index)
+
+    def report_change(self, name: str, attr: str, old: Any, new: Any) -> None:
+        if attr == "checksum" and self._released:
+            # the release removed this cell's hidden tests; the cell is otherwise what the student received
+            self.log.debug("Cell %s is as released (hidden tests put back from the gradebook)", name)
+            return
+        super().report_change(name, attr, old, new)
