@@ -34,6 +34,9 @@ class _Gradebook:
     def find_source_cell(self, grade_id, notebook_id, assignment_id):
         return self.source
 
+    def find_notebook(self, notebook_id, assignment_id):
+        return SimpleNamespace(source_cells=[self.source])
+
     def find_graded_cell(self, grade_id, notebook_id, assignment_id):
         return SimpleNamespace(max_score=2.0)
 

@@ -41,15 +41,22 @@ def as_released(cell: NotebookNode, source_cell: Any) -> bool:
 class CourseOverwriteCells(OverwriteCells):
     """``OverwriteCells`` that warns about a changed checksum only where the student changed the cell."""
 
+    def preprocess(self, nb: NotebookNode, resources: dict) -> tuple[NotebookNode, dict]:
+        self._source_cells: dict[str, Any] | None = None  # this notebook's, read once (a query per cell is slow)
+        return super().preprocess(nb, resources)
+
     def preprocess_cell(self, cell: NotebookNode, resources: dict, cell_index: int) -> tuple[NotebookNode, dict]:
         self._released = False
         grade_id = cell.metadata.get("nbgrader", {}).get("grade_id")
         if grade_id is not None:
-            try:
-                source_cell = self.gradebook.find_source_cell(grade_id, self.notebook_id, self.assignment_id)
-            except MissingEntry:
-                pass  # nbgrader's own handling below
-            else:
+            if getattr(self, "_source_cells", None) is None:
+                try:
+                    notebook = self.gradebook.find_notebook(self.notebook_id, self.assignment_id)
+                    self._source_cells = {c.name: c for c in notebook.source_cells}
+                except MissingEntry:
+                    self._source_cells = {}
+            source_cell = self._source_cells.get(grade_id)
+            if source_cell is not None:  # an unknown cell: nbgrader's own handling below
                 self._released = as_released(cell, source_cell)
         return super().preprocess_cell(cell, resources, cell_index)
 
