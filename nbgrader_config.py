@@ -91,7 +91,10 @@ c.Autograde.sanitize_preprocessors = [ClearOutput, DeduplicateIds, OverwriteKern
 # --- feedback ---------------------------------------------------------------------------------
 # nbgrader's chain is [GetGrades, CSSHTMLHeaderPreprocessor]; HideHiddenTests runs before the HTML
 # export and removes hidden-test source and its tracebacks from what students receive.
-c.GenerateFeedback.preprocessors = [GetGrades, HideHiddenTests, CSSHTMLHeaderPreprocessor]
+# FeedbackHeader puts the assignment total and wrapping output text at the top of each page.
+from autograder.nbgrader.readable import FeedbackHeader  # noqa: E402
+
+c.GenerateFeedback.preprocessors = [GetGrades, HideHiddenTests, FeedbackHeader, CSSHTMLHeaderPreprocessor]
 
 # --- JupyterLab and the Formgrader (issue 11) -----------------------------------------------------
 # Each nbgrader process (command line, Formgrader, Assignment List, Validate button) loads this file
@@ -142,7 +145,7 @@ from nbgrader.preprocessors import (  # noqa: E402
     SaveAutoGrades,
 )
 
-from autograder.nbgrader.autograde import SandboxAutograde  # noqa: E402
+from autograder.nbgrader.autograde import DropScoreOutputs, SandboxAutograde  # noqa: E402
 
 c.Autograde.autograde_preprocessors = [
     SandboxAutograde,  # in place of nbgrader's Execute; the rest is nbgrader 0.9.6's default chain
@@ -150,6 +153,7 @@ c.Autograde.autograde_preprocessors = [
     ClearMetadataPreprocessor,
     LimitOutput,
     SaveAutoGrades,
+    DropScoreOutputs,  # the score is stored and said in words: no bare `Out[ ]: 0.5` under each message
     AssignLatePenalties,
     CheckCellMetadata,
 ]

@@ -323,3 +323,21 @@ def test_progress_lines_give_an_eta_from_the_graders_count():
         "graded checks 60/240 (25%) of 5 students, elapsed 30 s, ETA 90 s")
     assert sandbox.progress_line("...... [240/240]", 99.0, 5).endswith("elapsed 99 s, done")
     assert sandbox.progress_line("== /x/ann: 60 / 60 points [x]", 1.0, 5) is None
+
+
+def test_the_score_output_is_dropped_once_saved_and_nothing_else(calls, tmp_path):
+    nb, _ = _preprocessor(_Exporter(), tmp_path, seed=11).preprocess(_notebook(), _resources())
+    student_output = new_output("execute_result", data={"text/plain": "42"})
+    nb.cells[3].outputs.append(student_output)  # not ours: kept
+    nb, _ = sandbox.DropScoreOutputs().preprocess(nb, {})
+    assert [o.output_type for o in nb.cells[2].outputs] == ["stream"]
+    assert nb.cells[3].outputs[1:] == [student_output]
+    assert nb.cells[3].outputs[0].text.startswith("Sandboxed grader (seed 11): 1 / 2 points")
+
+
+def test_the_course_drops_the_score_only_after_nbgrader_saved_it():
+    from traitlets.config.loader import PyFileConfigLoader
+
+    chain = PyFileConfigLoader("nbgrader_config.py", path=str(Path(sandbox.__file__).parents[2])).load_config()
+    names = [p.__name__ for p in chain.Autograde.autograde_preprocessors]
+    assert names.index("DropScoreOutputs") == names.index("SaveAutoGrades") + 1

@@ -221,7 +221,11 @@ def test_config_resolves_to_its_own_directory_and_hides_hidden_tests(tmp_path):
     from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor
     from nbgrader.converters import Autograde, GenerateFeedback
     from nbgrader.coursedir import CourseDirectory
-    from nbgrader.preprocessors import Execute, GetGrades, OverwriteCells
+    from nbgrader.preprocessors import Execute, GetGrades, OverwriteCells, SaveAutoGrades
+
+    from autograder.nbgrader.autograde import DropScoreOutputs
+    from autograder.nbgrader.readable import FeedbackHeader
+    from autograder.nbgrader.sanitize import CourseOverwriteCells
 
     (tmp_path / "nbgrader_config.py").write_bytes((ROOT / "nbgrader_config.py").read_bytes())
     config = PyFileConfigLoader("nbgrader_config.py", path=str(tmp_path)).load_config()
@@ -236,12 +240,19 @@ def test_config_resolves_to_its_own_directory_and_hides_hidden_tests(tmp_path):
     assert execute.timeout >= 60 and execute.allow_errors is True
     feedback = GenerateFeedback(coursedir=coursedir, config=config)
     chain = list(feedback.preprocessors)
-    assert chain == [GetGrades, HideHiddenTests, CSSHTMLHeaderPreprocessor]
+    assert chain == [GetGrades, HideHiddenTests, FeedbackHeader, CSSHTMLHeaderPreprocessor]
     # autograde: nbgrader's own chain with Execute (the student's kernel) replaced by the sandboxed grader
     stock = list(Autograde.class_traits()["autograde_preprocessors"].default())
     assert Execute in stock
     chain = list(Autograde(coursedir=coursedir, config=config).autograde_preprocessors)
-    assert chain == [SandboxAutograde if pp is Execute else pp for pp in stock]
+    expected = [SandboxAutograde if pp is Execute else pp for pp in stock]
+    # the score output, once saved, is dropped (autograder/nbgrader/autograde.py: DropScoreOutputs)
+    expected.insert(expected.index(SaveAutoGrades) + 1, DropScoreOutputs)
+    assert chain == expected
+    # the sanitizing chain: nbgrader's, with OverwriteCells warning only about real changes
+    stock_sanitize = list(Autograde.class_traits()["sanitize_preprocessors"].default())
+    sanitize = list(Autograde(coursedir=coursedir, config=config).sanitize_preprocessors)
+    assert sanitize == [CourseOverwriteCells if pp is OverwriteCells else pp for pp in stock_sanitize]
 
 
 def test_kernel_is_this_environment():

@@ -75,13 +75,15 @@ from nbgrader.coursedir import CourseDirectory
 from nbgrader.preprocessors import NbGraderPreprocessor
 from traitlets import Bool, Float, Integer, List, Unicode
 
-__all__ = ["SandboxAutograde", "SandboxGradingError", "batch_folder", "cell_outcome", "item_rows",
+__all__ = ["DropScoreOutputs", "SandboxAutograde", "SandboxGradingError", "batch_folder", "cell_outcome", "item_rows",
            "pending_submissions", "run_batch", "run_grader"]
 
 # The folder that holds the ``autograder`` package this process imported: the grader subprocess
 # must run the same code, whether the course is pip-installed or run from its repository.
 _PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])  # autograder/nbgrader/autograde.py -> the course root
 _MAX_MESSAGE = 600  # characters of one row's message in a test cell (the full report is in the log)
+#: Metadata key of the ``execute_result`` that carries a test cell's score to ``SaveAutoGrades``.
+SCORE_MARK = "selfattn_score"
 #: How the grader is started; a test puts a stand-in here.
 GRADER = [sys.executable, "-m", "autograder"]
 
@@ -422,8 +424,25 @@ class SandboxAutograde(NbGraderPreprocessor):
             score, message = cell_outcome(item, rows.get(item, []), points, seed)
             cell.outputs = [
                 from_dict({"output_type": "stream", "name": "stdout", "text": message}),
-                from_dict({"output_type": "execute_result", "execution_count": None, "metadata": {},
-                           "data": {"text/plain": repr(score)}}),
+                from_dict({"output_type": "execute_result", "execution_count": None,
+                           "metadata": {SCORE_MARK: True}, "data": {"text/plain": repr(score)}}),
             ]
             cell.execution_count = None
         return nb, resources
+
+
+class DropScoreOutputs(NbGraderPreprocessor):
+    """Remove the score ``execute_result`` from test cells once ``SaveAutoGrades`` has stored it.
+
+    nbgrader reads partial credit from that output, so :class:`SandboxAutograde` must write it; left in
+    the autograded notebook it shows as a bare ``Out[ ]: 0.5`` under each grader message in the
+    Formgrader and the feedback, where the score is already said in words. Put after ``SaveAutoGrades``.
+    Outputs without the mark (none in a sandboxed autograde) are kept.
+    """
+
+    def preprocess_cell(self, cell: NotebookNode, resources: dict[str, Any], index: int
+                        ) -> tuple[NotebookNode, dict[str, Any]]:
+        if cell.cell_type == "code" and utils.is_grade(cell):
+            cell.outputs = [o for o in cell.outputs
+                            if not (o.output_type == "execute_result" and o.get("metadata", {}).get(SCORE_MARK))]
+        return cell, resources
