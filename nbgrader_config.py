@@ -92,7 +92,7 @@ c.Autograde.sanitize_preprocessors = [ClearOutput, DeduplicateIds, OverwriteKern
 # nbgrader's chain is [GetGrades, CSSHTMLHeaderPreprocessor]; HideHiddenTests runs before the HTML
 # export and removes hidden-test source and its tracebacks from what students receive.
 # FeedbackHeader puts the assignment total and wrapping output text at the top of each page.
-from autograder.nbgrader.readable import FeedbackHeader  # noqa: E402
+from autograder.nbgrader.readable import FeedbackHeader, StudentName  # noqa: E402
 
 c.GenerateFeedback.preprocessors = [GetGrades, HideHiddenTests, FeedbackHeader, CSSHTMLHeaderPreprocessor]
 
@@ -154,6 +154,7 @@ c.Autograde.autograde_preprocessors = [
     LimitOutput,
     SaveAutoGrades,
     DropScoreOutputs,  # the score is stored and said in words: no bare `Out[ ]: 0.5` under each message
+    StudentName,  # a student autograde created without a name is listed by id, not "None, None"
     AssignLatePenalties,
     CheckCellMetadata,
 ]

@@ -341,3 +341,4 @@ def test_the_course_drops_the_score_only_after_nbgrader_saved_it():
     chain = PyFileConfigLoader("nbgrader_config.py", path=str(Path(sandbox.__file__).parents[2])).load_config()
     names = [p.__name__ for p in chain.Autograde.autograde_preprocessors]
     assert names.index("DropScoreOutputs") == names.index("SaveAutoGrades") + 1
+    assert "StudentName" in names

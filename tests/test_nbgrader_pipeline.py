@@ -224,7 +224,7 @@ def test_config_resolves_to_its_own_directory_and_hides_hidden_tests(tmp_path):
     from nbgrader.preprocessors import Execute, GetGrades, OverwriteCells, SaveAutoGrades
 
     from autograder.nbgrader.autograde import DropScoreOutputs
-    from autograder.nbgrader.readable import FeedbackHeader
+    from autograder.nbgrader.readable import FeedbackHeader, StudentName
     from autograder.nbgrader.sanitize import CourseOverwriteCells
 
     (tmp_path / "nbgrader_config.py").write_bytes((ROOT / "nbgrader_config.py").read_bytes())
@@ -247,7 +247,7 @@ def test_config_resolves_to_its_own_directory_and_hides_hidden_tests(tmp_path):
     chain = list(Autograde(coursedir=coursedir, config=config).autograde_preprocessors)
     expected = [SandboxAutograde if pp is Execute else pp for pp in stock]
     # the score output, once saved, is dropped (autograder/nbgrader/autograde.py: DropScoreOutputs)
-    expected.insert(expected.index(SaveAutoGrades) + 1, DropScoreOutputs)
+    expected[expected.index(SaveAutoGrades) + 1:expected.index(SaveAutoGrades) + 1] = [DropScoreOutputs, StudentName]
     assert chain == expected
     # the sanitizing chain: nbgrader's, with OverwriteCells warning only about real changes
     stock_sanitize = list(Autograde.class_traits()["sanitize_preprocessors"].default())

@@ -7,7 +7,7 @@ from nbformat.v4 import new_code_cell, new_notebook
 from nbgrader.api import Gradebook
 
 from autograder.nbgrader import gradebook as course_gradebook
-from autograder.nbgrader.readable import WRAP_STYLE, FeedbackHeader, header_text
+from autograder.nbgrader.readable import WRAP_STYLE, FeedbackHeader, StudentName, header_text
 
 
 @pytest.fixture
@@ -40,3 +40,14 @@ def test_each_page_starts_with_the_assignment_total_and_this_notebooks_score(db)
 
 def test_a_late_penalty_is_said():
     assert "after a late penalty of 1" in header_text("hw", 3.5, 5, "01", 1.5, 2, penalty=1.0)
+
+
+def test_a_nameless_student_is_named_after_their_id_and_a_named_one_kept(db):
+    with Gradebook(db) as gb:
+        gb.add_student("bo", first_name="Bo", last_name="Kim")
+    for student in ("ann", "bo"):
+        StudentName().preprocess(new_notebook(), {"nbgrader": {"db_url": db, "student": student}})
+    with Gradebook(db) as gb:
+        ann, bo = gb.find_student("ann"), gb.find_student("bo")
+        assert (ann.last_name, ann.first_name) == ("ann", "")  # the Formgrader shows "ann, ", not "None, None"
+        assert (bo.last_name, bo.first_name) == ("Kim", "Bo")

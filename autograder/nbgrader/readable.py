@@ -6,6 +6,11 @@ optimizer.zero_grad()") runs off the right edge. :class:`FeedbackHeader` puts on
 the top of each page: the student's total for the whole assignment (from the gradebook: what
 nbgrader's Formgrader and export show) beside this notebook's, and a style rule that wraps output
 text. ``nbgrader_config.py`` adds it to ``GenerateFeedback.preprocessors`` after ``GetGrades``.
+
+:class:`StudentName` (in the autograde chain): a student that ``nbgrader autograde`` created from a
+``submitted/`` folder has no name, and the Formgrader lists them as "None, None". It gives such a
+student their id as last name (first name empty), so the lists show the id; a name already in the
+gradebook (``nbgrader db student add``/``import``) is never changed.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from nbformat.notebooknode import NotebookNode, from_dict
 from nbgrader.api import Gradebook, MissingEntry
 from nbgrader.preprocessors import NbGraderPreprocessor
 
-__all__ = ["FeedbackHeader", "WRAP_STYLE", "header_text"]
+__all__ = ["FeedbackHeader", "StudentName", "WRAP_STYLE", "header_text"]
 
 #: Output text wraps (classic nbconvert and JupyterLab class names); long words break instead of scrolling.
 WRAP_STYLE = ("<style>.output_area pre, .output_text pre, .jp-OutputArea-output pre, .jp-RenderedText pre "
@@ -57,4 +62,21 @@ class FeedbackHeader(NbGraderPreprocessor):
         nb.cells = [c for c in nb.cells if not c.get("metadata", {}).get(MARK)]  # once, on a re-run too
         text = header_text(info["assignment"], total, total_max, info["notebook"], score, score_max, penalty)
         nb.cells.insert(0, from_dict({"cell_type": "markdown", "metadata": {MARK: True}, "source": text}))
+        return nb, resources
+
+
+class StudentName(NbGraderPreprocessor):
+    """Name a nameless student after their id, once per student and gradebook (see the module docstring)."""
+
+    _done: set[tuple[str, str]] = set()  # (gradebook, student) already looked at in this process
+
+    def preprocess(self, nb: NotebookNode, resources: dict[str, Any]) -> tuple[NotebookNode, dict[str, Any]]:
+        info = resources["nbgrader"]
+        key = (info["db_url"], info["student"])
+        if key not in StudentName._done:
+            with Gradebook(info["db_url"]) as gb:
+                student = gb.find_student(info["student"])
+                if student.last_name is None and student.first_name is None:
+                    gb.update_or_create_student(info["student"], last_name=info["student"], first_name="")
+            StudentName._done.add(key)
         return nb, resources
