@@ -80,13 +80,14 @@ c.OverwriteCells.add_missing_cells = True
 # nbgrader's sanitizing chain with CourseOverwriteCells in place of OverwriteCells: a test cell whose hidden
 # tests the release removed is not reported as changed (autograder/nbgrader/sanitize.py); a cell the
 # student really changed still is, and every locked cell is put back from the gradebook as before.
-from nbgrader.preprocessors import CheckCellMetadata as _CheckCellMetadata  # noqa: E402
+# CourseCheckCellMetadata is nbgrader's CheckCellMetadata (same verdicts) with the schema checked once, not
+# once per cell: that re-check was a quarter of autograde's own time per student.
 from nbgrader.preprocessors import ClearOutput, DeduplicateIds, OverwriteKernelspec  # noqa: E402
 
-from autograder.nbgrader.sanitize import CourseOverwriteCells  # noqa: E402
+from autograder.nbgrader.sanitize import CourseCheckCellMetadata, CourseOverwriteCells  # noqa: E402
 
 c.Autograde.sanitize_preprocessors = [ClearOutput, DeduplicateIds, OverwriteKernelspec, CourseOverwriteCells,
-                                      _CheckCellMetadata]
+                                      CourseCheckCellMetadata]
 
 # --- feedback ---------------------------------------------------------------------------------
 # nbgrader's chain is [GetGrades, CSSHTMLHeaderPreprocessor]; HideHiddenTests runs before the HTML
@@ -139,7 +140,6 @@ nbgrader_validate.register()
 from nbconvert.preprocessors import ClearMetadataPreprocessor  # noqa: E402
 from nbgrader.preprocessors import (  # noqa: E402
     AssignLatePenalties,
-    CheckCellMetadata,
     IgnorePattern,
     LimitOutput,
     SaveAutoGrades,
@@ -156,7 +156,7 @@ c.Autograde.autograde_preprocessors = [
     DropScoreOutputs,  # the score is stored and said in words: no bare `Out[ ]: 0.5` under each message
     StudentName,  # a student autograde created without a name is listed by id, not "None, None"
     AssignLatePenalties,
-    CheckCellMetadata,
+    CourseCheckCellMetadata,
 ]
 # c.SandboxAutograde.seed = 12345                    # fixed inputs for every run (default: fresh, logged)
 # c.SandboxAutograde.grader_args = ["--device", "cpu"]  # any `python -m autograder grade` option

@@ -221,11 +221,11 @@ def test_config_resolves_to_its_own_directory_and_hides_hidden_tests(tmp_path):
     from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor
     from nbgrader.converters import Autograde, GenerateFeedback
     from nbgrader.coursedir import CourseDirectory
-    from nbgrader.preprocessors import Execute, GetGrades, OverwriteCells, SaveAutoGrades
+    from nbgrader.preprocessors import CheckCellMetadata, Execute, GetGrades, OverwriteCells, SaveAutoGrades
 
     from autograder.nbgrader.autograde import DropScoreOutputs
     from autograder.nbgrader.readable import FeedbackHeader, StudentName
-    from autograder.nbgrader.sanitize import CourseOverwriteCells
+    from autograder.nbgrader.sanitize import CourseCheckCellMetadata, CourseOverwriteCells
 
     (tmp_path / "nbgrader_config.py").write_bytes((ROOT / "nbgrader_config.py").read_bytes())
     config = PyFileConfigLoader("nbgrader_config.py", path=str(tmp_path)).load_config()
@@ -245,14 +245,16 @@ def test_config_resolves_to_its_own_directory_and_hides_hidden_tests(tmp_path):
     stock = list(Autograde.class_traits()["autograde_preprocessors"].default())
     assert Execute in stock
     chain = list(Autograde(coursedir=coursedir, config=config).autograde_preprocessors)
-    expected = [SandboxAutograde if pp is Execute else pp for pp in stock]
+    faster = {Execute: SandboxAutograde, CheckCellMetadata: CourseCheckCellMetadata}
+    expected = [faster.get(pp, pp) for pp in stock]
     # the score output, once saved, is dropped (autograder/nbgrader/autograde.py: DropScoreOutputs)
     expected[expected.index(SaveAutoGrades) + 1:expected.index(SaveAutoGrades) + 1] = [DropScoreOutputs, StudentName]
     assert chain == expected
     # the sanitizing chain: nbgrader's, with OverwriteCells warning only about real changes
     stock_sanitize = list(Autograde.class_traits()["sanitize_preprocessors"].default())
     sanitize = list(Autograde(coursedir=coursedir, config=config).sanitize_preprocessors)
-    assert sanitize == [CourseOverwriteCells if pp is OverwriteCells else pp for pp in stock_sanitize]
+    ours = {OverwriteCells: CourseOverwriteCells, CheckCellMetadata: CourseCheckCellMetadata}
+    assert sanitize == [ours.get(pp, pp) for pp in stock_sanitize]
 
 
 def test_kernel_is_this_environment():

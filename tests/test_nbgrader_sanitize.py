@@ -7,7 +7,9 @@ nbgrader does, for one the student edited, including a changed nbgrader flag.
 
 from __future__ import annotations
 
+import copy
 import logging
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -16,6 +18,7 @@ from nbgrader import utils
 
 from autograder.nbgrader.sanitize import CourseOverwriteCells, released_source
 
+ROOT = Path(__file__).resolve().parents[1]
 FULL = "assert f(1) == 1\n### BEGIN HIDDEN TESTS\nassert f(2) == 2\n### END HIDDEN TESTS\nprint('ok')"
 
 
@@ -72,3 +75,52 @@ def test_a_changed_flag_is_reported_and_nbgrader_still_refuses_the_cell(caplog):
     with pytest.raises(RuntimeError, match="Inconsistent checksums"):
         _warnings(_cell(released_source(FULL), grade=False), caplog)
     assert any("Attribute 'checksum' for cell test_f has changed" in r.getMessage() for r in caplog.records)
+
+
+# --- CourseCheckCellMetadata: nbgrader's verdicts, the schema checked once -------------------------
+
+
+def _verdict(validator, cell):
+    try:
+        validator.validate_cell(cell)
+    except Exception as exc:  # noqa: BLE001 - the verdict is what is compared
+        return type(exc).__name__, str(exc).splitlines()[0]
+    return "ok"
+
+
+def _meta_cell(**changes):
+    cell = _cell("assert f(1) == 1")
+    cell.metadata["nbgrader"].update(changes)
+    for key, value in changes.items():
+        if value is None:
+            del cell.metadata["nbgrader"][key]
+    return cell
+
+
+@pytest.mark.parametrize("changes", [
+    {}, {"points": "two"}, {"grade_id": None}, {"grade_id": ""}, {"points": None}, {"schema_version": 1},
+    {"schema_version": 4}, {"surprise": True}, {"locked": "yes"},
+], ids=["valid", "points-type", "no-id", "empty-id", "no-points", "too-old", "too-new", "extra-key", "locked-type"])
+def test_the_fast_validator_gives_nbgraders_verdict(changes):
+    from nbgrader.nbgraderformat import MetadataValidator
+
+    from autograder.nbgrader.sanitize import FastMetadataValidator
+
+    cell = _meta_cell(**changes)
+    expected = _verdict(MetadataValidator(), copy.deepcopy(cell))
+    assert _verdict(FastMetadataValidator(), cell) == expected
+    assert (expected == "ok") == (changes == {})  # every broken cell is really refused
+
+
+def test_every_source_notebook_passes_both_ways():
+    import nbformat
+
+    from autograder.nbgrader.sanitize import CourseCheckCellMetadata
+
+    for path in sorted((ROOT / "source" / "self_attention").glob("*.ipynb")):
+        CourseCheckCellMetadata().preprocess(nbformat.read(path, as_version=4), {})
+    broken = nbformat.read(next((ROOT / "source" / "self_attention").glob("*.ipynb")), as_version=4)
+    graded = next(c for c in broken.cells if c.metadata.get("nbgrader", {}).get("grade"))
+    graded.metadata["nbgrader"]["points"] = "two"
+    with pytest.raises(Exception, match="nbgrader metadata may be corrupted"):
+        CourseCheckCellMetadata().preprocess(broken, {})
