@@ -252,8 +252,12 @@ def test_summary_names_each_graded_cell_passed_failed_or_not_answered():
     assert text[0] == "Summary of the graded cells: 1 passed, 2 failed, 1 not answered"
     assert text[1].startswith("(1 of 7 points pass the visible checks")
     assert text[2].split() == ["passed", "good", "(1", "point)"]
-    assert "FAILED" in text[3] and "AssertionError: the first row should be 1" in text[3]
-    assert text[4].split()[:3] == ["not", "answered", "todo"]
+    assert text[3].split() == ["FAILED", "wrong", "(2", "points)"]
+    assert text[4].strip() == "AssertionError: the first row should be 1"  # its own line, so it wraps
+    assert text[5].split()[:3] == ["not", "answered", "todo"]
+    long = nv.summary_text([nv.CellResult("wrong", 2, nv.FAILED, "call optimizer.zero_grad() " * 5)])
+    assert max(len(line) for line in long.splitlines()[2:]) <= 78  # no row runs off the dialog's edge
+    assert " ".join(long.split()).count("optimizer.zero_grad()") == 5  # wrapped, not cut
     assert "NotImplementedError" in nv.notes_text(rows) and "FAILED" in nv.notes_text(rows)
 
 
@@ -296,7 +300,9 @@ def test_validate_starts_with_a_summary_on_a_real_release_notebook(course):
     rows = {m[2]: (m[1], m[3]) for m in (re.match(r"  (passed|FAILED|not answered)\s+(\w+)\s+\(.*?\)(.*)", x)
                                         for x in summary[2:]) if m}
     assert rows["attention_scores_loop"][0] == "passed"
-    assert rows["attention_scores"][0] == "FAILED" and "AssertionError" in rows["attention_scores"][1]
+    assert rows["attention_scores"][0] == "FAILED"
+    failed_row = next(i for i, x in enumerate(summary) if x.split()[:2] == ["FAILED", "attention_scores"])
+    assert "AssertionError" in summary[failed_row + 1]  # the error on its own, wrapped lines below the row
     for item in ("softmax_naive", "softmax_stable", "context_vectors", "simple_self_attention"):
         assert rows[item][0] == "not answered", rows[item]
     assert len(rows) == 6
