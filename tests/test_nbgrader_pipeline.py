@@ -601,8 +601,13 @@ def graded(course):
     print(f"\n[timing] nbgrader autograde, {len(students)} students: {time.perf_counter() - start:.1f}s")
     assert proc.returncode == 0, f"autograde failed:\n{proc.stdout[-3000:]}{proc.stderr[-8000:]}"
     log = proc.stdout + proc.stderr
-    assert log.count("Sandboxed grader: grading") == len(students)
-    assert log.count("self-check first)") == 1  # the grader's self-check once per run
+    # the class as one batch (one grader run, its self-check once), then each student's scores written;
+    # no student graded alone, and no false "checksum has changed" alarm on these untampered submissions
+    assert log.count("Sandboxed grader: grading") == 1
+    assert f"grading {len(students)} submissions as one batch" in log
+    assert log.count("Sandboxed grader: writing") == len(students)
+    assert "graded checks" in log and "ETA" in log
+    assert "Attribute 'checksum'" not in log
     for command in (["generate_feedback", ASSIGNMENT], ["export", "--to", "grades.csv"]):
         start = time.perf_counter()
         proc = release_script.run_nbgrader(command, course)
@@ -936,15 +941,19 @@ def test_a_grader_fault_fails_the_student_loudly_and_scores_nothing(course, tmp_
     root = copy_course(course, tmp_path / "fault")
     add_config(root, "c.SandboxAutograde.grader_args = ['--memory-mib', '1']")
     # every notebook submitted (nbgrader itself scores a missing notebook 0): all of them perfect
-    submit(root, "unlucky", {p.name: hostile_notebook(root, p.name, {})
-                             for p in sorted((root / "release" / ASSIGNMENT).glob("*.ipynb"))})
+    # two students: the class's batch fails first, then each student graded alone fails too (issue 18)
+    for student in ("unlucky", "unlucky_too"):
+        submit(root, student, {p.name: hostile_notebook(root, p.name, {})
+                               for p in sorted((root / "release" / ASSIGNMENT).glob("*.ipynb"))})
     proc = release_script.run_nbgrader(["autograde", ASSIGNMENT], root)
     log = proc.stdout + proc.stderr
     assert proc.returncode != 0, log[-3000:]
+    assert "the batch gave no scores; grading each student alone" in log
     assert "could not grade" in log and "exit status 2" in log and "not the student's fault" in log
-    assert "There was an error processing assignment 'self_attention' for student 'unlucky'" in log
-    assert not (root / "autograded" / "unlucky" / ASSIGNMENT / NB1).exists()
-    assert set(gradebook_scores(root, "unlucky").values()) == {None}
+    for student in ("unlucky", "unlucky_too"):
+        assert f"There was an error processing assignment 'self_attention' for student '{student}'" in log
+        assert not (root / "autograded" / student / ASSIGNMENT / NB1).exists()
+        assert set(gradebook_scores(root, student).values()) == {None}
     from nbgrader.api import Gradebook
 
     with Gradebook(f"sqlite:///{root / 'gradebook.db'}", "self-attention") as gb:
