@@ -24,7 +24,7 @@ COURSE_ROOT = os.path.dirname(os.path.abspath(__file__))
 if COURSE_ROOT not in sys.path:  # the course's own packages, when the project is not pip-installed
     sys.path.append(COURSE_ROOT)
 
-from autograder.nbgrader_feedback import HideHiddenTests  # noqa: E402
+from autograder.nbgrader.feedback import HideHiddenTests  # noqa: E402
 
 c = get_config()  # noqa: F821 (provided by traitlets when it loads this file)
 
@@ -40,6 +40,32 @@ c.CourseDirectory.db_url = "sqlite:///" + os.path.join(COURSE_ROOT, "gradebook.d
 # An answer cell's solution region becomes this stub (see STUB_MESSAGE in the JupyterLab block below),
 # so a released notebook fails every test with NotImplementedError and nothing else.
 
+# The Formgrader's Generate and `nbgrader generate_assignment` draw the lessons' pictures into the release,
+# as scripts/release.py does (scripts/figures.py), so both ways give the same notebooks. nbgrader logs a
+# failing hook at INFO level only, so the hook logs its own error before it re-raises. A course copy
+# without scripts/figures.py (the test suite's, scripts/release.py's temporary one) gets no pictures here:
+# scripts/release.py draws them itself after nbgrader.
+def _draw_release_figures(assignment: str, student: str, notebooks: list) -> None:
+    import importlib.util
+    import logging
+    from pathlib import Path
+
+    script = Path(COURSE_ROOT) / "scripts" / "figures.py"
+    if not script.is_file() or not assignment or "*" in assignment:
+        return
+    try:
+        spec = importlib.util.spec_from_file_location("_selfattn_figures", script)
+        figures = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(figures)
+        figures.add_figures_to_release(Path(COURSE_ROOT) / "release" / assignment,
+                                       Path(COURSE_ROOT) / "source" / assignment)
+    except Exception:
+        logging.getLogger("NbGraderAPI").exception("could not draw the lesson pictures into release/%s", assignment)
+        raise
+
+
+c.GenerateAssignment.post_convert_hook = _draw_release_figures
+
 # --- autograde --------------------------------------------------------------------------------
 # Seconds per cell (nbgrader's default is 30). The whole notebook runs in the `python3` kernel of
 # the environment that runs nbgrader: jupyter_client replaces a kernelspec argv of "python" by
@@ -51,16 +77,31 @@ c.Execute.kernel_name = "python3"
 # A test cell that a student deleted is put back from the gradebook, so it still runs and is
 # scored (nbgrader 0.9 option; nbgrader/preprocessors/overwritecells.py).
 c.OverwriteCells.add_missing_cells = True
+# nbgrader's sanitizing chain with CourseOverwriteCells in place of OverwriteCells: a test cell whose hidden
+# tests the release removed is not reported as changed (autograder/nbgrader/sanitize.py); a cell the
+# student really changed still is, and every locked cell is put back from the gradebook as before.
+# CourseCheckCellMetadata is nbgrader's CheckCellMetadata (same verdicts) with the schema checked once, not
+# once per cell: that re-check was a quarter of autograde's own time per student.
+from nbgrader.preprocessors import ClearOutput, DeduplicateIds, OverwriteKernelspec  # noqa: E402
+
+from autograder.nbgrader.sanitize import CourseCheckCellMetadata, CourseOverwriteCells  # noqa: E402
+
+c.Autograde.sanitize_preprocessors = [ClearOutput, DeduplicateIds, OverwriteKernelspec, CourseOverwriteCells,
+                                      CourseCheckCellMetadata]
 
 # --- feedback ---------------------------------------------------------------------------------
 # nbgrader's chain is [GetGrades, CSSHTMLHeaderPreprocessor]; HideHiddenTests runs before the HTML
 # export and removes hidden-test source and its tracebacks from what students receive.
-c.GenerateFeedback.preprocessors = [GetGrades, HideHiddenTests, CSSHTMLHeaderPreprocessor]
+# FeedbackHeader puts the assignment total and wrapping output text at the top of each page.
+from autograder.nbgrader.readable import FeedbackHeader, StudentName  # noqa: E402
+
+c.GenerateFeedback.preprocessors = [GetGrades, HideHiddenTests, FeedbackHeader, CSSHTMLHeaderPreprocessor]
 
 # --- JupyterLab and the Formgrader (issue 11) -----------------------------------------------------
 # Each nbgrader process (command line, Formgrader, Assignment List, Validate button) loads this file
 # before it does anything, so what is set up here holds however JupyterLab was started.
-from autograder import nbgrader_gradebook, nbgrader_validate  # noqa: E402
+from autograder.nbgrader import gradebook as nbgrader_gradebook  # noqa: E402
+from autograder.nbgrader import validate as nbgrader_validate  # noqa: E402
 
 # Tools nbgrader runs as subprocesses are found from the running Python, not from whatever PATH the
 # Lab was started with (`.venv/bin/jupyter lab` without activating the environment).
@@ -84,7 +125,7 @@ STUB_MESSAGE = "write your answer here, then run this cell and the check below i
 c.ClearSolutions.code_stub = {"python": f'# YOUR CODE HERE\nraise NotImplementedError("{STUB_MESSAGE}")'}
 
 # Validate (the Lab toolbar button and `nbgrader validate`) starts its result with one line per
-# graded cell: passed / FAILED / not answered (autograder/nbgrader_validate.py).
+# graded cell: passed / FAILED / not answered (autograder/nbgrader/validate.py).
 nbgrader_validate.register()
 
 # --- autograde: the sandboxed grader's scores (issue 11, "one score, whichever front end") -------
@@ -93,19 +134,18 @@ nbgrader_validate.register()
 # place: it grades each submission once with the isolated grader (`python -m autograder grade`,
 # subprocess, one seed per run) and writes each test cell's score (partial credit) and message, which
 # SaveAutoGrades stores. Student code is never run in the instructor's kernel. A grader fault makes
-# autograde fail for that student (never a zero). See autograder/nbgrader_autograde.py.
+# autograde fail for that student (never a zero). See autograder/nbgrader/autograde.py.
 # The Execute settings above therefore apply to Validate (nbgrader's Validator runs Execute), not to
 # autograde.
 from nbconvert.preprocessors import ClearMetadataPreprocessor  # noqa: E402
 from nbgrader.preprocessors import (  # noqa: E402
     AssignLatePenalties,
-    CheckCellMetadata,
     IgnorePattern,
     LimitOutput,
     SaveAutoGrades,
 )
 
-from autograder.nbgrader_autograde import SandboxAutograde  # noqa: E402
+from autograder.nbgrader.autograde import DropScoreOutputs, SandboxAutograde  # noqa: E402
 
 c.Autograde.autograde_preprocessors = [
     SandboxAutograde,  # in place of nbgrader's Execute; the rest is nbgrader 0.9.6's default chain
@@ -113,9 +153,14 @@ c.Autograde.autograde_preprocessors = [
     ClearMetadataPreprocessor,
     LimitOutput,
     SaveAutoGrades,
+    DropScoreOutputs,  # the score is stored and said in words: no bare `Out[ ]: 0.5` under each message
+    StudentName,  # a student autograde created without a name is listed by id, not "None, None"
     AssignLatePenalties,
-    CheckCellMetadata,
+    CourseCheckCellMetadata,
 ]
 # c.SandboxAutograde.seed = 12345                    # fixed inputs for every run (default: fresh, logged)
 # c.SandboxAutograde.grader_args = ["--device", "cpu"]  # any `python -m autograder grade` option
+# A class is graded as one batch (one self-check, warm workers, every core; progress with an ETA in the log),
+# then each student's scores go to the gradebook. False: one grader run per student, as before.
+# c.SandboxAutograde.batch = False
 # --- end of the sandboxed-autograde block ---------------------------------------------------------

@@ -4,7 +4,8 @@
 #   bash run.sh main   regenerate release/ from source/, grade the bundled example submissions,
 #                      print their scores (reports in reports/)
 #   bash run.sh test   run the whole test suite (CPU; GPU tests report "GPU not exercised")
-#   bash run.sh lab    start JupyterLab in this folder, with the Formgrader and the Validate button
+#   bash run.sh lab    start JupyterLab in this folder, with the Formgrader and the Validate button; the
+#                      student's notebooks are in workspace/self_attention/ (filled from release/ once)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -63,6 +64,9 @@ case "${1:-}" in
     # to `jupyter lab`, e.g. bash run.sh lab --no-browser --port 8888
     setup
     shift
+    # the student works in workspace/self_attention/, a copy filled from release/ (missing files only):
+    # no instructor command (Generate, run.sh main, scripts/release.py) writes there
+    python scripts/workspace.py
     # jupyter refuses to run as root without --allow-root (Docker images, course VMs)
     if [ "$(id -u)" = 0 ]; then set -- --allow-root "$@"; fi
     exec jupyter lab "$@"

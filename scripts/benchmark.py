@@ -290,14 +290,21 @@ def python_env() -> dict[str, str]:
 # --- nbgrader -----------------------------------------------------------------------------------
 
 
-def prepare_nbgrader_course(dest: Path) -> Path:
-    """A course root (config + source/) after ``nbgrader generate_assignment`` (not timed), autograding with
-    nbgrader's stock chain (``release.STOCK_AUTOGRADE``): the course's own config scores with this grader."""
+def prepare_nbgrader_course(dest: Path, chain: str = "stock", seed: int = 0, grader_args: Sequence[str] = ()) -> Path:
+    """A course root (config + source/) after ``nbgrader generate_assignment`` (not timed).
+
+    ``chain="stock"``: autograde with nbgrader's stock chain (``release.STOCK_AUTOGRADE``, the student's
+    kernel). ``chain="course"``: the course's own configuration (the sandboxed grader, one batch per run),
+    with this run's ``seed`` and the grader's ``grader_args`` (``--jobs``, ``--device``), as the CLI gets them.
+    """
     import release
 
     root = release.prepare_course(dest)
     with open(root / "nbgrader_config.py", "a", encoding="utf-8") as fh:
-        fh.write(f"\n{release.STOCK_AUTOGRADE}\n")
+        if chain == "stock":
+            fh.write(f"\n{release.STOCK_AUTOGRADE}\n")
+        else:
+            fh.write(f"\nc.SandboxAutograde.seed = {seed}\nc.SandboxAutograde.grader_args = {list(grader_args)!r}\n")
     release.generate_assignment(root)
     return root
 
@@ -531,11 +538,14 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     result: dict = {"machine": machine(), "n": args.n, "seed": args.seed, "jobs": args.jobs, "repeat": args.repeat,
                     "kinds": kind_counts(args.n),
                     "students": [{k: v for k, v in asdict(s).items() if k != "overrides"} for s in students],
-                    "nbgrader_sample": [s.name for s in sample], "nbgrader_jobs": args.nbgrader_jobs}
+                    "nbgrader_sample": [s.name for s in sample], "nbgrader_jobs": args.nbgrader_jobs,
+                    "nbgrader_chain": args.nbgrader_chain}
     with tempfile.TemporaryDirectory(prefix="selfattn-bench-") as tmp:
         work = Path(tmp)
         batch = write_batch(students, work / "batch")
-        template = None if args.skip_nbgrader else prepare_nbgrader_course(work / "template")
+        grader_args = ["--jobs", str(args.jobs), *(f"--device={d}" for d in args.device)]
+        template = None if args.skip_nbgrader else prepare_nbgrader_course(work / "template", args.nbgrader_chain,
+                                                                          args.seed, grader_args)
         grader_runs: list[Measured] = []
         nbgrader_runs: list[Measured] = []
         single: list[float] = []
@@ -599,7 +609,8 @@ def report(result: dict) -> str:
         extrapolated = nb["measured_on"] < n
         label = (f"measured on {nb['measured_on']} of {n}, extrapolated" if extrapolated else f"all {n}")
         jobs = result["nbgrader_jobs"]
-        rows.append(["nbgrader autograde (stock)" + (f" ({jobs} at a time)" if jobs > 1 else ""),
+        chain = result.get("nbgrader_chain", "stock")
+        rows.append([f"nbgrader autograde ({chain})" + (f" ({jobs} at a time)" if jobs > 1 else ""),
                      label, nb["wall"]["median"], nb["wall"]["max"], nb["per_submission"]["median"],
                      nb["throughput"]["median"], nb["peak_mib"]["median"], 1.0])
     g = result["grader"]
@@ -667,7 +678,7 @@ def agreement_report(rows: list[dict]) -> str:
     if any(not r["agree"] and r["kind"] in ("one_wrong", "several_wrong") for r in rows):
         out.append("  by design for wrong answers: this grader gives partial credit per case and grades an item that "
                    "calls a wrong one with a stand-in for it; nbgrader's test cell is all or nothing")
-    if any(r["kind"] == "hostile" for r in rows):
+    if any(r["kind"] == "hostile" and not r["agree"] for r in rows):
         out.append("  expected for hostile: nbgrader's stock chain runs its hidden tests in the student's kernel, so "
                    "an answer that patches torch.allclose/torch.equal fools it; this grader judges outside that "
                    "process (the course's nbgrader_config.py makes `nbgrader autograde` use this grader's scores)")
@@ -682,6 +693,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--nbgrader-jobs", type=int, default=1, metavar="J",
                         help="nbgrader runs: 1 (default) is one `nbgrader autograde` over all; J>1 runs one "
                              "`--student` process each, J at a time")
+    parser.add_argument("--nbgrader-chain", choices=("stock", "course"), default="stock",
+                        help="nbgrader's autograde chain: stock (default; Execute in the student's kernel) or "
+                             "course (the course's nbgrader_config.py: the sandboxed grader, a class as one batch)")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each measurement (medians; default 3)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="the grader's --jobs (default: cores)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the batch and of the grader (default 0)")

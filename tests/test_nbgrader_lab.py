@@ -27,8 +27,8 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook, new_output
 
-from autograder import nbgrader_validate as nv
 from autograder.examples import ASSIGNMENT, answer_cells, strip_solution_delimiters
+from autograder.nbgrader import validate as nv
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = str(Path(sys.executable).parent)
@@ -105,7 +105,7 @@ def test_config_sets_up_tools_exchange_stub_and_validator(course):
     assert probe["stub"].endswith('raise NotImplementedError("write your answer here, then run this cell and the '
                                   'check below it")')
     # Validate, from the Lab's button and from `nbgrader validate`, is the course's
-    assert probe["handler_validator"] == probe["cli_validator"] == "autograder.nbgrader_validate.CourseValidator"
+    assert probe["handler_validator"] == probe["cli_validator"] == "autograder.nbgrader.validate.CourseValidator"
 
 
 def test_exchange_folder_is_gitignored():
@@ -166,10 +166,10 @@ def test_gradebook_is_never_half_migrated(course, tmp_path):
     # the half-migrated gradebook is refused, with the way out in the message ...
     refused = run_python(_GRADEBOOK, str(course), "course", str(plain_db))
     assert refused["outcome"].startswith("HalfMigratedGradebook"), refused
-    assert "alembic_version" in refused["outcome"] and "nbgrader_gradebook stamp" in refused["outcome"]
+    assert "alembic_version" in refused["outcome"] and "nbgrader.gradebook stamp" in refused["outcome"]
     # ... and the repair command makes it usable
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    stamp = subprocess.run([sys.executable, "-m", "autograder.nbgrader_gradebook", "stamp", str(plain_db)],
+    stamp = subprocess.run([sys.executable, "-m", "autograder.nbgrader.gradebook", "stamp", str(plain_db)],
                            capture_output=True, text=True, env=env, timeout=120)
     assert stamp.returncode == 0, stamp.stderr
     repaired = run_python(_GRADEBOOK, str(course), "course", str(plain_db))
@@ -177,7 +177,7 @@ def test_gradebook_is_never_half_migrated(course, tmp_path):
 
 
 def test_alembic_head_in_process_needs_no_path(monkeypatch):
-    from autograder.nbgrader_gradebook import alembic_head, half_migrated, sqlite_path
+    from autograder.nbgrader.gradebook import alembic_head, half_migrated, sqlite_path
 
     monkeypatch.setenv("PATH", "/nonexistent")
     alembic_head.cache_clear()
@@ -252,8 +252,12 @@ def test_summary_names_each_graded_cell_passed_failed_or_not_answered():
     assert text[0] == "Summary of the graded cells: 1 passed, 2 failed, 1 not answered"
     assert text[1].startswith("(1 of 7 points pass the visible checks")
     assert text[2].split() == ["passed", "good", "(1", "point)"]
-    assert "FAILED" in text[3] and "AssertionError: the first row should be 1" in text[3]
-    assert text[4].split()[:3] == ["not", "answered", "todo"]
+    assert text[3].split() == ["FAILED", "wrong", "(2", "points)"]
+    assert text[4].strip() == "AssertionError: the first row should be 1"  # its own line, so it wraps
+    assert text[5].split()[:3] == ["not", "answered", "todo"]
+    long = nv.summary_text([nv.CellResult("wrong", 2, nv.FAILED, "call optimizer.zero_grad() " * 5)])
+    assert max(len(line) for line in long.splitlines()[2:]) <= 78  # no row runs off the dialog's edge
+    assert " ".join(long.split()).count("optimizer.zero_grad()") == 5  # wrapped, not cut
     assert "NotImplementedError" in nv.notes_text(rows) and "FAILED" in nv.notes_text(rows)
 
 
@@ -296,7 +300,9 @@ def test_validate_starts_with_a_summary_on_a_real_release_notebook(course):
     rows = {m[2]: (m[1], m[3]) for m in (re.match(r"  (passed|FAILED|not answered)\s+(\w+)\s+\(.*?\)(.*)", x)
                                         for x in summary[2:]) if m}
     assert rows["attention_scores_loop"][0] == "passed"
-    assert rows["attention_scores"][0] == "FAILED" and "AssertionError" in rows["attention_scores"][1]
+    assert rows["attention_scores"][0] == "FAILED"
+    failed_row = next(i for i, x in enumerate(summary) if x.split()[:2] == ["FAILED", "attention_scores"])
+    assert "AssertionError" in summary[failed_row + 1]  # the error on its own, wrapped lines below the row
     for item in ("softmax_naive", "softmax_stable", "context_vectors", "simple_self_attention"):
         assert rows[item][0] == "not answered", rows[item]
     assert len(rows) == 6

@@ -38,8 +38,8 @@ from autograder.examples import (
     build_submission,
     strip_solution_delimiters,
 )
-from autograder.nbgrader_autograde import SandboxAutograde
-from autograder.nbgrader_feedback import HideHiddenTests
+from autograder.nbgrader.autograde import SandboxAutograde
+from autograder.nbgrader.feedback import HideHiddenTests
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "source" / ASSIGNMENT
@@ -221,7 +221,11 @@ def test_config_resolves_to_its_own_directory_and_hides_hidden_tests(tmp_path):
     from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor
     from nbgrader.converters import Autograde, GenerateFeedback
     from nbgrader.coursedir import CourseDirectory
-    from nbgrader.preprocessors import Execute, GetGrades, OverwriteCells
+    from nbgrader.preprocessors import CheckCellMetadata, Execute, GetGrades, OverwriteCells, SaveAutoGrades
+
+    from autograder.nbgrader.autograde import DropScoreOutputs
+    from autograder.nbgrader.readable import FeedbackHeader, StudentName
+    from autograder.nbgrader.sanitize import CourseCheckCellMetadata, CourseOverwriteCells
 
     (tmp_path / "nbgrader_config.py").write_bytes((ROOT / "nbgrader_config.py").read_bytes())
     config = PyFileConfigLoader("nbgrader_config.py", path=str(tmp_path)).load_config()
@@ -236,12 +240,21 @@ def test_config_resolves_to_its_own_directory_and_hides_hidden_tests(tmp_path):
     assert execute.timeout >= 60 and execute.allow_errors is True
     feedback = GenerateFeedback(coursedir=coursedir, config=config)
     chain = list(feedback.preprocessors)
-    assert chain == [GetGrades, HideHiddenTests, CSSHTMLHeaderPreprocessor]
+    assert chain == [GetGrades, HideHiddenTests, FeedbackHeader, CSSHTMLHeaderPreprocessor]
     # autograde: nbgrader's own chain with Execute (the student's kernel) replaced by the sandboxed grader
     stock = list(Autograde.class_traits()["autograde_preprocessors"].default())
     assert Execute in stock
     chain = list(Autograde(coursedir=coursedir, config=config).autograde_preprocessors)
-    assert chain == [SandboxAutograde if pp is Execute else pp for pp in stock]
+    faster = {Execute: SandboxAutograde, CheckCellMetadata: CourseCheckCellMetadata}
+    expected = [faster.get(pp, pp) for pp in stock]
+    # the score output, once saved, is dropped (autograder/nbgrader/autograde.py: DropScoreOutputs)
+    expected[expected.index(SaveAutoGrades) + 1:expected.index(SaveAutoGrades) + 1] = [DropScoreOutputs, StudentName]
+    assert chain == expected
+    # the sanitizing chain: nbgrader's, with OverwriteCells warning only about real changes
+    stock_sanitize = list(Autograde.class_traits()["sanitize_preprocessors"].default())
+    sanitize = list(Autograde(coursedir=coursedir, config=config).sanitize_preprocessors)
+    ours = {OverwriteCells: CourseOverwriteCells, CheckCellMetadata: CourseCheckCellMetadata}
+    assert sanitize == [ours.get(pp, pp) for pp in stock_sanitize]
 
 
 def test_kernel_is_this_environment():
@@ -329,7 +342,7 @@ def test_hide_hidden_tests_preprocessor():
 
 
 def test_hide_hidden_tests_timeout_message_is_kept():
-    from autograder.nbgrader_feedback import short_error
+    from autograder.nbgrader.feedback import short_error
 
     timeout = new_output("error", ename="CellTimeoutError", evalue="",
                          traceback=["\x1b[0;31mCellTimeoutError\x1b[0m: No reply from kernel before timeout"])
@@ -613,8 +626,13 @@ def graded(course):
     print(f"\n[timing] nbgrader autograde, {len(students)} students: {time.perf_counter() - start:.1f}s")
     assert proc.returncode == 0, f"autograde failed:\n{proc.stdout[-3000:]}{proc.stderr[-8000:]}"
     log = proc.stdout + proc.stderr
-    assert log.count("Sandboxed grader: grading") == len(students)
-    assert log.count("self-check first)") == 1  # the grader's self-check once per run
+    # the class as one batch (one grader run, its self-check once), then each student's scores written;
+    # no student graded alone, and no false "checksum has changed" alarm on these untampered submissions
+    assert log.count("Sandboxed grader: grading") == 1
+    assert f"grading {len(students)} submissions as one batch" in log
+    assert log.count("Sandboxed grader: writing") == len(students)
+    assert "graded checks" in log and "ETA" in log
+    assert "Attribute 'checksum'" not in log
     for command in (["generate_feedback", ASSIGNMENT], ["export", "--to", "grades.csv"]):
         start = time.perf_counter()
         proc = release_script.run_nbgrader(command, course)
@@ -948,15 +966,19 @@ def test_a_grader_fault_fails_the_student_loudly_and_scores_nothing(course, tmp_
     root = copy_course(course, tmp_path / "fault")
     add_config(root, "c.SandboxAutograde.grader_args = ['--memory-mib', '1']")
     # every notebook submitted (nbgrader itself scores a missing notebook 0): all of them perfect
-    submit(root, "unlucky", {p.name: hostile_notebook(root, p.name, {})
-                             for p in sorted((root / "release" / ASSIGNMENT).glob("*.ipynb"))})
+    # two students: the class's batch fails first, then each student graded alone fails too (issue 18)
+    for student in ("unlucky", "unlucky_too"):
+        submit(root, student, {p.name: hostile_notebook(root, p.name, {})
+                               for p in sorted((root / "release" / ASSIGNMENT).glob("*.ipynb"))})
     proc = release_script.run_nbgrader(["autograde", ASSIGNMENT], root)
     log = proc.stdout + proc.stderr
     assert proc.returncode != 0, log[-3000:]
+    assert "the batch gave no scores; grading each student alone" in log
     assert "could not grade" in log and "exit status 2" in log and "not the student's fault" in log
-    assert "There was an error processing assignment 'self_attention' for student 'unlucky'" in log
-    assert not (root / "autograded" / "unlucky" / ASSIGNMENT / NB1).exists()
-    assert set(gradebook_scores(root, "unlucky").values()) == {None}
+    for student in ("unlucky", "unlucky_too"):
+        assert f"There was an error processing assignment 'self_attention' for student '{student}'" in log
+        assert not (root / "autograded" / student / ASSIGNMENT / NB1).exists()
+        assert set(gradebook_scores(root, student).values()) == {None}
     from nbgrader.api import Gradebook
 
     with Gradebook(f"sqlite:///{root / 'gradebook.db'}", "self-attention") as gb:

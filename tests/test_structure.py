@@ -18,8 +18,11 @@ import pytest
 from autograder import options
 
 REPO = Path(__file__).resolve().parent.parent
-PACKAGES = ("solutions", "exercises", "autograder")
-LAYER = {"solutions": 0, "exercises": 1, "autograder": 2}
+PACKAGES = ("solutions", "exercises", "autograder", "delivery")
+LAYER = {"solutions": 0, "exercises": 1, "autograder": 2, "delivery": 3}
+# Front ends inside autograder/, each a subpackage of its own: they import the engine, the engine never
+# imports them, and they do not import one another (issue 18, "rooms of their own").
+FRONT_ENDS = ("autograder.nbgrader", "autograder.examples")
 
 
 def module_name(path: Path) -> str:
@@ -59,6 +62,37 @@ def test_does_every_import_point_downward():
     upward = [(a, b) for a, targets in graph().items() for b in targets
               if LAYER[b.split(".")[0]] > LAYER[a.split(".")[0]]]
     assert not upward, f"imports against the layers: {upward}"
+
+
+def room(module: str) -> str:
+    """The front-end subpackage ``module`` belongs to, ``delivery`` for the delivery glue, else ``engine``."""
+    for front in FRONT_ENDS + ("delivery",):
+        if module == front or module.startswith(front + "."):
+            return front
+    return "engine" if module.split(".")[0] == "autograder" else module.split(".")[0]
+
+
+def crossings(edges: dict[str, set[str]]) -> list[tuple[str, str]]:
+    """Imports from the engine into a front end, or from one front end into another."""
+    fronts = set(FRONT_ENDS) | {"delivery"}
+    return sorted((a, b) for a, targets in edges.items() for b in targets
+                  if room(b) in fronts and room(a) != room(b) and room(a) in fronts | {"engine"})
+
+
+def test_do_the_front_ends_live_in_rooms_the_engine_never_imports():
+    edges = graph()
+    for front in FRONT_ENDS:  # each is a real subpackage with modules of its own
+        assert front in edges, f"{front} is not a package"
+    assert not crossings(edges), f"the engine or a front end imports another front end: {crossings(edges)}"
+    # nothing of the nbgrader front end is left flat beside the engine
+    assert not [m for m in edges if m.startswith("autograder.nbgrader_")]
+
+
+def test_would_the_rooms_check_see_an_engine_module_importing_a_front_end():
+    bad = {"autograder.grading": {"autograder.nbgrader.autograde"}, "autograder.nbgrader.autograde": set(),
+           "autograder.examples": {"autograder.nbgrader.validate"}, "delivery.requirements": {"exercises.catalogue"}}
+    assert crossings(bad) == [("autograder.examples", "autograder.nbgrader.validate"),
+                              ("autograder.grading", "autograder.nbgrader.autograde")]
 
 
 def test_are_there_no_import_circles():

@@ -17,7 +17,7 @@ command line, the Formgrader, the Lab extensions) fixes both halves:
   subprocess, no PATH lookup;
 * ``Gradebook.__init__`` refuses an SQLite gradebook that has tables but no ``alembic_version``
   table, with :class:`HalfMigratedGradebook` saying what happened and how to repair it
-  (``python -m autograder.nbgrader_gradebook stamp gradebook.db``).
+  (``python -m autograder.nbgrader.gradebook stamp gradebook.db``).
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def install() -> None:
                 "created by an nbgrader that could not run `alembic` (not on PATH), and its "
                 "migrations would be skipped silently. If it holds no grades yet, delete it and "
                 "nbgrader creates a new one; otherwise repair it with: "
-                f"{Path(sys.executable).name} -m autograder.nbgrader_gradebook stamp {path}"
+                f"{Path(sys.executable).name} -m autograder.nbgrader.gradebook stamp {path}"
             )
         original(self, db_url, *args, **kwargs)
 
@@ -115,7 +115,7 @@ def install() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m autograder.nbgrader_gradebook stamp PATH``: repair a half-migrated gradebook."""
+    """``python -m autograder.nbgrader.gradebook stamp PATH``: repair a half-migrated gradebook."""
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__)

@@ -31,6 +31,7 @@ validate), points those names at :class:`CourseValidator`.
 from __future__ import annotations
 
 import html
+import textwrap
 from dataclasses import dataclass
 
 from nbconvert.filters import strip_ansi
@@ -94,8 +95,9 @@ def _points(x: float) -> str:
     return f"{text} point" + ("" if text == "1" else "s")
 
 
-def summary_text(results: list[CellResult], max_reason: int = 160) -> str:
-    """The summary: a count line, a line on the points, then one line per graded cell."""
+def summary_text(results: list[CellResult], max_reason: int = 160, wrap: int = 78) -> str:
+    """The summary: a count line, a line on the points, then one line per graded cell (a failed cell's
+    error below it, wrapped at ``wrap`` characters)."""
     counts = {s: sum(r.status == s for r in results) for s in (PASSED, FAILED, NOT_ANSWERED)}
     earned = sum(r.points for r in results if r.status == PASSED)
     total = sum(r.points for r in results)
@@ -106,10 +108,10 @@ def summary_text(results: list[CellResult], max_reason: int = 160) -> str:
     width = max((len(r.name) for r in results), default=0)
     for r in results:
         reason = r.reason if len(r.reason) <= max_reason else r.reason[: max_reason - 1] + "…"
-        line = f"  {r.status:<12}  {r.name:<{width}}  ({_points(r.points)})"
-        if r.status == FAILED:
-            line += f"  {reason}"
-        lines.append(line)
+        lines.append(f"  {r.status:<12}  {r.name:<{width}}  ({_points(r.points)})")
+        if r.status == FAILED:  # on lines of its own, wrapped: the dialog's <pre> does not wrap (issue 18)
+            lines += textwrap.wrap(reason, width=wrap, initial_indent=" " * 16, subsequent_indent=" " * 16,
+                                   break_on_hyphens=False)
     return "\n".join(lines)
 
 
