@@ -43,7 +43,6 @@ DEVICE = "cpu"
 
 # Correct answers that still lose points because of a grader fault another engineer owns (issue 16).
 OWNED_ELSEWHERE = {
-    "plot_attention__pytorch_seq2seq_show_attention": "lesson7: matplotlib lists empty tick labels outside the view",
     "flash_attention_forward__hf_named_flash_attention_forward_helper":
         "monitor: a helper named _flash_attention_* is taken for the forbidden built-in",
 }
@@ -131,7 +130,6 @@ def grade_in_process(path: Path, seeds=SEEDS) -> list[str]:
     return failures
 
 
-@pytest.mark.filterwarnings("ignore:set_ticklabels")  # the seq2seq tutorial labels ticks before fixing them
 @pytest.mark.parametrize("path", [expect(p) for p in REAL_WORLD])
 def test_real_world_answer_passes_every_case(path: Path):
     cell_facts.cache_clear()
