@@ -4,8 +4,9 @@ Each fixture in ``tests/fixtures/real_world/<item>__<source>.py`` is an answer c
 open-source implementation (the book's chapter 3, nanoGPT, the Annotated Transformer, d2l, Llama, Hugging Face,
 lucidrains, PyTorch's tutorials, a CS336 student's FlashAttention, ...) operation for operation, adapted to the
 course's names and signatures; its docstring records the source (repository, path, commit or URL), the license,
-what it follows and what glue was added (``README.md`` there). ``pending/`` holds answers for items that do not
-exist on this branch yet; nothing collects them.
+what it follows and what glue was added (``README.md`` there). The corpus covers the second edition's ten lessons;
+the first edition's ``train_self_attention`` answer became a ``train_language_model`` one, and graded
+``plot_attention`` is gone (given code now).
 
 The fast tests judge every fixture in-process on every case of its item (cpu, every dtype variant, three seeds)
 and run the needed-cells analysis on it; the slow ones grade a whole submission through the sandboxed grader (the
@@ -43,7 +44,6 @@ DEVICE = "cpu"
 
 # Correct answers that still lose points because of a grader fault another engineer owns (issue 16).
 OWNED_ELSEWHERE = {
-    "plot_attention__pytorch_seq2seq_show_attention": "lesson7: matplotlib lists empty tick labels outside the view",
     "flash_attention_forward__hf_named_flash_attention_forward_helper":
         "monitor: a helper named _flash_attention_* is taken for the forbidden built-in",
 }
@@ -96,7 +96,7 @@ def test_is_the_corpus_large_varied_and_sourced():
     assert len({item_of(p) for p in REAL_WORLD}) >= 25
     assert set(OWNED_ELSEWHERE) | set(SOURCE_DIFFERS) <= {p.stem for p in REAL_WORLD}
     repos = set()
-    for path in REAL_WORLD + sorted((FIXTURES / "pending").glob("*.py")):  # pending ones are sourced too
+    for path in REAL_WORLD:
         fields = provenance(path)
         assert set(fields) == {"Source", "License", "Follows", "Glue"}, f"{path.name}: {sorted(fields)}"
         assert re.search(r"@ [0-9a-f]{40}\b|https://", fields["Source"]), f"{path.name}: no commit or URL"
@@ -131,13 +131,62 @@ def grade_in_process(path: Path, seeds=SEEDS) -> list[str]:
     return failures
 
 
-@pytest.mark.filterwarnings("ignore:set_ticklabels")  # the seq2seq tutorial labels ticks before fixing them
 @pytest.mark.parametrize("path", [expect(p) for p in REAL_WORLD])
 def test_real_world_answer_passes_every_case(path: Path):
     cell_facts.cache_clear()
     cell_facts(path.read_text(encoding="utf-8"))  # the needed-cells analysis reads it without crashing
     failures = grade_in_process(path)
     assert not failures, "\n".join(failures[:6])
+
+
+# --- the glue that second-edition answers need is load-bearing: without it the same sources fail ---------------
+
+
+def exec_fixture(path: Path, source: str | None = None) -> dict:
+    namespace = dict(vars(solutions))
+    exec(compile(source or path.read_text(encoding="utf-8"), str(path), "exec"), namespace)
+    return namespace
+
+
+def failing_cases(item: str, namespace: dict, seed: int = 0, dtype: str = "float64") -> set[str]:
+    """The names of the cases of ``item`` that the answer in ``namespace`` fails (judged as the grader judges)."""
+    failed = set()
+    for case in ITEMS[item].cases(seed, dtype):
+        reference = reference_outputs(case, DEVICE, dtype)
+        torch.manual_seed(0)
+        if not judge(case, run_on(namespace, case, DEVICE, dtype), reference, DEVICE).passed:
+            failed.add(case.name)
+    return failed
+
+
+def test_does_sink_cache_without_its_trim_fail_on_a_prompt_longer_than_the_window():
+    """Hugging Face's SinkCache stores a first chunk whole: without the recorded trim, the 7-token prompt into a
+    4-entry window keeps 7 entries, and only that case fails."""
+    path = FIXTURES / "KVCache__hf_sink_cache.py"
+    source = path.read_text(encoding="utf-8")
+    trim = "        if self.window_length is not None and self.get_seq_length() > self.window_length:\n"
+    assert source.count(trim) == 1
+    assert failing_cases("KVCache", exec_fixture(path)) == set()
+    assert failing_cases("KVCache", exec_fixture(path, source.replace(trim, "        if False:\n"))) == \
+        {"window_4_one_sink_long_prompt"}
+
+
+@pytest.mark.parametrize("name", ["flash_attention_forward__lucidrains_flash_attention",
+                                  "flash_attention_forward__cs336_split_tiles_keyword_only_causal"])
+def test_do_forward_answers_that_ignore_the_window_fail_its_cases(name):
+    """The sources have no window: called as they were (causal, window ignored), every window case but the one whose
+    window is longer than the sequence fails, so the window glue is what makes them pass."""
+    namespace = exec_fixture(FIXTURES / f"{name}.py")
+    glued = namespace["flash_attention_forward"]
+
+    def no_window(q, k, v, causal=False, block_q=64, block_k=64, window_size=None):
+        return glued(q, k, v, causal or window_size is not None, block_q, block_k)
+
+    from exercises.lessons.lesson9_flash_forward import WINDOW_SHAPES
+    windows = {shape[0] for shape in WINDOW_SHAPES}
+    assert failing_cases("flash_attention_forward", namespace) == set()
+    failed = failing_cases("flash_attention_forward", {**namespace, "flash_attention_forward": no_window})
+    assert failed == windows - {"window_larger_than_n"}, sorted(failed)
 
 
 # --- the float32 angles (issue 16): a float32 table is judged with the rounding of its own angles -------------
