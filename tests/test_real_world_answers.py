@@ -43,10 +43,7 @@ SEEDS = (0, 1, 2)
 DEVICE = "cpu"
 
 # Correct answers that still lose points because of a grader fault another engineer owns (issue 16).
-OWNED_ELSEWHERE = {
-    "flash_attention_forward__hf_named_flash_attention_forward_helper":
-        "monitor: a helper named _flash_attention_* is taken for the forbidden built-in",
-}
+OWNED_ELSEWHERE: dict[str, str] = {}
 # Answers whose source itself is not exact to the course's float64 tolerance (no grader fault): they fail with a
 # message that says what differs, and the report says why.
 SOURCE_DIFFERS = {
