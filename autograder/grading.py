@@ -99,8 +99,9 @@ def _call_problem(item: Item, result: CallResult, prepared: PreparedNotebook) ->
     if result.status in ("crashed", "missing", "harness"):
         return "error", error.get("message", "the worker died")
     if error.get("type") == "NotImplementedError":
-        return "error", (f"not implemented: the answer cell `{item.name}` still raises NotImplementedError; "
-                         f"replace the `raise NotImplementedError(...)` line with your code")
+        return "error", _not_implemented(item.name)
+    if result.status == "program" and item.name in prepared.cell_errors:
+        return "error", _definition_problem(item, prepared)
     if result.status == "program":
         cause = prepared.syntax_errors.get(item.name)
         if item.name in prepared.missing_answers:
@@ -109,6 +110,44 @@ def _call_problem(item: Item, result: CallResult, prepared: PreparedNotebook) ->
     text = f"{error.get('type', 'Exception')}: {error.get('message', '')}"
     hint = explain_error(item.name, text) or device_hint(text)
     return "error", f"{text}{where}" + (f" -- likely mistake: {hint}" if hint else "")
+
+
+def _not_implemented(name: str) -> str:
+    return (f"not implemented: the answer cell `{name}` still raises NotImplementedError; "
+            f"replace the `raise NotImplementedError(...)` line with your code")
+
+
+def _unanswered_paste(item: Item, prepared: PreparedNotebook) -> tuple[str, str] | None:
+    """(missing name, the cell meant to define it) when ``item``'s cell failed on a name it builds on (one of
+    its ``depends_on``, an earlier lesson's answer) whose paste cell is still unanswered (NotImplementedError)."""
+    error = prepared.cell_errors.get(item.name, {})
+    missing = re.search(r"name '(\w+)' is not defined", error.get("message", ""))
+    if error.get("type") != "NameError" or not missing or missing.group(1) not in item.depends_on:
+        return None
+    name = missing.group(1)
+    defines = re.compile(rf"^\s*(?:class|def)\s+{re.escape(name)}\b", re.M)
+    snake = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()  # MultiHeadAttention -> multi_head_attention
+    unanswered = [gid for gid, other in prepared.cell_errors.items() if other.get("type") == "NotImplementedError"]
+    for gid in unanswered:
+        if defines.search(prepared.answer_sources.get(gid, "")) or gid.startswith(snake):
+            return name, gid
+    return None
+
+
+def _definition_problem(item: Item, prepared: PreparedNotebook) -> str:
+    """What to fix when ``item`` is not defined because its own answer cell raised when it ran."""
+    name = item.name
+    error = prepared.cell_errors[name]
+    if error.get("type") == "NotImplementedError":
+        return _not_implemented(name)
+    paste = _unanswered_paste(item, prepared)
+    if paste:
+        return (f"not implemented: the answer cell `{name}` needs `{paste[0]}`, which the cell `{paste[1]}` "
+                f"defines once you paste your answer from the earlier lesson there (it still raises "
+                f"NotImplementedError)")
+    text = f"{error.get('type', 'Exception')}: {error.get('message', '')}"
+    hint = explain_error(name, text) or device_hint(text)
+    return f"the answer cell `{name}` raised {text} when it ran" + (f" -- likely mistake: {hint}" if hint else "")
 
 
 DEVICE_FAULT = re.compile(r"Expected all tensors to be on the same device|expected .*device|device type cuda|"
@@ -161,6 +200,7 @@ def grade_notebook(notebook: str, student_path: Path | None, seed: int, devices:
             notes.append(f"cell `{spec.grade_id}` {cell.error.get('message', cell.status)}")
         elif cell.status == "error" and spec.kind == "answer":
             err = cell.error
+            prepared.cell_errors[spec.grade_id] = err
             notes.append(f"answer cell `{spec.grade_id}` raised {err.get('type')}: {err.get('message', '')[:200]}")
 
     outcomes = judge_run(items, notebook, devices, plan, run.calls, source.points, prepared, references)
@@ -288,7 +328,9 @@ def _isolate_failures(items: list[Item], notebook: str, devices: list[str], plan
     """
     from autograder.oracle import OracleResponder
 
-    retry = plan_regrades(items, outcomes, prepared.missing_answers)
+    # an item whose class could not even be defined for want of a pasted answer has nothing to grade again
+    unanswered = {item.name for item in items if _unanswered_paste(item, prepared)}
+    retry = plan_regrades(items, outcomes, prepared.missing_answers | unanswered)
     if not retry:
         return outcomes
     oracles = {d: "class" if d[0].isupper() else "function" for deps in retry.values() for d in deps}

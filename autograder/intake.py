@@ -39,6 +39,8 @@ class PreparedNotebook:
     missing_answers: set[str] = field(default_factory=set)
     syntax_errors: dict[str, str] = field(default_factory=dict)
     answer_sources: dict[str, str] = field(default_factory=dict)
+    # filled once the worker ran the cells: the error each answer cell raised when it ran (not when called)
+    cell_errors: dict[str, dict] = field(default_factory=dict)
 
 
 def read_student_notebook(path: Path) -> list[dict]:

@@ -248,3 +248,42 @@ def test_do_stand_ins_draw_the_references_random_numbers_whatever_other_threads_
     responder.begin_call()  # the next call starts over
     again = responder(request, {})[1]
     assert all(torch.equal(again[k], first[k]) for k in first)
+
+
+# --- an answer cell that fails when it runs (not when called) ----------------------------------------------
+def _prepared_with_cell_errors(errors: dict[str, dict], sources: dict[str, str]) -> intake.PreparedNotebook:
+    prepared = intake.PreparedNotebook(cells=[])
+    prepared.cell_errors.update(errors)
+    prepared.answer_sources.update(sources)
+    return prepared
+
+
+def test_does_a_class_built_on_an_unpasted_answer_say_not_implemented_and_where_to_paste():
+    """The release of lesson 7: `class RotaryMultiHeadAttention(MultiHeadAttention)` cannot be defined while the
+    paste cell for lesson 5's class still raises: the row says "not implemented" and names the cell, and the item
+    is not graded again with stand-ins (there is no class to grade)."""
+    from autograder.grading import _definition_problem, _unanswered_paste
+    from exercises.catalogue import ITEMS
+
+    item = ITEMS["RotaryMultiHeadAttention"]
+    prepared = _prepared_with_cell_errors(
+        {"RotaryMultiHeadAttention": {"type": "NameError", "message": "name 'MultiHeadAttention' is not defined"},
+         "multi_head_attention_from_lesson_5": {"type": "NotImplementedError", "message": "write your answer"}},
+        {"multi_head_attention_from_lesson_5": "raise NotImplementedError('write your answer here')"})
+    assert _unanswered_paste(item, prepared) == ("MultiHeadAttention", "multi_head_attention_from_lesson_5")
+    message = _definition_problem(item, prepared)
+    assert message.startswith("not implemented") and "`multi_head_attention_from_lesson_5`" in message
+
+
+def test_does_a_cell_that_fails_on_its_own_say_what_it_raised():
+    """A typo of the student's own (a name no earlier answer defines) is not "not implemented": the row says what
+    the cell raised when it ran."""
+    from autograder.grading import _definition_problem, _unanswered_paste
+    from exercises.catalogue import ITEMS
+
+    item = ITEMS["RotaryMultiHeadAttention"]
+    prepared = _prepared_with_cell_errors(
+        {"RotaryMultiHeadAttention": {"type": "NameError", "message": "name 'MultiHeadAtention' is not defined"}}, {})
+    assert _unanswered_paste(item, prepared) is None
+    message = _definition_problem(item, prepared)
+    assert "not implemented" not in message and "raised NameError: name 'MultiHeadAtention'" in message
