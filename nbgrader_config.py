@@ -96,6 +96,14 @@ c.Autograde.sanitize_preprocessors = [ClearOutput, DeduplicateIds, OverwriteKern
 from autograder.nbgrader.readable import FeedbackHeader, StudentName  # noqa: E402
 
 c.GenerateFeedback.preprocessors = [GetGrades, HideHiddenTests, FeedbackHeader, CSSHTMLHeaderPreprocessor]
+# MathJax from the Jupyter server that shows the page (the jupyter-server-mathjax package), not from a CDN:
+# math renders on an offline course server. nbgrader's feedback template ignores HTMLExporter.mathjax_url;
+# the course's templates folder, searched before nbgrader's, holds feedback/mathjax.html.j2 with the local
+# URL as its default (see autograder/nbgrader/mathjax.py). The template names stay nbgrader's.
+from autograder.nbgrader import mathjax as feedback_mathjax  # noqa: E402
+
+c.HTMLExporter.extra_template_basedirs = feedback_mathjax.template_dirs()
+c.HTMLExporter.mathjax_url = feedback_mathjax.MATHJAX_URL
 
 # --- JupyterLab and the Formgrader (issue 11) -----------------------------------------------------
 # Each nbgrader process (command line, Formgrader, Assignment List, Validate button) loads this file

@@ -77,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         pytest_args = [str(manifest), "-c", str(Path(tmp) / "pytest.ini"), "--rootdir", tmp,
                        "-p", "no:cacheprovider", "-o", "console_output_style=count",
                        "-W", "ignore::pytest.PytestAssertRewriteWarning",
-                       *(["-q", "--tb=no", "-rN"] if args.quiet else ["--tb=line", "-rfE"])]
+                       # what failed is in each score table, once and wrapped; pytest's FAILURES section and
+                       # short summary would repeat it, cut to the terminal's width
+                       "--tb=no", "-rN", *(["-q"] if args.quiet else [])]
         if args.junit:
             pytest_args.append(f"--junitxml={args.junit.resolve()}")
         code = pytest.main(pytest_args)

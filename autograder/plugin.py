@@ -14,6 +14,7 @@ with pytest's internal-error status (3); ``python -m autograder`` turns that int
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -48,8 +49,27 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
 
 
+def terminal_width() -> int:
+    """The width the score tables wrap to: the terminal's, kept between 60 and 120 characters."""
+    return max(60, min(shutil.get_terminal_size((100, 24)).columns, 120))
+
+
+def _collection_errors(terminalreporter, width: int) -> None:
+    """Collection errors (the manifest could not be read, a bad shard), whole and wrapped: under ``--tb=no``
+    (what ``python -m autograder grade`` runs with, its table saying what failed) pytest would print none."""
+    from autograder import report
+
+    for rep in terminalreporter.stats.get("error", []):
+        if rep.when == "collect" and rep.longrepr is not None and MANIFEST_SUFFIX in rep.nodeid:
+            terminalreporter.write_line("")
+            for line in report.wrapped(f"ERROR {rep.nodeid}: {report.readable(str(rep.longrepr))}", width, "", "  "):
+                terminalreporter.write_line(line, red=True)
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
     session = config.stash.get(SESSION_KEY, None)
+    if config.option.tbstyle == "no":
+        _collection_errors(terminalreporter, terminal_width())
     if session is not None and session.fatal:
         terminalreporter.write_line("")
         for line in session.fatal.splitlines():
@@ -58,9 +78,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
         return
     from autograder import report
 
+    width = terminal_width()
     for sub in session.submissions:
         terminalreporter.write_line("")
-        for line in report.table(sub).splitlines():
+        for line in report.table(sub, width).splitlines():
             terminalreporter.write_line(line)
     if len(session.submissions) > 1:
         terminalreporter.write_line("")
@@ -68,12 +89,15 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
     failed = [sub for sub in session.submissions if sub.grader_errors]
     if failed:
         terminalreporter.write_line("")
-        terminalreporter.write_line(f"could not grade {len(failed)} submission(s): the grader failed, not the student "
-                                    "(they are left out of the CSV and Gradescope files, listed under `not_graded` "
-                                    "in the JSON):", red=True, bold=True)
+        for line in report.wrapped(f"could not grade {len(failed)} submission(s): the grader failed, not the student "
+                                   "(they are left out of the CSV and Gradescope files, listed under `not_graded` "
+                                   "in the JSON):", width, "", ""):
+            terminalreporter.write_line(line, red=True, bold=True)
         for sub in failed:
             for notebook, why in sub.grader_errors.items():
-                terminalreporter.write_line(f"  {Path(sub.path).name} / {notebook}: {why}")
+                for line in report.wrapped(f"{Path(sub.path).name} / {notebook}: {report.readable(why)}",
+                                           width, "  ", "    "):
+                    terminalreporter.write_line(line)
     opt = session.options
     if opt["json"]:
         batch = {"seed": session.seed, "devices": session.devices, **(session.batch or {})}

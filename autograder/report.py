@@ -9,7 +9,9 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import tempfile
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -168,20 +170,63 @@ SHORT = {"float64": "f64", "float32": "f32", "bfloat16": "bf16", "float16": "f16
 SYMBOL = {"passed": "ok", "failed": "FAIL", "error": "ERR", "timeout": "TIME", "skipped": "--"}
 
 
-def table(sub: SubmissionReport) -> str:
-    """Item x device table with points, then the messages of what failed."""
+WIDTH = 100  # the terminal table's default line width
+MESSAGE_LIMIT = 1200  # characters of one message shown in the terminal; the JSON report keeps it whole
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200b-\u200f\u202a-\u202e\u2066-\u2069]+")
+
+
+def readable(message: str, limit: int = MESSAGE_LIMIT) -> str:
+    """``message`` as one line of plain words: colours, control and direction characters gone, runs of
+    whitespace one space, and, past ``limit`` characters, cut at the last space with how much was left out.
+
+    A message comes from the student's worker: it may be megabytes long, one unbroken token, or full of
+    terminal escapes; none of that may garble the instructor's terminal.
+    """
+    text = " ".join(_CONTROL.sub(" ", _ANSI.sub("", message)).split())
+    if len(text) <= limit:
+        return text
+    cut = text.rfind(" ", limit // 2, limit)
+    cut = cut if cut > 0 else limit  # one token longer than half the limit: not a word, cut where it must be
+    return f"{text[:cut]} … ({len(text) - cut} more characters in the JSON report)"
+
+
+def wrapped(text: str, width: int, indent: str, hang: str) -> list[str]:
+    """``text`` in lines of at most ``width`` characters, broken between words (a token longer than a whole
+    line, which is no word, is split so that no line runs past ``width``)."""
+    return textwrap.wrap(text, width=max(width, len(hang) + 20), initial_indent=indent, subsequent_indent=hang,
+                         break_on_hyphens=False, break_long_words=True) or [indent.rstrip()]
+
+
+def what_to_fix(outcomes: list[TestOutcome], width: int = WIDTH) -> list[str]:
+    """The lines of "what to fix": each failure once (variants of an item with the same message share one
+    entry), each wrapped between words."""
+    groups: dict[tuple[str, str], list[TestOutcome]] = {}
+    for t in outcomes:
+        if t.status not in ("passed", "skipped"):
+            groups.setdefault((t.item, readable(t.message)), []).append(t)
+    lines = []
+    for (item, message), rows in groups.items():
+        where = ", ".join(t.name[len(item) + 1:-1] for t in rows)  # "cpu-float64, cpu-float32"
+        lines += wrapped(f"- {item}[{where}]: {message}", width, "   ", "     ")
+    return lines
+
+
+def table(sub: SubmissionReport, width: int = WIDTH) -> str:
+    """Item x device table with points, then the messages of what failed, every line at most ``width``
+    characters wide and broken between words (the table's own rows excepted)."""
     devices = ["cpu", "cuda"]
     if sub.grader_errors:
-        return (f"== {sub.path}: NOT GRADED: the grader failed on "
-                f"{', '.join(sub.grader_errors)} (not the student's fault; see below)")
+        head = (f"== {sub.path}: NOT GRADED: the grader failed on {', '.join(sub.grader_errors)} "
+                "(not the student's fault; see below)")
+        return "\n".join(wrapped(head, width, "", "   "))
     lines = [f"== {sub.path}: {sub.score:g} / {sub.max_score:g} points (seed {sub.seed}, "
              f"{sum(nb.seconds for nb in sub.notebooks):.1f} s)"]
     if not sub.gpu_exercised:
-        lines.append(f"   ! {gpu_not_exercised()}")
+        lines += wrapped(f"! {gpu_not_exercised()}", width, "   ", "     ")
     if sub.isolation == "rlimits":
-        lines.append(f"   ! {ISOLATION_NOTE['rlimits']}")
+        lines += wrapped(f"! {ISOLATION_NOTE['rlimits']}", width, "   ", "     ")
     lines.append(f"   {'item':<30} {'cpu':<22} {'cuda':<22} points")
-    failures = []
     for nb in sub.notebooks:
         for item in dict.fromkeys(t.item for t in nb.outcomes):
             rows = [t for t in nb.outcomes if t.item == item]
@@ -193,11 +238,12 @@ def table(sub: SubmissionReport) -> str:
             score = sum(t.score for t in rows)
             maximum = sum(t.max_score for t in rows)
             lines.append(f"   {item:<30} {cells[0]:<22} {cells[1]:<22} {score:g}/{maximum:g}")
-            failures += [f"   - {t.name}: {t.message}" for t in rows if t.status not in ("passed", "skipped")]
-        lines += [f"   note: {nb.notebook}: {note}" for note in nb.notes]
-    if failures:
+        for note in nb.notes:
+            lines += wrapped(f"note: {nb.notebook}: {readable(note)}", width, "   ", "     ")
+    fixes = what_to_fix(sub.tests, width)
+    if fixes:
         lines.append("   what to fix:")
-        lines += [f[:400] for f in failures]
+        lines += fixes
     return "\n".join(lines)
 
 

@@ -5,12 +5,18 @@ A real JupyterLab runs on a loopback port in a temporary copy of the course (``n
 README says once the environment exists: ``.venv/bin/jupyter lab`` from the course root, *without*
 activating the environment (PATH has no ``alembic``; the Formgrader must work anyway).
 
-Student: open lesson 1 from ``release/``, type the reference answer of ``attention_scores_loop``
-into its answer cell, Run All, see the visible check's pass message and a plot, press Validate and
-read its summary, open the Assignment List (no exchange errors).
+Student (the README's path): open lesson 1 from ``workspace/self_attention/`` (filled from the release by
+``scripts/workspace.py``, as ``bash run.sh lab`` does), type the reference answer of
+``attention_scores_loop`` into its answer cell and save, Run All, see the visible check's pass message
+and a plot, press Validate and read its summary (first, under no "The following cell failed:"), open
+the Assignment List (no exchange errors).
 Instructor: open the Formgrader from the Nbgrader menu, see the assignment, Generate it, autograde
-the submitted example ``one_wrong`` (its lesson 6, the notebook with its wrong answer, copied to
-``submitted/``) from the Formgrader, check the score, generate its feedback and open it.
+the submitted example ``one_wrong`` (its lesson 7, the notebook with its wrong answer, copied to
+``submitted/``) from the Formgrader, check the score, generate its feedback, open it and see its math
+typeset by the MathJax the Jupyter server serves (no CDN).
+Saved work: after the Formgrader's Generate, ``nbgrader generate_assignment --force`` and
+``scripts/release.py --root COURSE`` (what ``bash run.sh main`` runs first), the student's saved notebook
+is byte for byte what the Lab saved, and shows the answer when opened again.
 
 Screenshots of each step go to ``reports/browser/`` (gitignored), with ``timings.json``. Needs Debian's
 ``chromium`` and ``chromium-driver`` (installed here with apt-get when missing, as root) and the
@@ -44,6 +50,7 @@ SHOTS = ROOT / "reports" / "browser"
 BIN = Path(sys.executable).parent
 TOKEN = "selfattn-browser-test"
 STUDENT_NOTEBOOK = "01_attention_scores.ipynb"
+WORKSPACE = f"workspace/{ASSIGNMENT}"  # the README's student path (scripts/workspace.py)
 ANSWERED = "attention_scores_loop"
 EXAMPLE = "one_wrong"  # bundled example submission, with one wrong answer (ONE_WRONG_ITEM, in lesson 7)
 # Only this notebook of the example is collected: autograding all seven takes 1.5-3 minutes here, one
@@ -51,6 +58,7 @@ EXAMPLE = "one_wrong"  # bundled example submission, with one wrong answer (ONE_
 SUBMITTED_NOTEBOOK = "07_tiny_language_model"
 APT_PACKAGES = ["chromium", "chromium-driver"]
 TIMINGS: dict[str, float] = {}
+SAVED: dict[str, bytes] = {}  # the student's notebook as the Lab saved it (the saved-work test compares)
 
 
 # --- Chromium and Selenium ------------------------------------------------------------------------
@@ -119,6 +127,10 @@ def course(tmp_path_factory) -> Path:
     shutil.copy2(ROOT / "nbgrader_config.py", root)
     for folder in ("source", "release", "examples"):
         shutil.copytree(ROOT / folder, root / folder, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    # the student's workspace, filled from the release as `bash run.sh lab` does before the Lab starts
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "workspace.py"), "--release",
+                    str(root / "release" / ASSIGNMENT), "--workspace", str(root / WORKSPACE)],
+                   check=True, capture_output=True, timeout=60)
     submitted = root / "submitted" / EXAMPLE / ASSIGNMENT
     submitted.mkdir(parents=True)
     shutil.copy2(ROOT / "examples" / "submissions" / EXAMPLE / ASSIGNMENT / f"{SUBMITTED_NOTEBOOK}.ipynb", submitted)
@@ -147,9 +159,12 @@ def lab(course, tmp_path_factory):
         pytest.skip(f"JupyterLab is not installed in {BIN} (the dev extra)")
     state = tmp_path_factory.mktemp("lab-state")
     settings = state / "settings"
-    # no news pop-up over the screenshots; every cell in the DOM (JupyterLab renders only visible cells)
+    # no news pop-up over the screenshots; every cell in the DOM (JupyterLab renders only visible cells);
+    # no autosave
     for name, value in {"apputils-extension/notification": {"fetchNews": "false", "checkForUpdates": False},
-                        "notebook-extension/tracker": {"windowingMode": "none"}}.items():
+                        "notebook-extension/tracker": {"windowingMode": "none"},
+                        # what is on disk is what the student saved (File > Save), not Run All's autosaved outputs
+                        "docmanager-extension/plugin": {"autosave": False}}.items():
         path = settings / "@jupyterlab" / f"{name}.jupyterlab-settings"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(value))
@@ -254,7 +269,7 @@ def text_of(driver, css: str) -> str:
 # --- the student -------------------------------------------------------------------------------------
 
 
-def test_student_answers_runs_and_validates_in_jupyterlab(browser, lab):
+def test_student_answers_runs_and_validates_in_jupyterlab(browser, lab, course):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as ec
@@ -264,8 +279,8 @@ def test_student_answers_runs_and_validates_in_jupyterlab(browser, lab):
     answer = strip_solution_delimiters(answer_cells(source)[ANSWERED].source)
     pass_message = f"{ANSWERED}: all visible checks passed"
 
-    with step("student: open the release notebook"):
-        browser.get(f"{url}/lab/tree/release/{ASSIGNMENT}/{STUDENT_NOTEBOOK}?token={TOKEN}")
+    with step("student: open the notebook in the workspace"):
+        browser.get(f"{url}/lab/tree/{WORKSPACE}/{STUDENT_NOTEBOOK}?token={TOKEN}")
         wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".jp-Notebook .jp-Cell")) > 20 and kernel_idle(d),
              180, "the notebook did not open with an idle kernel")
         shot(browser, "01_student_notebook_open")
@@ -281,6 +296,17 @@ def test_student_answers_runs_and_validates_in_jupyterlab(browser, lab):
         typed = cell.find_element(By.CSS_SELECTOR, ".cm-content").text
         assert "NotImplementedError" not in typed and "scores[i, j] = torch.dot" in typed, typed
         shot(browser, "02_student_answer_typed", cell)
+
+    with step("student: save"):
+        menu(browser, "File", "docmanager:save")
+        saved = course / WORKSPACE / STUDENT_NOTEBOOK
+
+        def answer_saved(_driver) -> bool:
+            cells = nbformat.reads(saved.read_text(), as_version=4).cells
+            return any("scores[i, j] = torch.dot" in c.source and "NotImplementedError" not in c.source
+                       for c in cells if c.cell_type == "code")
+
+        wait(browser, answer_saved, 60, "the answer was not saved to the workspace notebook")
 
     with step("student: Run All (until the next unanswered exercise)"):
         menu(browser, "Run", "runmenu:run-all")
@@ -304,7 +330,9 @@ def test_student_answers_runs_and_validates_in_jupyterlab(browser, lab):
         text = dialog.text
         shot(browser, "05_student_validate", dialog)
         lines = [x.strip() for x in text.splitlines()]
-        assert "Summary of the graded cells: 1 passed, 0 failed, 5 not answered" in lines, text[:3000]
+        # the summary opens the dialog, under no "The following cell failed:" (Selenium's text is what shows)
+        assert lines[0] == "Summary of the graded cells: 1 passed, 0 failed, 5 not answered", text[:3000]
+        assert "The following cell failed:" not in text, text[:3000]
         assert any(x.split() == ["passed", ANSWERED, "(1", "point)"] for x in lines), text[:3000]
         assert sum(x.startswith("not answered ") for x in lines) == 5, text[:3000]
         assert len(text) < 3000, f"Validate's result is {len(text)} characters long"
@@ -321,6 +349,11 @@ def test_student_answers_runs_and_validates_in_jupyterlab(browser, lab):
 
     log = log_path.read_text()
     assert "ExchangeError" not in log and "FileNotFoundError" not in log, log[-3000:]
+    # the notebook as the student last saved it (Validate saves before it validates): the saved-work test's
+    # reference; autosave is off, so nothing else writes it from here on
+    saved = course / WORKSPACE / STUDENT_NOTEBOOK
+    assert answer_saved(None)
+    SAVED[STUDENT_NOTEBOOK] = saved.read_bytes()
 
 
 # --- the instructor ----------------------------------------------------------------------------------
@@ -397,6 +430,15 @@ def test_instructor_grades_in_the_formgrader(browser, lab, course):
         earned, in_notebook, _ = expected_score()
         assert f"{SUBMITTED_NOTEBOOK} (Score: {earned:.1f} / {in_notebook:.1f})" in body, body[:2000]
         assert "hidden tests ran here" in body and "BEGIN HIDDEN TESTS" not in body
+        # the math is typeset by the MathJax of this Jupyter server (jupyter-server-mathjax), not a CDN
+        from autograder.nbgrader.mathjax import MATHJAX_URL
+
+        assert MATHJAX_URL in (course / feedback).read_text() and "cdnjs" not in (course / feedback).read_text()
+        wait(browser, lambda d: d.execute_script(
+            "return !!(window.MathJax && MathJax.Hub) && document.querySelectorAll('.MathJax, .MathJax_SVG').length"),
+            60, "MathJax did not typeset the feedback's math")
+        math = browser.find_elements(By.CSS_SELECTOR, ".MathJax, .MathJax_SVG")
+        shot(browser, "12b_instructor_feedback_math", math[0])
         # the table of contents links each test cell; follow the one that lost its points
         lost = browser.find_element(By.XPATH, "//li[contains(., '(Score: 0.0')]/a")
         lost.click()
@@ -409,3 +451,42 @@ def test_instructor_grades_in_the_formgrader(browser, lab, course):
     assert len(version) == 1, "the gradebook was created without its alembic version"
     log = log_path.read_text()
     assert "FileNotFoundError" not in log and "ExchangeError" not in log, log[-3000:]
+
+
+# --- saved work survives the instructor's commands ----------------------------------------------------
+
+
+def test_saved_work_survives_generate_and_release_py(browser, lab, course):
+    """The answer the student saved in the workspace (first test) after the Formgrader's Generate (second
+    test), ``nbgrader generate_assignment --force`` and ``scripts/release.py`` (``bash run.sh main``'s
+    first step) rewrote ``release/``: the same bytes on disk, and the answer in the Lab."""
+    from selenium.webdriver.common.by import By
+
+    url, _ = lab
+    assert STUDENT_NOTEBOOK in SAVED, "the student test saved no answer (it failed before saving)"
+    assert "instructor: Generate the student version" in TIMINGS, "the Formgrader's Generate did not run"
+    saved = course / WORKSPACE / STUDENT_NOTEBOOK
+    released = course / "release" / ASSIGNMENT / STUDENT_NOTEBOOK
+    assert saved.read_bytes() == SAVED[STUDENT_NOTEBOOK], "Generate (Formgrader) changed the student's notebook"
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", PYTHONPATH=str(ROOT))
+    for name, command in [
+        ("instructor: nbgrader generate_assignment --force",
+         [str(BIN / "nbgrader"), "generate_assignment", ASSIGNMENT, "--force"]),
+        ("instructor: scripts/release.py",
+         [sys.executable, str(ROOT / "scripts" / "release.py"), "--root", str(course)]),
+    ]:
+        before = released.stat().st_mtime_ns
+        with step(name):
+            proc = subprocess.run(command, cwd=course, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, f"{name} failed:\n{proc.stdout[-2000:]}{proc.stderr[-3000:]}"
+        assert released.stat().st_mtime_ns != before, f"{name} did not rewrite release/ (nothing was tested)"
+        assert saved.read_bytes() == SAVED[STUDENT_NOTEBOOK], f"{name} changed the student's notebook"
+
+    with step("student: open the saved notebook again"):
+        browser.get(f"{url}/lab/tree/{WORKSPACE}/{STUDENT_NOTEBOOK}?token={TOKEN}")
+        wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".jp-Notebook .jp-Cell")) > 20, 180,
+             "the saved notebook did not open")
+        cells = browser.find_elements(By.CSS_SELECTOR, ".jp-Notebook .jp-CodeCell")
+        mine = [c for c in cells if f"def {ANSWERED}(" in c.text]
+        assert mine and "scores[i, j] = torch.dot" in mine[0].text and "NotImplementedError" not in mine[0].text
+        shot(browser, "14_student_work_after_regeneration", mine[0])

@@ -309,5 +309,9 @@ def test_validate_starts_with_a_summary_on_a_real_release_notebook(course):
     # after the summary: the failed cell, in full; no entry for the unanswered ones
     assert len(failed) == 2 and "attention_scores(book_inputs)" in failed[1]["source"]
     assert "AssertionError" in failed[1]["raw_error"]
+    # the Lab dialog: the summary's HTML carries the style that hides the extension's "The following cell
+    # failed:" above it (checked in a real browser in tests/test_browser.py); a failed cell keeps its heading
+    assert failed[0]["error"].startswith(nv.DIALOG_STYLE) and "<style>" not in failed[1]["error"]
+    assert "<style>" not in failed[0]["raw_error"]
     assert sum(len(e["source"]) + len(e["raw_error"]) for e in failed) < 8000
     assert out["printed"].startswith("Summary of the graded cells: 1 passed, 1 failed, 4 not answered")

@@ -795,6 +795,11 @@ def test_feedback_of_failing_hidden_tests_in_a_fixture_course(tmp_path):
     assert "UserWarning: the hidden test warns" in text  # why the cell scored 0 stays visible
     assert "AssertionError: add(1, 2) should be 3" in text
     assert "(Score: 0.0 / 2.0)" in text
+    # MathJax from the Jupyter server, not a CDN (autograder/nbgrader/mathjax.py), through the real command
+    from autograder.nbgrader.mathjax import MATHJAX_URL
+
+    page = (root / "feedback" / "s1" / ASSIGNMENT / "01_fixture.html").read_text()
+    assert f'src="{MATHJAX_URL}"' in page and "cdnjs" not in page
 
 
 @pytest.mark.slow

@@ -14,7 +14,8 @@ validate`` show it, and changes its content:
 * the first ``failed`` entry is the summary: its ``source`` has one line per graded cell,
   ``passed``, ``FAILED`` (with the error's last line) or ``not answered`` (the cell's check raised
   ``NotImplementedError``: the stub is still there), and the points at stake; its ``error`` says
-  what to do about them;
+  what to do about them, with a style (:data:`DIALOG_STYLE`) that removes the extension's heading
+  "The following cell failed:" from above the summary and wraps long lines in the dialog;
 * a cell that is only *not answered* has no entry of its own (its source and traceback would bury
   the rest; the summary names it);
 * a cell that *failed* keeps its source and error, as nbgrader shows them.
@@ -115,6 +116,17 @@ def summary_text(results: list[CellResult], max_reason: int = 160, wrap: int = 7
     return "\n".join(lines)
 
 
+# The Lab extension (nbgrader 0.9.6, labextension/static/161.*.js, function building "validation-message")
+# puts each ``failed`` entry under a fixed paragraph "The following cell failed:", then the source in a <pre>
+# (innerText) and the error in a <pre> as HTML (innerHTML). The heading cannot be configured, but a <style>
+# in the summary's error HTML applies while the dialog is open (a <style> set through innerHTML takes
+# effect; a <script> would not run): it hides the first entry's heading, so the summary opens the dialog
+# under its own first line, and wraps every <pre> of the dialog, so no traceback runs off its right edge.
+# Other readers of the result (``nbgrader validate``, the classic notebook) get the plain notes in raw_error.
+DIALOG_STYLE = ("<style>#validation-message > div:first-child { display: none; } "
+                "#validation-message pre { white-space: pre-wrap; overflow-wrap: anywhere; }</style>")
+
+
 def notes_text(results: list[CellResult]) -> str:
     """What to do about the summary's cells, for the box under it."""
     notes = []
@@ -143,7 +155,7 @@ class CourseValidator(Validator):
             return results
         rows = cell_results(self._executed)
         notes = notes_text(rows)
-        summary = {"source": summary_text(rows), "error": html.escape(notes), "raw_error": notes}
+        summary = {"source": summary_text(rows), "error": DIALOG_STYLE + html.escape(notes), "raw_error": notes}
         # a cell that is only unanswered is in the summary; its source and traceback would bury the rest
         unanswered = {
             c.source.strip()
