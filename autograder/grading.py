@@ -194,7 +194,7 @@ def grade_notebook(notebook: str, student_path: Path | None, seed: int, devices:
     prefetch.start()  # the reference outputs are computed here while the worker runs the student's code
     run = run_calls(prepared.cells, calls, limits, use_bwrap, pool)
     prefetch.join()
-    notes = list(prepared.notes)
+    notes = list(prepared.notes) + run.notes
     for spec, cell in zip(prepared.cells, run.cells, strict=True):
         if cell.status in ("timeout", "crashed"):
             notes.append(f"cell `{spec.grade_id}` {cell.error.get('message', cell.status)}")

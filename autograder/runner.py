@@ -87,7 +87,13 @@ class RunResult:
     isolation: str
     output: str
     seconds: float
+    notes: list[str] = field(default_factory=list)  # what the report must say of this run (namespaces refused)
 
+
+# A worker the system refused namespaces of its own (a grader that is not root where unprivileged user
+# namespaces are turned off, as on Ubuntu 24.04's default AppArmor policy) still grades, but must say so.
+NAMESPACES_REFUSED = ("isolation reduced: this system refused the worker's private namespaces, so jobs of this "
+                      "machine's user shared /tmp, /dev/shm and System V shared memory: ")
 
 PROGRESS_CAP = 32 << 20  # bytes of events one worker may write; beyond it the step in flight is charged
 JSON_CAP = 16 << 20  # bytes of one call's output metadata or one stand-in request's JSON
@@ -164,6 +170,7 @@ def run_plan(cells: list[CellSpec], calls: list[CallSpec], limits: sandbox.Limit
     skip_cells: set[int] = set()
     remaining = sorted(c.id for c in calls)
     output_parts: list[str] = []
+    refusals: set[str] = set()
     isolation = "bubblewrap" if use_bwrap else "rlimits"
     drop = sandbox.can_drop_privileges(use_bwrap)
     warm = pool is not None and not cuda and pool.use_bwrap == use_bwrap  # CPU only, its own isolation mode only
@@ -207,6 +214,7 @@ def run_plan(cells: list[CellSpec], calls: list[CallSpec], limits: sandbox.Limit
                 for index, cell in watch.cells.items():
                     cell_results[index] = cell
                 call_results.update(watch.calls)
+                refusals.update(watch.refused)
                 worker.stop(wait=JOB_END_WAIT if watch.finished else 0.0)
                 output_parts.append(worker.output())
                 for cid in list(call_results):
@@ -273,8 +281,9 @@ def run_plan(cells: list[CellSpec], calls: list[CallSpec], limits: sandbox.Limit
                 "manages without it: does your code delete, replace or patch files, `safetensors`, `json` or "
                 f"`open`? ({error.get('type', 'error')}: {str(error.get('message', ''))[:300]})")}
     text = "".join(output_parts)
+    notes = [NAMESPACES_REFUSED + "; ".join(sorted(refusals))] if refusals else []
     return RunResult(cell_results, call_results, isolation, text[:limits.output_bytes * 2],
-                     time.monotonic() - started)
+                     time.monotonic() - started, notes)
 
 
 def _start_worker(wdir: WorkerDir, plan: dict[str, Any], calls: list[CallSpec], remaining: list[int],
@@ -318,7 +327,8 @@ def run_calls(cells: list[CellSpec], calls: list[CallSpec], limits: sandbox.Limi
     with pool.gpu_slot():  # WORKERS_PER_GPU cold CUDA workers at most on each GPU, each with its share
         runs.append(run_plan(cells, on_gpu, shared, cuda=True, use_bwrap=use_bwrap, pool=pool, **options))
     return RunResult(runs[0].cells, {cid: r for run in runs for cid, r in run.calls.items()}, runs[-1].isolation,
-                     "".join(run.output for run in runs), sum(run.seconds for run in runs))
+                     "".join(run.output for run in runs), sum(run.seconds for run in runs),
+                     list(dict.fromkeys(note for run in runs for note in run.notes)))
 
 
 JOB_END_WAIT = 10.0  # seconds a warm job that said it finished gets to end before its zygote is killed
@@ -445,6 +455,7 @@ class Watch:
     timed_out: bool = False  # start-up ran past ``limits.startup_timeout``
     cells: dict[int, CellResult] = field(default_factory=dict)  # the cells this worker finished, by index
     calls: dict[int, CallResult] = field(default_factory=dict)  # the calls it finished, by id
+    refused: list[str] = field(default_factory=list)  # private namespaces the system refused this worker
 
 
 def _monitor(wdir: WorkerDir | None, progress: Progress, worker: ColdWorker | ForkedJob, limits: sandbox.Limits,
@@ -461,11 +472,12 @@ def _monitor(wdir: WorkerDir | None, progress: Progress, worker: ColdWorker | Fo
     answered: set[int] = set()
 
     def stop(finished: bool, in_flight: tuple[str, int, str] | None, timed_out: bool = False) -> Watch:
-        return Watch(finished, ready, in_flight, step_started, timed_out, cell_results, call_results)
+        return Watch(finished, ready, in_flight, step_started, timed_out, cell_results, call_results, refused)
 
     step: tuple[str, int, str] | None = None
     step_started = idle_since = time.monotonic()
     ready = False
+    refused: list[str] = []
     launched_at = time.monotonic()
     rss_checked = launched_at
     while True:
@@ -473,6 +485,8 @@ def _monitor(wdir: WorkerDir | None, progress: Progress, worker: ColdWorker | Fo
         for event in events:
             kind = event.get("event")
             if kind == protocol.READY:
+                if not ready:  # the worker's own (emitted before student code): a later one could be forged
+                    refused = [str(n)[:200] for n in event.get("namespaces") or [] if str(n).startswith("refused")]
                 ready, idle_since = True, time.monotonic()
             elif kind == protocol.RPC:
                 n = event.get("n")

@@ -86,14 +86,22 @@ def softmax_stable(x, dim=-1):
     return torch.zeros_like(x)
 ''',
     # ~20 GB touched page by page: the machine has less; only the grader's memory limit stops it. The
-    # message carries the uid the student code ran as, an honest observable of the privilege drop.
+    # message carries the uid the student code ran as, its IPC and mount namespaces and what it can list of the
+    # folder above its own: honest observables of the privilege drop and of the private namespaces (System V
+    # memory, /tmp, /dev/shm of its own).
     "context_vectors": '''
 def context_vectors(weights, inputs):
     import os
+    spaces = " ".join(os.readlink(f"/proc/self/ns/{kind}") for kind in ("ipc", "mnt"))
+    try:
+        above = ",".join(sorted(os.listdir(".."))) or "empty"
+    except PermissionError:
+        above = "unlistable"
+    spaces += f" parent={above}"
     try:
         bomb = torch.empty(5_000_000_000, dtype=torch.float32).fill_(1.0)
     except RuntimeError as exc:
-        raise MemoryError(f"memory bomb stopped; worker uid={os.getuid()}: {str(exc)[:60]}") from exc
+        raise MemoryError(f"memory bomb stopped; worker uid={os.getuid()} ns={spaces}: {str(exc)[:60]}") from exc
     return weights @ inputs + bomb[:1] * 0
 ''',
 }
@@ -330,7 +338,9 @@ def _bubblewrap_works() -> bool:
     return probe.returncode == 0
 
 
-MODES = ["bubblewrap", "rlimits-drop", "rlimits-no-drop", "non-root", "non-root-bubblewrap"]
+# "rlimits-drop" is the GPU machine's case (root, no bubblewrap, a world-readable Python); "-cold" grades it with
+# the cold workers that runs on a GPU always use (CUDA does not survive fork), the others fork from warm ones.
+MODES = ["bubblewrap", "rlimits-drop", "rlimits-drop-cold", "rlimits-no-drop", "non-root", "non-root-bubblewrap"]
 WORKER_UID = None  # a uid of the worker's own, from sandbox.WorkerUid's range (root graders that drop privileges)
 
 
@@ -348,11 +358,11 @@ def test_are_grades_the_same_in_every_isolation_mode(mode, course_copy, request)
                 pytest.skip("bubblewrap is missing or cannot create namespaces here")
             python, cwd, as_nobody = REPO_PYTHON, REPO, False
             isolation, uid = "bubblewrap", WORKER_UID if IS_ROOT else os.getuid()
-        elif mode == "rlimits-drop":
+        elif mode in ("rlimits-drop", "rlimits-drop-cold"):
             if not IS_ROOT:
                 pytest.skip("the privilege drop needs a grader running as root")
             python, cwd, as_nobody = request.getfixturevalue("debian_venv").python, REPO, False
-            args.append("--no-bwrap")
+            args += ["--no-bwrap", *(["--cold-workers"] if mode == "rlimits-drop-cold" else [])]
             isolation, uid = "rlimits", WORKER_UID
         elif mode == "rlimits-no-drop":
             if not IS_ROOT:
@@ -409,13 +419,22 @@ def test_are_grades_the_same_in_every_isolation_mode(mode, course_copy, request)
                 f"{[r['message'][:300] for r in rows]}"
         bomb = [r["message"] for r in hostile["context_vectors"][2]]
         assert all("memory bomb stopped" in m for m in bomb), f"the 20 GB allocation was not refused: {bomb}"
-        uids = {int(found.group(1)) for m in bomb if (found := re.search(r"worker uid=(\d+):", m))}
+        uids = {int(found.group(1)) for m in bomb if (found := re.search(r"worker uid=(\d+) ", m))}
         assert len(uids) == 1 and len(bomb) > 0, f"the worker's uid is not in every message: {bomb}"
         if uid is WORKER_UID:
             assert all(WORKER_UID_BASE <= u < WORKER_UID_BASE + WORKER_UID_COUNT for u in uids), \
                 f"student code did not run as a worker uid of its own: {bomb}"
+            if isolation == "rlimits":  # no bubblewrap: the folders above the job are the grader's, 0711
+                assert all(" parent=unlistable:" in m for m in bomb), f"the job can list the folder above it: {bomb}"
         else:
             assert uids == {uid}, f"student code did not run as uid {uid}: {bomb}"
+        # every job in namespaces of its own (worker/main.py, private_namespaces; bubblewrap's too): never ours
+        spaces = [found.groups() for m in bomb if (found := re.search(r" ns=(ipc:\[\d+\]) (mnt:\[\d+\]) parent=", m))]
+        assert len(spaces) == len(bomb), f"a message lacks the worker's namespaces: {bomb}"
+        ours = (os.readlink("/proc/self/ns/ipc"), os.readlink("/proc/self/ns/mnt"))
+        for ipc, mnt in spaces:
+            assert ipc != ours[0] and mnt != ours[1], \
+                f"student code ran in the grader's own IPC or mount namespace ({ipc} {mnt}): {bomb}"
         assert subs["hostile"]["score"] == sum(hostile[i][1] for i in HONEST) == 2
         assert sorted(p.name for p in out.iterdir()) == ["report.json"], "a forged file reached the report folder"
         forged_after = {name for name in FORGED_NAMES if (cwd / name).exists()}

@@ -308,3 +308,29 @@ def test_does_every_concurrent_worker_get_a_uid_of_its_own():
     finally:
         first.release()
         second.release()
+
+
+REFUSED = "refused: unshare(user): Operation not permitted"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("refused", [False, True], ids=["granted", "refused"])
+def test_does_the_report_say_when_the_system_refused_the_private_namespaces(refused, tmp_path, monkeypatch):
+    """A grader that is not root where unprivileged user namespaces are off (Ubuntu 24.04's AppArmor default)
+    gets no private /tmp, /dev/shm or IPC for its workers: it still grades, and the run's notes say so.
+
+    The refusal is the list ``private_namespaces`` returns when ``unshare`` fails, put in a copy of the worker."""
+    if refused:
+        main = runner.sandbox.WORKER_FILES["main.py"].read_text(encoding="utf-8")
+        real = 'namespaces = private_namespaces() if plan.get("private_namespaces", True) else []'
+        assert real in main
+        worker = tmp_path / "main.py"
+        worker.write_text(main.replace(real, f"private_namespaces(); namespaces = [{REFUSED!r}]"), encoding="utf-8")
+        monkeypatch.setitem(runner.sandbox.WORKER_FILES, "main.py", worker)
+    run = run_plan([], [CallSpec(0, CLONE, {"x": torch.arange(3.0)}, "cpu", None, group="b")], LIMITS, use_bwrap=None)
+    assert run.calls[0].status == "ok", run.calls[0].error  # graded all the same
+    if refused:
+        assert len(run.notes) == 1 and run.notes[0].startswith("isolation reduced") and REFUSED in run.notes[0], \
+            run.notes
+    else:
+        assert run.notes == [], run.notes

@@ -144,6 +144,16 @@ def _drop_capabilities() -> None:
     _check(_libc().capset(ctypes.byref(header), data), "capset")
 
 
+def _make_passable(path: str) -> None:
+    """Re-create ``path`` in a fresh /tmp with every missing folder 0711, as the grader made them: others pass
+    through, never list (``os.makedirs`` gives only the last folder its mode: the slot above a job was 0755)."""
+    current = "/"
+    for part in path.strip("/").split("/"):
+        current = os.path.join(current, part)
+        if not os.path.isdir(current):
+            os.mkdir(current, 0o711)
+
+
 def private_namespaces() -> list[str]:
     """A fresh IPC namespace (System V shared memory, semaphores, queues) and empty /tmp and /dev/shm of this
     worker's own, before any student code: a forked job sees nothing of the job before it, a worker nothing
@@ -165,7 +175,7 @@ def private_namespaces() -> list[str]:
                        f"mount tmpfs {folder}")
                 got.append(folder)
         if not os.path.isdir(WORKDIR) or not os.path.samestat(os.stat(WORKDIR), os.fstat(keep)):
-            os.makedirs(WORKDIR, mode=0o711, exist_ok=True)
+            _make_passable(WORKDIR)
             _check(libc.mount(f"/proc/self/fd/{keep}".encode(), WORKDIR.encode(), None, MS_BIND, None),
                    "bind the worker's directory back")
         os.close(keep)
