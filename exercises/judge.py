@@ -49,6 +49,9 @@ def reference_outputs(case: Case, device: str, dtype: str | None) -> Outputs:
         return run_on(reference_namespace(), case, device, dtype)
 
 
+SHOWN_MISMATCHES = 3  # value mismatches listed per case
+
+
 def judge(case: Case, student: Outputs, reference: Outputs, device: str) -> Verdict:
     """Compare (unless the case is judged by invariants alone), then apply the case's invariants."""
     messages: list[str] = []
@@ -57,8 +60,12 @@ def judge(case: Case, student: Outputs, reference: Outputs, device: str) -> Verd
         if found:
             messages.append(found)
     if case.compare:
-        messages += [m.message for m in compare_outputs(student, reference, device, case.dims,
-                                                        case.tolerance_scale)]
+        mismatches = [m.message for m in compare_outputs(student, reference, device, case.dims, case.tolerance_scale)]
+        if len(mismatches) > SHOWN_MISMATCHES:  # a cached run has a step per token: the first few say enough, and
+            # the diagnosis that follows the case's message must not be cut off with the rest of a long list
+            rest = len(mismatches) - SHOWN_MISMATCHES
+            mismatches = mismatches[:SHOWN_MISMATCHES] + [f"{rest} more output{'s' if rest > 1 else ''} differ too"]
+        messages += mismatches
     if messages:
         return Verdict(False, f"case {case.name}: " + "; ".join(dict.fromkeys(messages)))
     return Verdict(True)

@@ -287,3 +287,18 @@ def test_does_a_cell_that_fails_on_its_own_say_what_it_raised():
     assert _unanswered_paste(item, prepared) is None
     message = _definition_problem(item, prepared)
     assert "not implemented" not in message and "raised NameError: name 'MultiHeadAtention'" in message
+
+
+def test_does_a_case_with_many_differing_outputs_list_the_first_few_and_count_the_rest():
+    """A token-by-token cached case has one output per step: all of them listed pushed the diagnosis (which comes
+    after the case's message) past the report's cut, so a named mistake lost its name."""
+    from exercises.cases import Case
+    from exercises.judge import SHOWN_MISMATCHES, judge
+
+    steps = {f"step{i}": torch.ones(2, dtype=torch.float64) for i in range(11)}
+    wrong = {f"step{i}": torch.zeros(2, dtype=torch.float64) for i in range(11)}
+    case = Case("many_steps", [], {})
+    verdict = judge(case, outputs(**wrong), outputs(**steps), "cpu")
+    assert not verdict.passed
+    assert verdict.message.count("values differ") == SHOWN_MISMATCHES
+    assert f"{11 - SHOWN_MISMATCHES} more outputs differ too" in verdict.message
