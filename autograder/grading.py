@@ -304,6 +304,11 @@ def merge_regrades(outcomes: list[TestOutcome], again: list[TestOutcome],
             result.append(o)
             continue
         names = " and ".join(f"`{d}`" for d in retry[o.item])
+        if other.status == Status.ERROR and o.status == Status.FAILED:
+            # the code could not run with the stand-ins (a stand-in has no autograd graph, e.g. a loss inside a
+            # training loop): that says nothing of the student's code, and the first verdict keeps its diagnosis
+            result.append(o)
+            continue
         if other.status == Status.PASSED:
             other.message = (f"correct once {names} is fixed: graded with the reference {names} in its place "
                              f"(full points here, gradients not re-checked; fix {names} for its own points). "

@@ -143,3 +143,14 @@ def test_does_every_case_of_every_variant_become_one_call():
     assert all(c.group == it.name and c.device == dev and c.dtype == dt for c, (it, dev, dt, _case, _cid)
                in zip(calls, plan, strict=True))
     assert {c.dtype for c in calls if c.device == "cuda"} >= {"bfloat16"}  # the GPU-only variant is planned
+
+
+def test_does_a_regrade_the_code_could_not_run_leave_the_first_verdict_as_it_was():
+    """A stand-in has no autograd graph: a training loop whose loss is a stand-in raises. That says nothing of the
+    student's code, so the row keeps its first message, diagnosis included, instead of the stand-in's error."""
+    from autograder.grading import merge_regrades
+
+    before = [_row("simple_self_attention", "failed", "case x: ... -- likely mistake: ... (some_mistake)")]
+    again = [_row("simple_self_attention", "error", "RuntimeError: element 0 of tensors does not require grad")]
+    merged = merge_regrades(before, again, {"simple_self_attention": ["softmax_stable"]})
+    assert merged == before and "(some_mistake)" in merged[0].message
