@@ -108,8 +108,7 @@ def _call_problem(item: Item, result: CallResult, prepared: PreparedNotebook) ->
             cause = f"the answer cell `{item.name}` is missing from the submission"
         return "error", (f"{cause}; " if cause else "") + error.get("message", "")
     text = f"{error.get('type', 'Exception')}: {error.get('message', '')}"
-    hint = explain_error(item.name, text) or device_hint(text)
-    return "error", f"{text}{where}" + (f" -- likely mistake: {hint}" if hint else "")
+    return "error", _with_hint(item.name, text, f"{text}{where}")
 
 
 def _not_implemented(name: str) -> str:
@@ -146,8 +145,13 @@ def _definition_problem(item: Item, prepared: PreparedNotebook) -> str:
                 f"defines once you paste your answer from the earlier lesson there (it still raises "
                 f"NotImplementedError)")
     text = f"{error.get('type', 'Exception')}: {error.get('message', '')}"
-    hint = explain_error(name, text) or device_hint(text)
-    return f"the answer cell `{name}` raised {text} when it ran" + (f" -- likely mistake: {hint}" if hint else "")
+    return _with_hint(name, text, f"the answer cell `{name}` raised {text} when it ran")
+
+
+def _with_hint(name: str, error_text: str, message: str) -> str:
+    """``message`` plus the known slip behind ``error_text`` (an item's error hint, or a device fault), if any."""
+    hint = explain_error(name, error_text) or device_hint(error_text)
+    return message + (f" -- likely mistake: {hint}" if hint else "")
 
 
 DEVICE_FAULT = re.compile(r"Expected all tensors to be on the same device|expected .*device|device type cuda|"
