@@ -20,6 +20,7 @@ sys.path.insert(0, str(ROOT))
 
 from exercises.editions import (  # noqa: E402
     MASTER_ASSIGNMENT,
+    REPO,
     EditionError,
     Translation,
     assignment_for,
@@ -40,7 +41,7 @@ def built(lang: str, root: Path = ROOT) -> dict[str, str]:
     """File name -> text of every notebook of the ``lang`` edition of the course at ``root``."""
     out = {}
     for master in sorted((root / "source" / MASTER_ASSIGNMENT).glob("*.ipynb")):
-        path = root / translation_path(lang, master.name).relative_to(ROOT)
+        path = root / translation_path(lang, master.name).relative_to(REPO)  # i18n/<lang>/ of that course
         translation = parse_translation(path) if path.is_file() else Translation(path)
         out[master.name] = dumps(build_edition(load_notebook(master), translation, lang))
     return out

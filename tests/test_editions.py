@@ -17,6 +17,7 @@ import importlib.util
 import io
 import json
 import re
+import shutil
 import subprocess
 import sys
 import warnings
@@ -26,7 +27,7 @@ import nbformat
 import pytest
 
 from autograder import intake
-from autograder.examples import EDITIONS, STUDENTS, build_submission, edition_students
+from autograder.examples import EDITIONS, STUDENTS, build_students, build_submission, edition_students
 from exercises.catalogue import NOTEBOOKS
 from exercises.editions import (
     EditionError,
@@ -294,9 +295,9 @@ def test_a_notebook_in_both_editions_is_graded_once_the_answered_copy(tmp_path, 
     assert intake.find_notebooks(alice, NOTEBOOKS) == {NOTEBOOKS[0]: alice / answered / NOTEBOOKS[0]}
 
 
-def _grade(path: Path, out: Path, *args: str) -> dict:
+def _grade(path: Path, out: Path, *args: str, seed: int = 20261207) -> dict:
     done = subprocess.run([sys.executable, "-m", "autograder", "grade", str(path), "--json", str(out), "-q",
-                           "--seed", "20261207", *args], cwd=ROOT, capture_output=True, text=True, timeout=1200)
+                           "--seed", str(seed), *args], cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return json.loads(out.read_text())
 
@@ -404,3 +405,51 @@ def test_the_release_script_covers_both_editions():
     assert release.ASSIGNMENTS == ("self_attention", "self_attention_zh") == tuple(map(assignment_for, ("en", "zh")))
     for assignment in release.ASSIGNMENTS:
         assert sorted(p.name for p in (ROOT / "release" / assignment).glob("*.ipynb")) == sorted(NOTEBOOKS)
+
+
+# --- nbgrader: the Chinese assignment, generated and autograded like the master's ------------------------
+
+ZH = "self_attention_zh"
+NBGRADER_SEED = 20261208
+
+
+@pytest.mark.slow
+def test_nbgrader_generates_and_autogrades_the_zh_assignment_with_the_clis_scores(tmp_path):
+    """In a temporary course: ``generate_assignment self_attention_zh`` writes every notebook (the lesson
+    pictures drawn by the config's hook), ``autograde self_attention_zh`` of the zh example students stores the
+    sandboxed grader's scores, and those are the CLI's for the same seed and the en examples' totals."""
+    from nbgrader.api import Gradebook
+    from traitlets.config.loader import PyFileConfigLoader
+
+    release_script = _script("release")
+    course = release_script.prepare_course(tmp_path / "course")
+    shutil.copytree(ROOT / "scripts", course / "scripts")  # the config's hooks (pictures, edition build)
+    shutil.copytree(ROOT / "i18n", course / "i18n")
+    config = course / "nbgrader_config.py"
+    config.write_text(config.read_text(encoding="utf-8") + f"\nc.SandboxAutograde.seed = {NBGRADER_SEED}\n",
+                      encoding="utf-8")
+    release = release_script.generate_assignment(course, ZH)
+    assert figures.problems(release, course / "source" / ZH) == []  # Generate drew the pictures
+    students = {f"{s}_zh": files for s, files in build_students(course / "source" / ZH, release, STUDENTS).items()}
+    for student, files in students.items():
+        for name, text in files.items():
+            path = course / "submitted" / student / ZH / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+    proc = release_script.run_nbgrader(["autograde", ZH], course)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    cli = _grade(course / "submitted", tmp_path / "cli.json", seed=NBGRADER_SEED)
+    cli_subs = {Path(s["path"]).name: s for s in cli["submissions"]}
+    settings = PyFileConfigLoader("nbgrader_config.py", path=str(course)).load_config()
+    with Gradebook(settings.CourseDirectory.db_url, settings.CourseDirectory.course_id) as gb:
+        for student in students:
+            submission = gb.find_submission(ZH, student)
+            stored = {g.name.removeprefix("test_"): g.auto_score for nb in submission.notebooks for g in nb.grades}
+            per_item: dict[str, float] = {}
+            for t in cli_subs[student]["tests"]:
+                per_item[t["item"]] = round(per_item.get(t["item"], 0.0) + t["score"], 4)
+            assert stored == pytest.approx(per_item), student
+            assert submission.score == pytest.approx(cli_subs[student]["score"])
+    assert cli_subs["perfect_zh"]["score"] == cli_subs["perfect_zh"]["max_score"]
+    assert 0 < cli_subs["one_wrong_zh"]["score"] < cli_subs["one_wrong_zh"]["max_score"]
+    assert cli_subs["empty_zh"]["score"] == 0
