@@ -337,6 +337,26 @@ def test_both_editions_of_the_examples_score_the_same_item_by_item(tmp_path):
     assert subs["empty_zh"]["score"] == 0
 
 
+def test_the_validate_summary_speaks_the_notebooks_language():
+    from autograder.nbgrader import validate as nv
+
+    rows = [nv.CellResult("attention_scores_loop", 1, nv.PASSED, ""),
+            nv.CellResult("softmax_stable", 2, nv.FAILED, "AssertionError: nan in row 0"),
+            nv.CellResult("context_vectors", 1, nv.NOT_ANSWERED, "NotImplementedError: write your answer here")]
+    zh = nv.summary_text(rows, lang="zh").splitlines()
+    assert zh[0] == "计分单元格小结：1 个通过，1 个未通过，1 个未作答"
+    assert zh[1] == "（4 分中有 1 分通过了可见检查；评分时还会运行更多检查）"
+    assert [x.split() for x in zh[2:]] == [["已通过", "attention_scores_loop", "（1", "分）"],
+                                          ["未通过", "softmax_stable", "（2", "分）"],
+                                          ["AssertionError:", "nan", "in", "row", "0"],
+                                          ["未作答", "context_vectors", "（1", "分）"]]
+    notes = nv.notes_text(rows, "zh")
+    assert CJK.search(notes) and "NotImplementedError" in notes
+    en = nv.summary_text(rows)  # the English edition's is unchanged
+    assert en.splitlines()[0] == "Summary of the graded cells: 1 passed, 1 failed, 1 not answered"
+    assert not CJK.search(en + nv.notes_text(rows))
+
+
 # --- figures with Chinese labels ------------------------------------------------------------------------
 
 
