@@ -132,7 +132,7 @@ def find_notebooks(path: Path, names: tuple[str, ...]) -> dict[str, Path]:
     return {name: copies[0] for name, (copies, _) in edition_copies(path, names).items()}
 
 
-def _answers_written(path: Path) -> int:
+def answers_written(path: Path) -> int:
     """How many answer cells of a student's notebook no longer hold the release's stub (-1: unreadable).
 
     Only used to choose between two editions of one notebook: it reads the student's own metadata, which
@@ -163,7 +163,7 @@ def edition_copies(path: Path, names: tuple[str, ...]) -> dict[str, tuple[list[P
         if len(paths) == 1:
             found[name] = (paths, None)
             continue
-        written = {p: _answers_written(p) for p in paths}
+        written = {p: answers_written(p) for p in paths}
 
         def mtime(p: Path) -> float:
             try:

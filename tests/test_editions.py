@@ -295,6 +295,18 @@ def test_a_notebook_in_both_editions_is_graded_once_the_answered_copy(tmp_path, 
     assert intake.find_notebooks(alice, NOTEBOOKS) == {NOTEBOOKS[0]: alice / answered / NOTEBOOKS[0]}
 
 
+def test_a_repository_with_both_editions_stages_the_answered_copy(tmp_path):
+    """GitHub Classroom and Gradescope stage a student's upload (delivery/stage_submission.py): with a notebook
+    in both editions at the same depth, the answered copy is staged, as the grader would choose."""
+    spec = importlib.util.spec_from_file_location("_selfattn_stage", ROOT / "delivery" / "stage_submission.py")
+    stage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage)
+    for answered in ("self_attention", "self_attention_zh"):
+        other = "self_attention" if answered == "self_attention_zh" else "self_attention_zh"
+        alice = _student(tmp_path / answered, {answered: "perfect", other: "empty"})
+        assert stage.find(alice) == {NOTEBOOKS[0]: alice / answered / NOTEBOOKS[0]}
+
+
 def _grade(path: Path, out: Path, *args: str, seed: int = 20261207) -> dict:
     done = subprocess.run([sys.executable, "-m", "autograder", "grade", str(path), "--json", str(out), "-q",
                            "--seed", str(seed), *args], cwd=ROOT, capture_output=True, text=True, timeout=1200)
