@@ -432,6 +432,22 @@ def test_the_zh_release_pictures_draw_without_a_missing_glyph():
     assert figures.problems(ZH_RELEASE, ZH_SOURCE) == [], "run python scripts/release.py"
 
 
+def test_the_students_workspace_is_filled_for_both_editions(tmp_path, monkeypatch, capsys):
+    """``bash run.sh lab`` runs scripts/workspace.py: both editions' releases go to workspace/<assignment>/."""
+    workspace = _script("workspace")
+    for assignment in ("self_attention", "self_attention_zh"):
+        (tmp_path / "release" / assignment).mkdir(parents=True)
+        (tmp_path / "release" / assignment / NOTEBOOKS[0]).write_text(f"released {assignment}")
+    (tmp_path / "workspace" / "self_attention_zh").mkdir(parents=True)
+    (tmp_path / "workspace" / "self_attention_zh" / NOTEBOOKS[0]).write_text("my answer")
+    monkeypatch.setattr(workspace, "ROOT", tmp_path)
+    assert workspace.main([]) == 0
+    assert (tmp_path / "workspace" / "self_attention" / NOTEBOOKS[0]).read_text() == "released self_attention"
+    assert (tmp_path / "workspace" / "self_attention_zh" / NOTEBOOKS[0]).read_text() == "my answer"  # kept
+    out = capsys.readouterr().out
+    assert "workspace/self_attention_zh (nothing new" in out and "workspace/self_attention (1 new" in out
+
+
 def test_the_release_script_covers_both_editions():
     release = _script("release")
     assert release.ASSIGNMENTS == ("self_attention", "self_attention_zh") == tuple(map(assignment_for, ("en", "zh")))
