@@ -137,6 +137,8 @@ def answers_written(path: Path) -> int:
 
     Only used to choose between two editions of one notebook: it reads the student's own metadata, which
     decides nothing but which of the student's two copies is graded."""
+    if not path.is_file():  # a FIFO or a device is never read (it could block): it is no copy to prefer
+        return -1
     try:
         cells = read_student_notebook(path)
     except IntakeError:

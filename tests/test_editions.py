@@ -295,6 +295,17 @@ def test_a_notebook_in_both_editions_is_graded_once_the_answered_copy(tmp_path, 
     assert intake.find_notebooks(alice, NOTEBOOKS) == {NOTEBOOKS[0]: alice / answered / NOTEBOOKS[0]}
 
 
+def test_a_fifo_in_the_other_edition_is_not_read(tmp_path):
+    """Choosing between two copies reads both: a FIFO named like a notebook must not block the grader."""
+    import os
+
+    alice = _student(tmp_path, {"self_attention_zh": "perfect"})
+    (alice / "self_attention").mkdir()
+    os.mkfifo(alice / "self_attention" / NOTEBOOKS[0])
+    assert intake.answers_written(alice / "self_attention" / NOTEBOOKS[0]) == -1
+    assert intake.find_notebooks(alice, NOTEBOOKS) == {NOTEBOOKS[0]: alice / "self_attention_zh" / NOTEBOOKS[0]}
+
+
 def test_a_repository_with_both_editions_stages_the_answered_copy(tmp_path):
     """GitHub Classroom and Gradescope stage a student's upload (delivery/stage_submission.py): with a notebook
     in both editions at the same depth, the answered copy is staged, as the grader would choose."""
