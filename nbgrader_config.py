@@ -5,7 +5,9 @@ this file, so the same file works in the repository and in a copy of the course 
 test suite copies it with ``source/`` into a temporary directory and runs the real nbgrader there).
 
     nbgrader generate_assignment self_attention --force   # source/ -> release/ (or scripts/release.py)
+    nbgrader generate_assignment self_attention_zh --force  # the Chinese edition (same notebook names)
     nbgrader autograde self_attention                      # submitted/<student>/self_attention/
+    nbgrader autograde self_attention_zh                   # submitted/<student>/self_attention_zh/
     nbgrader generate_feedback self_attention              # feedback/, hidden tests hidden
     nbgrader export                                        # grades.csv
 
@@ -65,6 +67,35 @@ def _draw_release_figures(assignment: str, student: str, notebooks: list) -> Non
 
 
 c.GenerateAssignment.post_convert_hook = _draw_release_figures
+
+
+# The Chinese edition (assignment self_attention_zh) is built from the master and i18n/zh/ (scripts/editions.py):
+# the Formgrader's Generate of it rebuilds source/self_attention_zh/ first, as scripts/release.py does, so an
+# edit of the master shows in both editions. A translation that no longer fits its master is logged as an
+# error and the edition on disk is left as it was (nbgrader ignores a failing pre-convert hook).
+def _build_edition(assignment: str, student: str, notebooks: list) -> None:
+    import importlib.util
+    import logging
+    from pathlib import Path
+
+    script = Path(COURSE_ROOT) / "scripts" / "editions.py"
+    lang = (assignment or "").rpartition("_")[2]
+    if not script.is_file() or not (assignment or "").startswith("self_attention_") or not lang.isalpha():
+        return
+    log = logging.getLogger("NbGraderAPI")
+    try:
+        spec = importlib.util.spec_from_file_location("_selfattn_editions", script)
+        editions = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(editions)
+        if editions.build(lang, root=Path(COURSE_ROOT)) != 0:
+            log.error("source/%s is NOT rebuilt: a translation in i18n/%s/ does not fit its master (above); "
+                      "run python scripts/editions.py build", assignment, lang)
+    except Exception:
+        log.exception("could not build source/%s from the master", assignment)
+        raise
+
+
+c.GenerateAssignment.pre_convert_hook = _build_edition
 
 # --- autograde --------------------------------------------------------------------------------
 # Seconds per cell (nbgrader's default is 30). The whole notebook runs in the `python3` kernel of

@@ -5,7 +5,8 @@
 #                      print their scores (reports in reports/)
 #   bash run.sh test   run the whole test suite (CPU; GPU tests report "GPU not exercised")
 #   bash run.sh lab    start JupyterLab in this folder, with the Formgrader and the Validate button; the
-#                      student's notebooks are in workspace/self_attention/ (filled from release/ once)
+#                      student's notebooks are in workspace/self_attention/ and, in Chinese,
+#                      workspace/self_attention_zh/ (filled from release/ once)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -38,21 +39,39 @@ setup() {
       echo "   note: bubblewrap is not installed; grading runs with reduced isolation (the report says so)"
     fi
   fi
+  # a CJK font for the Chinese edition's figures (matplotlib falls back to it glyph by glyph; given_cjk_font)
+  # (find's status is ignored: a font folder that does not exist is no error here)
+  if [ -z "$(find /usr/share/fonts /usr/local/share/fonts "$HOME/.local/share/fonts" "$HOME/.fonts" \
+      -iname '*NotoSansCJK*' -print -quit 2>/dev/null || true)" ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      echo "== installing fonts-noto-cjk (Chinese labels in the figures)"
+      if (apt-get install -y -qq fonts-noto-cjk >/dev/null 2>&1 || { apt-get update -qq >/dev/null 2>&1 &&
+          apt-get install -y -qq fonts-noto-cjk >/dev/null 2>&1; }); then
+        # matplotlib caches its font list once; a font installed later is unknown to it until the cache goes
+        rm -f "$("$VENV/bin/python" -c 'import matplotlib; print(matplotlib.get_cachedir())')"/fontlist-v*.json
+      else
+        echo "   could not install fonts-noto-cjk: Chinese labels in figures show as empty boxes"
+      fi
+    else
+      echo "   note: no Noto Sans CJK font; Chinese labels in figures show as empty boxes" \
+        "(install fonts-noto-cjk, or any CJK font listed in the lessons' given_cjk_font cell)"
+    fi
+  fi
   export PATH="$PWD/$VENV/bin:$PATH"
 }
 
 case "${1:-}" in
   main)
     setup
-    echo "== regenerating release/ from source/ with nbgrader"
+    echo "== regenerating release/ from source/ with nbgrader (both editions: self_attention, self_attention_zh)"
     python scripts/release.py
     echo "== grading the example submissions in examples/submissions/"
     mkdir -p reports
     python -m autograder grade examples/submissions --json reports/examples.json --csv reports/grades.csv \
       --junit reports/junit.xml -q
     echo "== grading ran (the 'failed' count above counts the graded items the example students lost: 'empty' is the"
-    echo "   unanswered release, 'one_wrong' has one wrong answer); reports: reports/examples.json,"
-    echo "   reports/grades.csv, reports/junit.xml"
+    echo "   unanswered release, 'one_wrong' has one wrong answer; each also in the Chinese edition, '_zh'; both"
+    echo "   editions score the same); reports: reports/examples.json, reports/grades.csv, reports/junit.xml"
     ;;
   test)
     setup

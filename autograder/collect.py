@@ -14,7 +14,7 @@ import torch
 
 from autograder import report, shard
 from autograder.grading import GPU_NOT_EXERCISED, NotebookResult, ReferenceCache, TestOutcome, grade_notebook
-from autograder.intake import find_notebooks
+from autograder.intake import edition_copies
 from autograder.options import SESSION_KEY, resolve
 from autograder.pool import WorkerPool
 from autograder.runner import GraderError, default_bwrap
@@ -44,6 +44,7 @@ class GradingSession:
         self.futures: dict[tuple[str, str], Future] = {}
         self.submissions: list[report.SubmissionReport] = []
         self.current: dict[str, report.SubmissionReport] = {}
+        self.copy_notes: dict[tuple[str, str], str] = {}  # a notebook submitted in both editions: which was graded
         self.done = 0
         self.canary_wanted = not opt["no_canary"]
         self.canary_seconds: float | None = None
@@ -87,6 +88,9 @@ class GradingSession:
             sub.grader_errors.setdefault(notebook, why)
             raise GraderFault(f"could not grade {notebook} of {Path(sub.path).name}: {why}") from None
         if result not in sub.notebooks:
+            note = self.copy_notes.get(key)
+            if note and note not in result.notes:
+                result.notes.insert(0, note)
             sub.add(result)
             if len(sub.notebooks) == len(NOTEBOOKS):
                 self.done += 1
@@ -145,8 +149,11 @@ class SubmissionCollector(pytest.Collector):
         self.submission, self.source = submission, source
 
     def collect(self):
-        found = find_notebooks(self.submission, NOTEBOOKS)
-        _session(self.config).start_submission(self.submission, found, self.source)
+        copies = edition_copies(self.submission, NOTEBOOKS)
+        found = {name: paths[0] for name, (paths, _) in copies.items()}
+        session = _session(self.config)
+        session.copy_notes.update({(str(self.submission), name): note for name, (_, note) in copies.items() if note})
+        session.start_submission(self.submission, found, self.source)
         for notebook in NOTEBOOKS:
             yield NotebookCollector.from_parent(self, name=notebook, submission=self.submission,
                                                 notebook_path=found.get(notebook), source=self.source)

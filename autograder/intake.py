@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autograder.runner import CellSpec
+from exercises.editions import LANGUAGES, assignment_for
 from exercises.rules import parse
 from exercises.source import (
     SourceNotebook,
@@ -24,6 +25,7 @@ MAX_NOTEBOOK_BYTES = 8 << 20
 MAX_CELLS = 400
 MAX_CELL_CHARS = 200_000
 MAGIC = re.compile(r"^\s*(%|!)")
+EDITION_FOLDERS = frozenset(assignment_for(lang) for lang in LANGUAGES)  # self_attention, self_attention_zh
 
 
 class IntakeError(Exception):
@@ -123,13 +125,62 @@ def prepare(source: SourceNotebook, student_cells: list[dict]) -> PreparedNotebo
 
 
 def find_notebooks(path: Path, names: tuple[str, ...]) -> dict[str, Path]:
-    """Notebooks of a submission, by file name: the path itself, or directly or one level down a folder."""
+    """Notebooks of a submission, by file name: the path itself, or directly or one level down a folder.
+
+    A student with a notebook in both editions (``self_attention/`` and ``self_attention_zh/``) has it
+    graded once: the copy :func:`edition_copies` chooses (its note says which and why)."""
+    return {name: copies[0] for name, (copies, _) in edition_copies(path, names).items()}
+
+
+def answers_written(path: Path) -> int:
+    """How many answer cells of a student's notebook no longer hold the release's stub (-1: unreadable).
+
+    Only used to choose between two editions of one notebook: it reads the student's own metadata, which
+    decides nothing but which of the student's two copies is graded."""
+    if not path.is_file():  # a FIFO or a device is never read (it could block): it is no copy to prefer
+        return -1
+    try:
+        cells = read_student_notebook(path)
+    except IntakeError:
+        return -1
+    return sum(1 for c in cells if c.get("cell_type") == "code" and nbgrader_metadata(c).get("solution")
+               and "NotImplementedError" not in cell_text(c.get("source")))
+
+
+def edition_copies(path: Path, names: tuple[str, ...]) -> dict[str, tuple[list[Path], str | None]]:
+    """Per notebook name, its copies in the submission (the graded one first) and a note when there are two.
+
+    The copies are the path itself, or the notebooks directly in the folder or one level down. When a
+    notebook is there more than once (a student who worked in both editions, ``self_attention/`` and
+    ``self_attention_zh/``), the copy with the most answers written is graded (then the newest; then the
+    first in name order), never both, and the note names the copy left out so the student can see it."""
     if path.is_file():
-        return {path.name: path} if path.name in names else {}
-    found: dict[str, Path] = {}
+        return {path.name: ([path], None)} if path.name in names else {}
+    copies: dict[str, list[Path]] = {}
     for candidate in sorted(path.glob("*.ipynb")) + sorted(path.glob("*/*.ipynb")):
         if candidate.name in names and ".ipynb_checkpoints" not in candidate.parts:
-            found.setdefault(candidate.name, candidate)
+            copies.setdefault(candidate.name, []).append(candidate)
+    found: dict[str, tuple[list[Path], str | None]] = {}
+    for name, paths in copies.items():
+        if len(paths) == 1:
+            found[name] = (paths, None)
+            continue
+        written = {p: answers_written(p) for p in paths}
+
+        def mtime(p: Path) -> float:
+            try:
+                return p.stat().st_mtime
+            except OSError:
+                return 0.0
+
+        ranked = sorted(paths, key=lambda p: (-written[p], -mtime(p), paths.index(p)))
+        chosen, others = ranked[0], ranked[1:]
+        shown = [p.relative_to(path).as_posix() for p in ranked]
+        why = ("it has more answers written" if written[chosen] > max(written[p] for p in others)
+               else "it was saved last" if mtime(chosen) > max(mtime(p) for p in others) else "it comes first")
+        found[name] = (ranked, f"{name} was submitted {len(paths)} times ({', '.join(shown)}); graded: {shown[0]} "
+                               f"({why}); not graded: {', '.join(shown[1:])}. Submit each notebook in one "
+                               "edition only")
     return found
 
 
@@ -143,5 +194,8 @@ def expand_batch(path: Path, names: tuple[str, ...]) -> list[Path]:
     # several are several students. (A batch of a single student reads as that student: the same.)
     with_notebooks = [p for p in students if find_notebooks(p, names)]
     if len(with_notebooks) <= 1 and any(p.name in names for p in path.glob("*/*.ipynb")):
+        return [path]
+    # <student>/self_attention/ and <student>/self_attention_zh/: one student who has both editions
+    if with_notebooks and all(p.name in EDITION_FOLDERS for p in with_notebooks):
         return [path]
     return students if students else [path]

@@ -24,10 +24,15 @@ from exercises.source import ASSIGNMENT  # noqa: E402
 
 
 def find(upload: Path, names: tuple[str, ...] = NOTEBOOKS) -> dict[str, Path]:
-    """Each course notebook found under ``upload``, shallowest first; checkpoints and hidden folders skipped."""
+    """Each course notebook found under ``upload``, shallowest first; checkpoints and hidden folders skipped.
+
+    Two copies at the same depth (a repository with both editions, ``self_attention/`` and
+    ``self_attention_zh/``): the one with more answers written wins, as when the grader reads both."""
+    from autograder.intake import answers_written
+
     found: dict[str, Path] = {}
     candidates = sorted((p for p in upload.rglob("*.ipynb") if p.name in names and p.is_file()),
-                        key=lambda p: (len(p.relative_to(upload).parts), str(p)))
+                        key=lambda p: (len(p.relative_to(upload).parts), -answers_written(p), str(p)))
     for path in candidates:
         if any(part.startswith(".") for part in path.relative_to(upload).parts[:-1]):
             continue  # .ipynb_checkpoints/, .git/: never what the student meant to hand in

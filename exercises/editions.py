@@ -15,9 +15,9 @@ sync with its master (``build_edition`` raises ``EditionError`` naming the cell 
 - every named cell exists in the master, and its ``en:`` hash is the master cell's current one: a
   master cell that changed after it was translated is *stale*, and the build says which;
 - a code cell may differ from the master only in string literals and comments: the two syntax trees
-  are equal once every string constant is blanked (an f-string keeps its ``{expressions}``), and the
-  nbgrader region markers (``### BEGIN SOLUTION`` ...) are the same lines in the same order; the
-  hidden-test regions are byte for byte the master's;
+  are equal once every string constant is blanked (an f-string keeps its ``{expressions}`` and
+  their format specs), and the nbgrader region markers (``### BEGIN SOLUTION`` ...) are the same lines
+  in the same order; the hidden-test regions are byte for byte the master's;
 - nbgrader metadata, cell ids, cell types and the order of cells are the master's.
 
 stdlib only, so the grader and the tests can use it without a Jupyter stack.
@@ -110,6 +110,11 @@ class _BlankStrings(ast.NodeTransformer):
     def visit_Constant(self, node: ast.Constant) -> ast.AST:
         if isinstance(node.value, str):
             return ast.copy_location(ast.Constant(value=""), node)
+        return node
+
+    def visit_FormattedValue(self, node: ast.FormattedValue) -> ast.AST:
+        # the expression is code; the format spec (``:.4f``) stays as written: it decides how a number prints
+        node.value = self.visit(node.value)
         return node
 
     def visit_JoinedStr(self, node: ast.JoinedStr) -> ast.AST:

@@ -20,6 +20,7 @@ sys.path.insert(0, str(ROOT))
 
 from exercises.editions import (  # noqa: E402
     MASTER_ASSIGNMENT,
+    REPO,
     EditionError,
     Translation,
     assignment_for,
@@ -36,11 +37,11 @@ def dumps(nb: dict) -> str:
     return json.dumps(nb, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
 
 
-def built(lang: str) -> dict[str, str]:
-    """File name -> text of every notebook of the ``lang`` edition."""
+def built(lang: str, root: Path = ROOT) -> dict[str, str]:
+    """File name -> text of every notebook of the ``lang`` edition of the course at ``root``."""
     out = {}
-    for master in sorted((ROOT / "source" / MASTER_ASSIGNMENT).glob("*.ipynb")):
-        path = translation_path(lang, master.name)
+    for master in sorted((root / "source" / MASTER_ASSIGNMENT).glob("*.ipynb")):
+        path = root / translation_path(lang, master.name).relative_to(REPO)  # i18n/<lang>/ of that course
         translation = parse_translation(path) if path.is_file() else Translation(path)
         out[master.name] = dumps(build_edition(load_notebook(master), translation, lang))
     return out
@@ -68,31 +69,47 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {path.relative_to(ROOT)}")
         return 0
 
-    try:
-        notebooks = built(args.lang)
-    except EditionError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    target = ROOT / "source" / assignment_for(args.lang)
+    return build(args.lang, check=args.check)
+
+
+def out_of_date(lang: str, root: Path = ROOT) -> tuple[dict[str, str], list[str], list[str]]:
+    """The edition as built, the notebooks on disk that differ from it, and those it does not have.
+
+    Raises ``EditionError`` when a translation does not fit its master."""
+    notebooks = built(lang, root)
+    target = root / "source" / assignment_for(lang)
     stale = [name for name, text in notebooks.items()
              if not (target / name).is_file() or (target / name).read_text(encoding="utf-8") != text]
     extra = sorted(p.name for p in target.glob("*.ipynb") if p.name not in notebooks) if target.is_dir() else []
-    if args.check:
+    return notebooks, stale, extra
+
+
+def build(lang: str = "zh", check: bool = False, root: Path = ROOT) -> int:
+    """Write (or with ``check``, compare) ``source/<assignment>_<lang>/``; the exit status."""
+    try:
+        notebooks, stale, extra = out_of_date(lang, root)
+    except EditionError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    target = root / "source" / assignment_for(lang)
+    shown = target.relative_to(root)
+    if check:
         for name in stale:
-            print(f"out of date: {target.relative_to(ROOT)}/{name}", file=sys.stderr)
+            print(f"out of date: {shown}/{name}", file=sys.stderr)
         for name in extra:
-            print(f"not in the master: {target.relative_to(ROOT)}/{name}", file=sys.stderr)
+            print(f"not in the master: {shown}/{name}", file=sys.stderr)
         if stale or extra:
             print("run: python scripts/editions.py build", file=sys.stderr)
-        return 1 if stale or extra else 0
+            return 1
+        print(f"{shown} is in sync with source/{MASTER_ASSIGNMENT} and i18n/{lang}/ ({len(notebooks)} notebooks)")
+        return 0
     target.mkdir(parents=True, exist_ok=True)
     for name in stale:
         (target / name).write_text(notebooks[name], encoding="utf-8")
     for name in extra:
         (target / name).unlink()
-    print(f"{target.relative_to(ROOT)}: {len(stale)} written, {len(notebooks) - len(stale)} unchanged")
+    print(f"{shown}: {len(stale)} written, {len(notebooks) - len(stale)} unchanged")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

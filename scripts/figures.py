@@ -1,7 +1,11 @@
 """Pictures before running: chosen given cells' figures, drawn from ``source/``, attached to the release.
 
-    python scripts/figures.py            # (re)draw the figures into release/self_attention/
+    python scripts/figures.py            # (re)draw the figures into release/<assignment>/, both editions
     python scripts/figures.py --check    # exit 1 when a figure is missing, stale or unexpected
+
+Each edition's pictures are drawn from its own source (``source/self_attention_zh/`` for the Chinese
+release), so a plotting cell whose labels the translation put in Chinese draws them in Chinese; the
+lessons' ``given_cjk_font`` cell lets matplotlib take those glyphs from a CJK font.
 
 ``scripts/release.py`` runs this step after ``nbgrader generate_assignment``, so a release is never
 without its figures; this script alone redraws them in place.
@@ -35,6 +39,7 @@ from nbformat.notebooknode import NotebookNode, from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSIGNMENT = "self_attention"
+ASSIGNMENTS = (ASSIGNMENT, f"{ASSIGNMENT}_zh")  # the editions (exercises/editions.py: assignment_for)
 MARK = "selfattn_figure"  # cell metadata key of a figure cell: {"cell": grade_id, "code_sha256": ...}
 
 #: notebook -> the given cells whose figure is attached (they teach; they show no answer)
@@ -208,20 +213,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="report missing or stale figures, change nothing")
     parser.add_argument("--root", type=Path, default=ROOT, help="course root (default: this repository)")
     args = parser.parse_args(argv)
-    release, source = args.root / "release" / ASSIGNMENT, args.root / "source" / ASSIGNMENT
+    found, changed = [], []
+    for assignment in ASSIGNMENTS:
+        release, source = args.root / "release" / assignment, args.root / "source" / assignment
+        if not release.is_dir() and assignment != ASSIGNMENT:
+            continue  # an edition not released yet (scripts/release.py makes it)
+        if args.check:
+            found += [f"{assignment}/{problem}" for problem in problems(release, source)]
+            continue
+        try:
+            changed += [f"{assignment}/{name}" for name in add_figures_to_release(release, source)]
+        except FigureError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     if args.check:
-        found = problems(release, source)
         print("\n".join(found) or "the release's figures are in place and up to date",
               file=sys.stderr if found else sys.stdout)
         return 1 if found else 0
-    try:
-        changed = add_figures_to_release(release, source)
-    except FigureError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     print(f"figures drawn into {', '.join(changed) or 'no notebook'}")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

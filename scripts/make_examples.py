@@ -3,8 +3,10 @@
     python scripts/make_examples.py           # (re)write examples/submissions/
     python scripts/make_examples.py --check   # exit 1 when examples/submissions/ is out of sync
 
-Students (see ``autograder/examples.py``): ``perfect`` (every answer from ``source/``), ``empty``
-(the release unchanged) and ``one_wrong`` (``perfect`` with one classic mistake). The layout is
+Students (see ``autograder/examples/``): ``perfect`` (every answer from ``source/``), ``empty``
+(the release unchanged) and ``one_wrong`` (``perfect`` with one classic mistake), in each edition: the
+Chinese edition's ``perfect_zh``, ``empty_zh`` and ``one_wrong_zh`` are built from
+``source/self_attention_zh/`` and ``release/self_attention_zh/``. The layout is
 nbgrader's ``submitted/<student>/<assignment>/<notebook>.ipynb``, so the folder can be copied to
 ``submitted/`` and graded with ``nbgrader autograde`` or ``python -m autograder grade``.
 Run ``python scripts/release.py`` first when ``source/`` changed.
@@ -21,26 +23,27 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from autograder.examples import ASSIGNMENT, STUDENTS, build_students  # noqa: E402
+from autograder.examples import EDITIONS, STUDENTS, build_students, edition_students  # noqa: E402
 
 EXAMPLES = ROOT / "examples" / "submissions"
 
 
 def expected_files(root: Path = ROOT) -> dict[str, str]:
     """``{path relative to examples/submissions: text}`` that the examples must hold."""
-    students = build_students(root / "source" / ASSIGNMENT, root / "release" / ASSIGNMENT, STUDENTS)
-    return {
-        f"{student}/{ASSIGNMENT}/{name}": text
-        for student, files in students.items()
-        for name, text in files.items()
-    }
+    out = {}
+    for assignment, suffix in EDITIONS.values():
+        students = build_students(root / "source" / assignment, root / "release" / assignment, STUDENTS)
+        out.update({f"{student}{suffix}/{assignment}/{name}": text
+                    for student, files in students.items() for name, text in files.items()})
+    return out
 
 
 def committed_files(folder: Path = EXAMPLES) -> dict[str, str]:
     """The notebooks under ``folder`` (students' folders only, other files are not examples)."""
     return {
         p.relative_to(folder).as_posix(): p.read_text(encoding="utf-8")
-        for p in sorted(folder.glob(f"*/{ASSIGNMENT}/*.ipynb"))
+        for assignment, _ in EDITIONS.values()
+        for p in sorted(folder.glob(f"*/{assignment}/*.ipynb"))
     }
 
 
@@ -60,7 +63,7 @@ def out_of_sync(root: Path = ROOT, folder: Path = EXAMPLES) -> list[str]:
 
 def write(root: Path = ROOT, folder: Path = EXAMPLES) -> int:
     files = expected_files(root)
-    for student in STUDENTS:
+    for student in edition_students():
         shutil.rmtree(folder / student, ignore_errors=True)
     for name, text in files.items():
         path = folder / name

@@ -1,9 +1,15 @@
-"""Regenerate ``release/`` from ``source/`` with the real nbgrader, reproducibly.
+"""Regenerate ``release/`` from ``source/`` with the real nbgrader, reproducibly, for both editions.
 
-    python scripts/release.py            # rewrite release/self_attention/ from source/
-    python scripts/release.py --check    # exit 1, with a summary, when release/ is out of sync
+    python scripts/release.py            # build source/self_attention_zh/, rewrite both releases
+    python scripts/release.py --check    # exit 1, with a summary, when either is out of sync
 
-Both modes run ``nbgrader generate_assignment self_attention --force`` in a *temporary* copy of the
+The course has one master per lesson (``source/self_attention/``, English) and a Chinese edition built
+from it and ``i18n/zh/`` (``scripts/editions.py``); each is an nbgrader assignment of its own
+(:data:`ASSIGNMENTS`: ``self_attention`` and ``self_attention_zh``, the same notebook names). The default
+mode first writes ``source/self_attention_zh/`` (``scripts/editions.py build``); ``--check`` instead
+checks that it is up to date (``scripts/editions.py build --check``), then both releases.
+
+Both modes run ``nbgrader generate_assignment <assignment> --force`` in a *temporary* copy of the
 course (``nbgrader_config.py`` and ``source/``), so the course's own gradebook is never touched,
 and then check that nbgrader really wrote one release notebook per source notebook (its exit status
 alone is not trusted).
@@ -20,8 +26,9 @@ nbformat's canonical layout (one-space indent, sorted keys, trailing newline). O
 nbgrader copies from ``source/self_attention/`` are compared byte for byte.
 
 After nbgrader, ``scripts/figures.py`` draws the figures of a few given cells (pictures before
-running) into the release as markdown cells with PNG attachments; the check compares where they are
-and which code drew them, not their pixels (see :func:`comparable`).
+running) into the release as markdown cells with PNG attachments, each edition from its own source
+(so the Chinese release's pictures carry the Chinese labels its translated strings give them); the
+check compares where they are and which code drew them, not their pixels (see :func:`comparable`).
 
 nbgrader's gradebook runs the ``alembic`` executable from ``PATH`` when it creates a database
 (``nbgrader/api.py: get_alembic_version``); :func:`nbgrader_env` puts this interpreter's ``bin``
@@ -44,7 +51,14 @@ from pathlib import Path
 import nbformat
 
 ROOT = Path(__file__).resolve().parents[1]
-ASSIGNMENT = "self_attention"
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from exercises.editions import LANGUAGES, MASTER_ASSIGNMENT, assignment_for  # noqa: E402
+
+ASSIGNMENT = MASTER_ASSIGNMENT  # the master's assignment (English)
+#: every edition's nbgrader assignment, the master's first
+ASSIGNMENTS = tuple(assignment_for(lang) for lang in LANGUAGES)
 CONFIG = "nbgrader_config.py"
 
 
@@ -84,16 +98,16 @@ def prepare_course(dest: Path, root: Path = ROOT) -> Path:
     return dest
 
 
-def generate_assignment(course_root: Path) -> Path:
+def generate_assignment(course_root: Path, assignment: str = ASSIGNMENT) -> Path:
     """Run ``nbgrader generate_assignment`` in ``course_root``; return its ``release/<assignment>``.
 
     Raises ``RuntimeError`` (with nbgrader's output) unless every source notebook has a release
     notebook that nbformat can read and that contains no solution or hidden-test delimiter.
     """
     course_root = Path(course_root)
-    proc = run_nbgrader(["generate_assignment", ASSIGNMENT, "--force"], course_root)
-    source = course_root / "source" / ASSIGNMENT
-    release = course_root / "release" / ASSIGNMENT
+    proc = run_nbgrader(["generate_assignment", assignment, "--force"], course_root)
+    source = course_root / "source" / assignment
+    release = course_root / "release" / assignment
     problems = []
     notebooks = sorted(p.name for p in source.glob("*.ipynb"))
     if not notebooks:
@@ -168,21 +182,31 @@ def read_release(folder: Path) -> dict[str, bytes]:
     return files
 
 
-def figures_script():
-    """``scripts/figures.py`` (pictures before running), loaded beside this file (scripts are no package)."""
-    spec = importlib.util.spec_from_file_location("_selfattn_figures", Path(__file__).with_name("figures.py"))
+def _script(name: str):
+    """``scripts/<name>.py``, loaded beside this file (scripts are no package)."""
+    spec = importlib.util.spec_from_file_location(f"_selfattn_{name}", Path(__file__).with_name(f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def regenerate(root: Path = ROOT) -> dict[str, bytes]:
-    """The normalised release of ``root``'s ``source/``, generated in a temporary course root, with the
-    figures of ``scripts/figures.py`` drawn into it."""
+def figures_script():
+    """``scripts/figures.py`` (pictures before running)."""
+    return _script("figures")
+
+
+def editions_script():
+    """``scripts/editions.py`` (the Chinese edition's source, built from the master and ``i18n/zh/``)."""
+    return _script("editions")
+
+
+def regenerate(root: Path = ROOT, assignment: str = ASSIGNMENT) -> dict[str, bytes]:
+    """The normalised release of ``root``'s ``source/<assignment>``, generated in a temporary course root,
+    with the figures of ``scripts/figures.py`` drawn into it from that assignment's own source."""
     with tempfile.TemporaryDirectory(prefix="selfattn-release-") as tmp:
         course = prepare_course(Path(tmp) / "course", root)
-        release = generate_assignment(course)
-        figures_script().add_figures_to_release(release, course / "source" / ASSIGNMENT)
+        release = generate_assignment(course, assignment)
+        figures_script().add_figures_to_release(release, course / "source" / assignment)
         return read_release(release)
 
 
@@ -253,25 +277,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=ROOT, help="course root (default: this repository)")
     args = parser.parse_args(argv)
     root = args.root.resolve()
-    committed = root / "release" / ASSIGNMENT
-    try:
-        generated = regenerate(root)
-    except RuntimeError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    if args.check:
-        problems = compare(comparable(generated), comparable(read_release(committed)))
-        if problems:
-            print(f"release/{ASSIGNMENT} is out of sync with source/{ASSIGNMENT}:", file=sys.stderr)
-            print("\n".join(problems), file=sys.stderr)
-            print("run: python scripts/release.py", file=sys.stderr)
-            return 1
-        print(f"release/{ASSIGNMENT} is in sync with source/{ASSIGNMENT} ({len(generated)} files)")
-        return 0
-    write_release(generated, committed)
-    print(f"wrote {len(generated)} files to {committed.relative_to(root)}")
-    return 0
-
+    editions = editions_script()
+    status = 0
+    for lang in LANGUAGES[1:]:  # each edition's source first: its release is generated from it
+        built = editions.build(lang, check=args.check, root=root)
+        if built and not args.check:
+            return 2  # a translation that does not fit its master: nothing released (the error says which)
+        status = max(status, built)
+    for assignment in ASSIGNMENTS:
+        committed = root / "release" / assignment
+        try:
+            generated = regenerate(root, assignment)
+        except RuntimeError as exc:
+            print(exc, file=sys.stderr)
+            return 2
+        if args.check:
+            problems = compare(comparable(generated), comparable(read_release(committed)))
+            if problems:
+                print(f"release/{assignment} is out of sync with source/{assignment}:", file=sys.stderr)
+                print("\n".join(problems), file=sys.stderr)
+                print("run: python scripts/release.py", file=sys.stderr)
+                status = 1
+            else:
+                print(f"release/{assignment} is in sync with source/{assignment} ({len(generated)} files)")
+            continue
+        write_release(generated, committed)
+        print(f"wrote {len(generated)} files to {committed.relative_to(root)}")
+    return status
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,7 +1,8 @@
 """A student's own copy of the release: ``python scripts/workspace.py [--release DIR] [--workspace DIR]``.
 
-``bash run.sh lab`` runs this before JupyterLab starts. It copies each file of
-``release/self_attention/`` that ``workspace/self_attention/`` does not have yet, and never touches a
+``bash run.sh lab`` runs this before JupyterLab starts. For each edition of the course (English
+``self_attention``, Chinese ``self_attention_zh``) it copies each file of ``release/<assignment>/`` that
+``workspace/<assignment>/`` does not have yet, and never touches a
 file that is there: the student works in ``workspace/``, which no instructor command writes
 (*Generate*, ``bash run.sh main`` and ``scripts/release.py`` rewrite ``release/`` only), so saved
 answers survive every regeneration of the release. A lesson added to the release later is copied
@@ -16,7 +17,13 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ASSIGNMENT = "self_attention"
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from exercises.editions import LANGUAGES, MASTER_ASSIGNMENT, assignment_for  # noqa: E402
+
+ASSIGNMENT = MASTER_ASSIGNMENT
+ASSIGNMENTS = tuple(assignment_for(lang) for lang in LANGUAGES)  # self_attention, self_attention_zh
 SKIP_PARTS = {".ipynb_checkpoints", "__pycache__"}
 
 
@@ -46,19 +53,25 @@ def fill(release: Path, workspace: Path) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--release", type=Path, default=ROOT / "release" / ASSIGNMENT)
-    parser.add_argument("--workspace", type=Path, default=ROOT / "workspace" / ASSIGNMENT)
+    parser.add_argument("--release", type=Path, default=None,
+                        help="one release folder to copy from (default: release/<assignment> of every edition)")
+    parser.add_argument("--workspace", type=Path, default=None,
+                        help="its workspace (default: workspace/<assignment> of every edition)")
     args = parser.parse_args(argv)
-    try:
-        copied = fill(args.release, args.workspace)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    where = args.workspace
-    print(f"your notebooks: {where} ({len(copied)} new from the release)" if copied else
-          f"your notebooks: {where} (nothing new in the release; your work is as you left it)")
+    if (args.release is None) != (args.workspace is None):
+        parser.error("--release and --workspace go together")
+    pairs = ([(args.release, args.workspace)] if args.release is not None else
+             [(ROOT / "release" / a, ROOT / "workspace" / a) for a in ASSIGNMENTS if (ROOT / "release" / a).is_dir()
+              or a == ASSIGNMENT])
+    for release, where in pairs:
+        try:
+            copied = fill(release, where)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"your notebooks: {where} ({len(copied)} new from the release)" if copied else
+              f"your notebooks: {where} (nothing new in the release; your work is as you left it)")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from grader_fixtures import course_points, item_points
 
-from autograder.examples import ONE_WRONG_ITEM
+from autograder.examples import ONE_WRONG_ITEM, edition_students
 
 REPO = Path(__file__).resolve().parent.parent
 BATCH = REPO / "examples" / "submissions"
@@ -23,7 +23,9 @@ SEED = 20261127
 # The canary (the grader's self-check) is not what these tests are about; every run skips it alike.
 GRADE = [sys.executable, "-m", "autograder", "grade", "--no-canary", "--seed", str(SEED), "-q"]
 # computed from source/: perfect scores everything, one_wrong loses its one wrong item, empty nothing
-EXPECTED_SCORES = {"empty": 0.0, "one_wrong": course_points() - item_points(ONE_WRONG_ITEM), "perfect": course_points()}
+# (each in both editions: perfect_zh ... score what perfect ... do)
+_SCORES = {"empty": 0.0, "one_wrong": course_points() - item_points(ONE_WRONG_ITEM), "perfect": course_points()}
+EXPECTED_SCORES = {name: _SCORES[base] for name, (base, _) in edition_students(_SCORES).items()}
 
 
 def outputs(out: Path) -> list[str]:

@@ -34,6 +34,7 @@ SUMMARY = REPO / "delivery" / "github-classroom" / "summary.py"
 WORKFLOW = REPO / "delivery" / "github-classroom" / "classroom.yml"
 EXAMPLES = REPO / "examples" / "submissions"
 STUDENTS = ("perfect", "one_wrong", "empty")
+ZH_STUDENTS = ("one_wrong_zh",)  # the Chinese edition's notebooks (issue 19): graded like the English ones
 SEED = 11
 # What must never reach a student through a report: hidden-test source, solution regions, the checks' modules.
 SECRETS = ("BEGIN HIDDEN TESTS", "BEGIN SOLUTION", "exercises.kernel", "from solutions", "import solutions")
@@ -92,7 +93,7 @@ def cli(tmp_path_factory) -> dict:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     return {"json": {Path(s["path"]).name: s for s in report["submissions"]},
-            "gradescope": {s: json.loads((out / f"gs-{s}.json").read_text()) for s in STUDENTS}}
+            "gradescope": {s: json.loads((out / f"gs-{s}.json").read_text()) for s in STUDENTS + ZH_STUDENTS}}
 
 
 # --- the bundle ------------------------------------------------------------------------------------
@@ -198,7 +199,7 @@ def test_an_upload_without_notebooks_scores_zero_and_says_what_to_upload(bundle,
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("student", STUDENTS)
+@pytest.mark.parametrize("student", STUDENTS + ZH_STUDENTS)
 def test_run_autograder_gives_the_clis_results(bundle, cli, tmp_path, student):
     root = _unpack(bundle, tmp_path / "ag", EXAMPLES / student)
     done = _run_autograder(root, "--seed", str(SEED))
@@ -206,6 +207,8 @@ def test_run_autograder_gives_the_clis_results(bundle, cli, tmp_path, student):
     result = _results(root)
     expected = cli["gradescope"][student]
     assert result["score"] == expected["score"] == cli["json"][student]["score"]
+    # a Chinese-edition upload scores what the same answers score in English
+    assert result["score"] == cli["json"][student.removesuffix("_zh")]["score"]
     assert result == expected  # every test: name, score, max_score, status, output, visibility
     text = (root / "results" / "results.json").read_text()
     assert not [s for s in SECRETS if s in text]
@@ -233,16 +236,18 @@ def _summary_rows(markdown: str) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_grade_sh_gives_the_clis_score_summary_and_points(cli, tmp_path):
+@pytest.mark.parametrize("student", ("one_wrong",) + ZH_STUDENTS)
+def test_grade_sh_gives_the_clis_score_summary_and_points(cli, tmp_path, student):
     summary, output = tmp_path / "summary.md", tmp_path / "output"
     repo = tmp_path / "student-repo"  # a student's repository: the notebooks in a folder, other files beside
-    shutil.copytree(EXAMPLES / "one_wrong", repo)
+    shutil.copytree(EXAMPLES / student, repo)
     (repo / "README.md").write_text("my answers\n")
     done = subprocess.run(["bash", str(GRADE_SH), str(repo), str(REPO)], capture_output=True, text=True, timeout=900,
                           env=_env(SELFATTN_PYTHON=sys.executable, SELFATTN_GRADE_ARGS=f"--seed {SEED}",
                                    GITHUB_STEP_SUMMARY=str(summary), GITHUB_OUTPUT=str(output)))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    expected = cli["json"]["one_wrong"]
+    expected = cli["json"][student]
+    assert expected["score"] == cli["json"]["one_wrong"]["score"]  # either edition, the same score
     outputs = dict(line.split("=", 1) for line in output.read_text().splitlines())
     assert outputs["graded"] == "true"
     assert float(outputs["score"]) == expected["score"] and float(outputs["max_score"]) == expected["max_score"]

@@ -207,11 +207,16 @@ def points(notebooks) -> dict[str, float]:
     }
 
 
-def require_course() -> dict[str, nbformat.NotebookNode]:
-    sources = read_notebooks(SOURCE)
-    assert sources, f"no source notebooks in {SOURCE}"
-    assert RELEASE.is_dir(), "release/ does not exist: run python scripts/release.py"
+def require_course(assignment: str = ASSIGNMENT) -> dict[str, nbformat.NotebookNode]:
+    source, release = ROOT / "source" / assignment, ROOT / "release" / assignment
+    sources = read_notebooks(source)
+    assert sources, f"no source notebooks in {source}"
+    assert release.is_dir(), f"release/{assignment} does not exist: run python scripts/release.py"
     return sources
+
+
+# Both editions' releases (issue 19) get the same leak checks: the Chinese one is built from its own source.
+EDITION_ASSIGNMENTS = release_script.ASSIGNMENTS
 
 
 # --- fast: configuration ------------------------------------------------------------------------
@@ -352,28 +357,33 @@ def test_hide_hidden_tests_timeout_message_is_kept():
 # --- fast: what is committed --------------------------------------------------------------------
 
 
-def test_source_and_release_have_the_same_notebooks():
-    sources = require_course()
-    assert sorted(sources) == sorted(p.name for p in RELEASE.glob("*.ipynb"))
+@pytest.mark.parametrize("assignment", EDITION_ASSIGNMENTS)
+def test_source_and_release_have_the_same_notebooks(assignment):
+    sources = require_course(assignment)
+    assert sorted(sources) == sorted(p.name for p in (ROOT / "release" / assignment).glob("*.ipynb"))
+    assert sorted(sources) == sorted(read_notebooks(SOURCE))  # every edition has the master's notebooks
 
 
-def test_no_solution_or_hidden_test_in_release():
-    sources = require_course()
+@pytest.mark.parametrize("assignment", EDITION_ASSIGNMENTS)
+def test_no_solution_or_hidden_test_in_release(assignment):
+    sources = require_course(assignment)
+    release = ROOT / "release" / assignment
     secrets, _ = secret_and_visible(sources)
     assert secrets["solution"] and secrets["hidden"], "the filter left nothing to look for"
-    parts = [notebook_text(nb) for nb in read_notebooks(RELEASE).values()]
-    parts += [p.read_text(errors="replace") for p in RELEASE.rglob("*") if p.is_file() and p.suffix != ".ipynb"]
+    parts = [notebook_text(nb) for nb in read_notebooks(release).values()]
+    parts += [p.read_text(errors="replace") for p in release.rglob("*") if p.is_file() and p.suffix != ".ipynb"]
     text = "\n".join(parts)
     for marker in (*SOLUTION, *HIDDEN, "exercises.kernel"):
-        assert marker not in text, f"{marker!r} in release/"
-    assert leaks(secrets["solution"], text) == [], "solution lines in release/"
-    assert leaks(secrets["hidden"], text) == [], "hidden-test lines in release/"
+        assert marker not in text, f"{marker!r} in release/{assignment}"
+    assert leaks(secrets["solution"], text) == [], f"solution lines in release/{assignment}"
+    assert leaks(secrets["hidden"], text) == [], f"hidden-test lines in release/{assignment}"
 
 
-def test_no_secret_line_in_what_a_release_of_source_shows():
+@pytest.mark.parametrize("assignment", EDITION_ASSIGNMENTS)
+def test_no_secret_line_in_what_a_release_of_source_shows(assignment):
     """From source/ alone (release/ may be stale on a branch): no solution or hidden-test line of any
     notebook stands in the markdown, given code, answer skeletons or visible tests of any notebook."""
-    assert source_leaks(require_course()) == {}
+    assert source_leaks(require_course(assignment)) == {}
 
 
 LESSON4 = "04_causal_attention.ipynb"

@@ -13,6 +13,10 @@ nbgrader pipeline tests grade the same students:
 * ``perfect``: every answer from ``source/``;
 * ``empty``: the release, unchanged (every answer raises ``NotImplementedError``);
 * ``one_wrong``: ``perfect`` with :data:`ONE_WRONG_ITEM` replaced by a classic mistake.
+
+Each edition of the course has the same students, built from its own source and release: the Chinese
+edition's are ``perfect_zh``, ``empty_zh`` and ``one_wrong_zh`` in ``<student>/self_attention_zh/``
+(:func:`edition_students`), with the same answers, so both editions must score the same item by item.
 """
 
 from __future__ import annotations
@@ -25,19 +29,23 @@ from pathlib import Path
 import nbformat
 from nbformat.notebooknode import NotebookNode
 
+from exercises.editions import LANGUAGES, MASTER_ASSIGNMENT, assignment_for
+
 __all__ = [
     "ASSIGNMENT",
+    "EDITIONS",
     "ONE_WRONG_ITEM",
     "ONE_WRONG_OVERRIDES",
     "STUDENTS",
     "answer_cells",
     "build_submission",
     "build_students",
+    "edition_students",
     "strip_solution_delimiters",
     "notebook_text",
 ]
 
-ASSIGNMENT = "self_attention"
+ASSIGNMENT = MASTER_ASSIGNMENT
 
 #: The item the ``one_wrong`` student gets wrong, with a classic mistake: the training loop never
 #: zeroes the gradients, so from the second step on each update uses the sum of all past gradients and
@@ -69,6 +77,18 @@ STUDENTS: dict[str, dict[str, str] | None] = {
     "empty": None,
     "one_wrong": ONE_WRONG_OVERRIDES,
 }
+
+#: language -> (nbgrader assignment, suffix of its students' names): the master's edition first
+EDITIONS: dict[str, tuple[str, str]] = {lang: (assignment_for(lang), "" if lang == "en" else f"_{lang}")
+                                         for lang in LANGUAGES}
+
+
+def edition_students(students: Mapping[str, object] = STUDENTS) -> dict[str, tuple[str, str]]:
+    """Every example student of every edition: ``{name: (base student, assignment)}``, e.g.
+    ``{"perfect": ("perfect", "self_attention"), "perfect_zh": ("perfect", "self_attention_zh"), ...}``."""
+    return {f"{student}{suffix}": (student, assignment)
+            for assignment, suffix in EDITIONS.values() for student in students}
+
 
 _DELIMITER = re.compile(r"^\s*#+\s*(BEGIN|END) SOLUTION\s*$")
 

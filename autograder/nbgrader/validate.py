@@ -32,6 +32,7 @@ validate), points those names at :class:`CourseValidator`.
 from __future__ import annotations
 
 import html
+import json
 import textwrap
 from dataclasses import dataclass
 
@@ -40,10 +41,49 @@ from nbformat.notebooknode import NotebookNode
 from nbgrader import utils
 from nbgrader.validator import Validator
 
+from exercises.editions import notebook_language
+
+
+def _read_json(filename: str) -> dict:
+    """The notebook file as plain JSON (only its metadata is read); ``{}`` when it cannot be read."""
+    try:
+        with open(filename, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
 __all__ = ["CellResult", "CourseValidator", "cell_results", "register", "summary_text"]
 
 PASSED, FAILED, NOT_ANSWERED = "passed", "FAILED", "not answered"
 SUMMARY_TITLE = "Summary of the graded cells"
+
+# The summary in the notebook's language (``metadata.course.edition``; exercises/editions.py): the Chinese
+# edition's students read it in Chinese. The status words are the same width in each language (the rows align).
+TEXTS: dict[str, dict[str, str]] = {
+    "en": {
+        "title": SUMMARY_TITLE,
+        "counts": "{title}: {passed} passed, {failed} failed, {not_answered} not answered",
+        "points": ("({earned:g} of {total:g} points pass the visible checks; more checks run when the notebook "
+                   "is graded)"),
+        "row": "  {status:<12}  {name:<{width}}  ({points})",
+        PASSED: PASSED, FAILED: FAILED, NOT_ANSWERED: NOT_ANSWERED,
+        "note_not_answered": "not answered: the answer cell still raises NotImplementedError.\n"
+                             "  Replace that line with your answer, then run the cell and the check below it.",
+        "note_failed": "FAILED: the source and the error of each failed check cell follow.",
+    },
+    "zh": {
+        "title": "计分单元格小结",
+        "counts": "{title}：{passed} 个通过，{failed} 个未通过，{not_answered} 个未作答",
+        "points": "（{total:g} 分中有 {earned:g} 分通过了可见检查；评分时还会运行更多检查）",
+        "row": "  {status}  {name:<{width}}  （{points}）",
+        PASSED: "已通过", FAILED: "未通过", NOT_ANSWERED: "未作答",
+        "note_not_answered": "未作答：作答单元格仍然抛出 NotImplementedError。\n"
+                             "  把那一行换成你的答案，然后运行该单元格和它下面的检查单元格。",
+        "note_failed": "未通过：下面依次是每个未通过的检查单元格的源代码和错误。",
+    },
+}
+SUMMARY_TITLES = frozenset(t["title"] for t in TEXTS.values())
 
 
 @dataclass(frozen=True)
@@ -91,25 +131,30 @@ def cell_results(nb: NotebookNode) -> list[CellResult]:
     return results
 
 
-def _points(x: float) -> str:
+def _points(x: float, lang: str = "en") -> str:
     text = f"{x:g}"
+    if lang == "zh":
+        return f"{text} 分"
     return f"{text} point" + ("" if text == "1" else "s")
 
 
-def summary_text(results: list[CellResult], max_reason: int = 160, wrap: int = 78) -> str:
+def summary_text(results: list[CellResult], max_reason: int = 160, wrap: int = 78, lang: str = "en") -> str:
     """The summary: a count line, a line on the points, then one line per graded cell (a failed cell's
-    error below it, wrapped at ``wrap`` characters)."""
+    error below it, wrapped at ``wrap`` characters), in the language ``lang`` (``en`` or ``zh``)."""
+    texts = TEXTS.get(lang, TEXTS["en"])
     counts = {s: sum(r.status == s for r in results) for s in (PASSED, FAILED, NOT_ANSWERED)}
     earned = sum(r.points for r in results if r.status == PASSED)
     total = sum(r.points for r in results)
     lines = [
-        f"{SUMMARY_TITLE}: {counts[PASSED]} passed, {counts[FAILED]} failed, {counts[NOT_ANSWERED]} not answered",
-        f"({earned:g} of {total:g} points pass the visible checks; more checks run when the notebook is graded)",
+        texts["counts"].format(title=texts["title"], passed=counts[PASSED], failed=counts[FAILED],
+                               not_answered=counts[NOT_ANSWERED]),
+        texts["points"].format(earned=earned, total=total),
     ]
     width = max((len(r.name) for r in results), default=0)
     for r in results:
         reason = r.reason if len(r.reason) <= max_reason else r.reason[: max_reason - 1] + "…"
-        lines.append(f"  {r.status:<12}  {r.name:<{width}}  ({_points(r.points)})")
+        lines.append(texts["row"].format(status=texts[r.status], name=r.name, width=width,
+                                         points=_points(r.points, lang)))
         if r.status == FAILED:  # on lines of its own, wrapped: the dialog's <pre> does not wrap (issue 18)
             lines += textwrap.wrap(reason, width=wrap, initial_indent=" " * 16, subsequent_indent=" " * 16,
                                    break_on_hyphens=False)
@@ -127,14 +172,14 @@ DIALOG_STYLE = ("<style>#validation-message > div:first-child { display: none; }
                 "#validation-message pre { white-space: pre-wrap; overflow-wrap: anywhere; }</style>")
 
 
-def notes_text(results: list[CellResult]) -> str:
-    """What to do about the summary's cells, for the box under it."""
+def notes_text(results: list[CellResult], lang: str = "en") -> str:
+    """What to do about the summary's cells, for the box under it (in the language ``lang``)."""
+    texts = TEXTS.get(lang, TEXTS["en"])
     notes = []
     if any(r.status == NOT_ANSWERED for r in results):
-        notes.append("not answered: the answer cell still raises NotImplementedError.\n"
-                     "  Replace that line with your answer, then run the cell and the check below it.")
+        notes.append(texts["note_not_answered"])
     if any(r.status == FAILED for r in results):
-        notes.append("FAILED: the source and the error of each failed check cell follow.")
+        notes.append(texts["note_failed"])
     return "\n".join(notes)
 
 
@@ -154,8 +199,10 @@ class CourseValidator(Validator):
         if "failed" not in results or self._executed is None:
             return results
         rows = cell_results(self._executed)
-        notes = notes_text(rows)
-        summary = {"source": summary_text(rows), "error": DIALOG_STYLE + html.escape(notes), "raw_error": notes}
+        lang = notebook_language(_read_json(filename))  # the edition the student's notebook belongs to
+        notes = notes_text(rows, lang)
+        summary = {"source": summary_text(rows, lang=lang), "error": DIALOG_STYLE + html.escape(notes),
+                   "raw_error": notes}
         # a cell that is only unanswered is in the summary; its source and traceback would bury the rest
         unanswered = {
             c.source.strip()
@@ -168,7 +215,7 @@ class CourseValidator(Validator):
     def validate_and_print(self, filename: str) -> None:
         results = self.validate(filename)
         failed = results.get("failed")
-        if not failed or failed[0]["source"].split(":")[0] != SUMMARY_TITLE:
+        if not failed or failed[0]["source"].split(":")[0].split("：")[0] not in SUMMARY_TITLES:
             # nbgrader's own report (changed / type_changed / success), from the results we have
             self.validate = lambda _filename: results  # type: ignore[method-assign]
             try:
