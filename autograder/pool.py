@@ -86,9 +86,11 @@ class Zygote:
             self.slot.chmod(0o711)
         for name, origin in sandbox.WORKER_FILES.items():
             shutil.copyfile(origin, self.slot / name)
-        self.launched = sandbox.launch(self.slot, limits, False, use_bwrap, zygote=True)
+        self.launched = sandbox.launch(self.slot, limits, False, use_bwrap, zygote=True,
+                                       job_uid=self.user.uid if self.user else None)
         self.isolation, self.tag = self.launched.isolation, self.launched.tag
         self.ready = False
+        self.retired = False  # it could not clear a job's processes away: never given another job
         self.done: dict[str, int] = {}
         self.text = ""
         self.changed = threading.Condition()
@@ -101,6 +103,8 @@ class Zygote:
             with self.changed:
                 if line.strip() == protocol.ZYGOTE_READY:
                     self.ready = True
+                elif line.strip() == protocol.ZYGOTE_RETIRED:
+                    self.retired = True
                 elif finished:
                     self.done[finished[0]] = finished[1]
                 else:
@@ -109,6 +113,11 @@ class Zygote:
 
     def alive(self) -> bool:
         return self.launched.process.poll() is None
+
+    def reusable(self) -> bool:
+        """Alive, and every process of its last job gone (a retired zygote exits on its own)."""
+        with self.changed:
+            return not self.retired and self.alive()
 
     def new_job_dir(self) -> Path:
         workdir = self.slot / f"{protocol.JOB_PREFIX}{secrets.token_hex(8)}"
@@ -202,7 +211,7 @@ class WorkerPool:
         with self.lock:
             while self.idle:
                 zygote = self.idle.pop()
-                if zygote.alive():
+                if zygote.reusable():
                     return zygote
                 zygote.close()
         return Zygote(self.limits, self.use_bwrap, self.drop)
@@ -210,7 +219,7 @@ class WorkerPool:
     def release(self, zygote: Zygote) -> None:
         """Give a zygote back after a job: kept when alive and idle, else closed."""
         with self.lock:
-            if zygote.alive() and not self.closed:
+            if zygote.reusable() and not self.closed:
                 self.idle.append(zygote)
                 return
         zygote.close()
