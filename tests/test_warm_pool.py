@@ -187,9 +187,16 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _ready_r, _ready_w = os.pipe()
 def _named(name):
     _libc.prctl(15, name.encode(), 0, 0, 0)  # PR_SET_NAME: /proc/<pid>/status says which shape it is
-def _stay(name):
+def _in_place(name):  # named, said so, and detached like a daemon (no pipe of the job's kept open)
     _named(name)
     os.write(_ready_w, b"x")
+    _null = os.open(os.devnull, os.O_RDWR)
+    for _fd in (0, 1, 2):
+        os.dup2(_null, _fd)
+    for _fd in (_null, _ready_r, _ready_w):
+        os.close(_fd)
+def _stay(name):
+    _in_place(name)
     while True:
         time.sleep(0.05)
 def _double_fork():  # the classic daemon: its parent exits, it is nobody's child
@@ -215,23 +222,21 @@ def _heavy():  # its exit takes a while (memory to free): its child is not yet r
     _stay("lo-heavy")
 def _stopped():  # SIGSTOP: a stopped process is still there
     os.setsid()
-    _named("lo-stopped")
-    os.write(_ready_w, b"x")
+    _in_place("lo-stopped")
     os.kill(os.getpid(), signal.SIGSTOP)
-    _stay("lo-stopped")
+    while True:
+        time.sleep(0.05)
 def _hopper():  # a new pid every few milliseconds: fork, and the parent exits
     os.setsid()
-    _named("lo-hopper")
-    os.write(_ready_w, b"x")
+    _in_place("lo-hopper")
     while True:
         time.sleep(0.02)
         if os.fork() != 0:
             os._exit(0)
 def _threads():  # its main thread exits, a thread of it runs on (the leader is a zombie, the process is not)
     os.setsid()
-    _named("lo-threads")
     threading.Thread(target=lambda: [time.sleep(0.05) for _ in iter(int, 1)]).start()
-    os.write(_ready_w, b"x")
+    _in_place("lo-threads")
     _libc.pthread_exit(None)
 _SHAPES = [_double_fork, _no_sigterm, _setsid, _own_group, _heavy, _stopped, _hopper, _threads]
 for _shape in _SHAPES:
@@ -280,7 +285,7 @@ for _look in range(3):
             continue
         if _own_namespace or _below(_pid, _zygote) or (
                 _uid >= 1_700_000_000 and int(_st["Uid"].split()[0]) == _uid):
-            _others.add(_st["Name"])
+            _others.add(f"{_st['Name']}({_st['State'][0]})")
     time.sleep(0.05)
 if _others:
     raise RuntimeError("processes from before: " + " ".join(sorted(_others)))
