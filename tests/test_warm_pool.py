@@ -455,3 +455,82 @@ def test_does_a_run_on_the_gpu_start_a_cold_worker():
         assert pool.idle == [], "a GPU run must not fork from (or start) a warm worker"
     finally:
         pool.shutdown()
+
+
+# --- without bubblewrap: the zygote's reaping itself, with a uid of the jobs' own and without one ------------
+# The modes without bubblewrap grade here as root without a privilege drop (this machine's Python lies under
+# /root: ``sandbox.can_drop_privileges`` is False), so the privilege-drop path of ``_reap_leftovers`` (``kill(-1)``
+# as the slot's uid) is driven directly: a "job" forked as that uid leaves every shape above, the zygote's code
+# clears them, and nothing of that uid nor below the zygote may remain.
+REAPER = """import json, os, sys, time
+work, uid = sys.argv[1], (None if sys.argv[2] == "none" else int(sys.argv[2]))
+sys.argv = [sys.argv[0], work]
+import importlib.util
+spec = importlib.util.spec_from_file_location("worker_main", os.path.join(work, "main.py"))
+worker = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(worker)
+worker._prctl(worker.PR_SET_CHILD_SUBREAPER, 1)
+leftovers = open(os.path.join(work, "leftovers.py")).read()  # read as root: the folder is root's
+job = os.fork()
+if job == 0:
+    try:
+        os.setsid()
+        if uid is not None:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+        exec(compile(leftovers, "<leftovers>", "exec"), {"__name__": "job"})
+        sys.stdout.flush()
+    finally:
+        os._exit(0)
+os.waitpid(job, 0)
+cleared = worker._reap_leftovers(False, uid)
+time.sleep(0.2)  # anything missed would show now
+def status(pid):
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            return {k: v.strip() for k, _, v in (line.partition(":") for line in fh)}
+    except OSError:
+        return None
+left = []
+for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
+    st = status(pid)
+    if st is None or pid == os.getpid():
+        continue
+    below, up = False, st
+    for _ in range(100):
+        if up is None or int(up["PPid"]) <= 1:
+            break
+        if int(up["PPid"]) == os.getpid():
+            below = True
+            break
+        up = status(int(up["PPid"]))
+    if below or (uid is not None and int(st["Uid"].split()[0]) == uid):
+        left.append(f"{st['Name']}({st['State'][0]})")
+print(json.dumps({"cleared": cleared, "left": left}))
+"""
+
+
+@pytest.mark.parametrize("own_uid", [True, False], ids=["uid of the jobs' own", "the grader's user"])
+def test_does_the_zygote_clear_every_leftover_without_bubblewrap(tmp_path, own_uid):
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the jobs' uid of their own (and, without it, a subreaper's tree) as root grades")
+    for name, origin in sandbox.WORKER_FILES.items():
+        shutil.copyfile(origin, tmp_path / name)
+    (tmp_path / "leftovers.py").write_text(LEFTOVERS)
+    user = sandbox.WorkerUid() if own_uid else None
+    try:
+        done = subprocess.run([sys.executable, "-c", REAPER, str(tmp_path), str(user.uid) if user else "none"],
+                              capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    finally:
+        if user:
+            user.release()
+    assert "leftovers in place: 9 of 9" in done.stdout, (done.stdout, done.stderr[-2000:])
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report == {"cleared": True, "left": []}, report
