@@ -534,3 +534,28 @@ def test_does_the_zygote_clear_every_leftover_without_bubblewrap(tmp_path, own_u
     assert "leftovers in place: 9 of 9" in done.stdout, (done.stdout, done.stderr[-2000:])
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report == {"cleared": True, "left": []}, report
+
+
+def test_is_a_zygote_that_cannot_clear_a_job_retired_without_cost_to_anyone(tmp_path, monkeypatch):
+    """A zygote whose job left something it could not clear in time says so before the job's end and exits: the
+    student keeps every point, the slot is never reused, the next student gets a fresh zygote and full marks.
+    (Its deadline is set to zero in a copy of the worker, so any leftover at all outlasts it.)"""
+    patched = tmp_path / "main.py"
+    source = sandbox.WORKER_FILES["main.py"].read_text()
+    assert "\nREAP_SECONDS = 5.0\n" in source
+    patched.write_text(source.replace("\nREAP_SECONDS = 5.0\n", "\nREAP_SECONDS = 0.0\n"))
+    monkeypatch.setitem(sandbox.WORKER_FILES, "main.py", patched)
+    answers = answers_from_source(NB1)
+    first = write_submission(tmp_path / "first", NB1, {"softmax_naive": LEFTOVERS + answers["softmax_naive"]})
+    second = write_submission(tmp_path / "second", NB1, {"context_vectors": PROBE + answers["context_vectors"]})
+    pool = _one_slot_pool(hostile.BWRAP)
+    try:
+        graded_first = grade_notebook(NB1, first, 7, ["cpu"], hostile.LIMITS, hostile.BWRAP, pool=pool)
+        assert pool.idle == [], "a zygote that could not clear its job's processes was kept"
+        graded_second = grade_notebook(NB1, second, 7, ["cpu"], hostile.LIMITS, hostile.BWRAP, pool=pool)
+    finally:
+        pool.shutdown()
+    assert "leftovers in place: 9 of 9" in graded_first.output, graded_first.output[-2000:]
+    for graded in (graded_first, graded_second):
+        lost = [(o.name, o.message) for o in graded.outcomes if o.device == "cpu" and o.status != "passed"]
+        assert not lost, (lost, graded.notes)
