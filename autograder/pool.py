@@ -11,7 +11,8 @@ where it was initialised, and importing torch._dynamo, which the warm-up needs, 
 so runs on the GPU start cold workers, ``WORKERS_PER_GPU`` at a time per GPU (``gpu_slot``), each with
 that share of the memory fraction a worker may use; a zygote sees no GPU at
 all (``CUDA_VISIBLE_DEVICES`` is empty for CPU workers). A zygote is killed, not reused, after any
-job that had to be stopped (a timeout, an RSS bound); the next job gets a fresh one.
+job that had to be stopped (a timeout, an RSS bound), and closed after a job whose processes it could
+not all clear away in time (it says so: ``protocol.ZYGOTE_RETIRED``); the next job gets a fresh one.
 """
 
 from __future__ import annotations

@@ -12,8 +12,9 @@ Warm mode (``python -I main.py SLOT --zygote``, see ``autograder/pool.py``): the
 done once, then each job directory named on stdin gets a worker forked from this process, which
 runs exactly as above with that directory as its WORKDIR. Nothing a job does reaches the next: the
 job is a separate process (its globals, patches and threads die with it); its leftover processes
-are killed and reaped (this process is their subreaper), and under bubblewrap the private /tmp and
-/dev/shm are emptied before the next job.
+are killed and reaped (this process is their subreaper) before the job's end is reported, or this
+process retires (``_reap_leftovers``), and under bubblewrap the private /tmp and /dev/shm are emptied
+before the next job.
 """
 
 from __future__ import annotations
