@@ -582,9 +582,10 @@ class _Drain:
         except OSError:
             pass
 
-    def finish(self, path: str) -> None:
-        """Wait for the end of the output (every writer gone), then write what was kept to ``path``."""
-        self.thread.join(timeout=10)
+    def finish(self, path: str, wait: float = 10.0) -> None:
+        """Wait for the end of the output (every writer gone, at most ``wait`` seconds), then write what was kept
+        to ``path``."""
+        self.thread.join(timeout=wait)
         os.close(self.fd)
         note = f"\n[... {self.dropped} more bytes of output dropped]".encode() if self.dropped else b""
         try:  # whatever the job left at this path (a link, a fifo) goes first: the job and its leftovers are dead
@@ -661,7 +662,9 @@ def zygote(private_dirs: bool, output_cap: int, job_uid: int | None = None) -> N
         drain = _Drain(read_end, output_cap)
         _, status = os.waitpid(pid, 0)
         cleared = _reap_leftovers(own_pid_namespace, job_uid)  # also closes the pipe's write ends they held
-        drain.finish(os.path.join(job, protocol.OUTPUT))
+        # a leftover that could not be cleared may still hold the pipe: the job's end must reach the grader
+        # well within its JOB_END_WAIT, or the student's finished job would count as stopped
+        drain.finish(os.path.join(job, protocol.OUTPUT), wait=10.0 if cleared else 1.0)
         if private_dirs:
             _empty_private_dirs()
         if not cleared:  # said before the job's end, so the grader never hands this zygote another job
