@@ -11,7 +11,8 @@ where it was initialised, and importing torch._dynamo, which the warm-up needs, 
 so runs on the GPU start cold workers, ``WORKERS_PER_GPU`` at a time per GPU (``gpu_slot``), each with
 that share of the memory fraction a worker may use; a zygote sees no GPU at
 all (``CUDA_VISIBLE_DEVICES`` is empty for CPU workers). A zygote is killed, not reused, after any
-job that had to be stopped (a timeout, an RSS bound); the next job gets a fresh one.
+job that had to be stopped (a timeout, an RSS bound), and closed after a job whose processes it could
+not all clear away in time (it says so: ``protocol.ZYGOTE_RETIRED``); the next job gets a fresh one.
 """
 
 from __future__ import annotations
@@ -86,9 +87,11 @@ class Zygote:
             self.slot.chmod(0o711)
         for name, origin in sandbox.WORKER_FILES.items():
             shutil.copyfile(origin, self.slot / name)
-        self.launched = sandbox.launch(self.slot, limits, False, use_bwrap, zygote=True)
+        self.launched = sandbox.launch(self.slot, limits, False, use_bwrap, zygote=True,
+                                       job_uid=self.user.uid if self.user else None)
         self.isolation, self.tag = self.launched.isolation, self.launched.tag
         self.ready = False
+        self.retired = False  # it could not clear a job's processes away: never given another job
         self.done: dict[str, int] = {}
         self.text = ""
         self.changed = threading.Condition()
@@ -101,6 +104,8 @@ class Zygote:
             with self.changed:
                 if line.strip() == protocol.ZYGOTE_READY:
                     self.ready = True
+                elif line.strip() == protocol.ZYGOTE_RETIRED:
+                    self.retired = True
                 elif finished:
                     self.done[finished[0]] = finished[1]
                 else:
@@ -109,6 +114,11 @@ class Zygote:
 
     def alive(self) -> bool:
         return self.launched.process.poll() is None
+
+    def reusable(self) -> bool:
+        """Alive, and every process of its last job gone (a retired zygote exits on its own)."""
+        with self.changed:
+            return not self.retired and self.alive()
 
     def new_job_dir(self) -> Path:
         workdir = self.slot / f"{protocol.JOB_PREFIX}{secrets.token_hex(8)}"
@@ -202,7 +212,7 @@ class WorkerPool:
         with self.lock:
             while self.idle:
                 zygote = self.idle.pop()
-                if zygote.alive():
+                if zygote.reusable():
                     return zygote
                 zygote.close()
         return Zygote(self.limits, self.use_bwrap, self.drop)
@@ -210,7 +220,7 @@ class WorkerPool:
     def release(self, zygote: Zygote) -> None:
         """Give a zygote back after a job: kept when alive and idle, else closed."""
         with self.lock:
-            if zygote.alive() and not self.closed:
+            if zygote.reusable() and not self.closed:
                 self.idle.append(zygote)
                 return
         zygote.close()

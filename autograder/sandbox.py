@@ -177,11 +177,14 @@ def prepare_workdir(wdir: WorkerDir, copy_worker: bool = True, uid: int = NOBODY
         wdir.give_to(uid, uid)
 
 
-def launch(workdir: Path, limits: Limits, cuda: bool, use_bwrap: str | None, zygote: bool = False) -> Launched:
+def launch(workdir: Path, limits: Limits, cuda: bool, use_bwrap: str | None, zygote: bool = False,
+           job_uid: int | None = None) -> Launched:
     """Start the worker on ``workdir`` (which already holds plan and inputs).
 
     ``zygote``: start a warm worker on a slot directory instead (``autograder/pool.py``): it reads job
     names on stdin, so stdin is a pipe, and under bubblewrap it empties its private /tmp between jobs.
+    ``job_uid``: the uid of the zygote's jobs, theirs alone (a ``WorkerUid``): between jobs it kills every
+    process of that uid (told here, never read from a job's plan, which the job can change).
     """
     tag = uuid.uuid4().hex
     env = {"PATH": "/usr/bin:/bin", "HOME": str(workdir), "LANG": "C.UTF-8", "MPLBACKEND": "Agg",
@@ -202,13 +205,14 @@ def launch(workdir: Path, limits: Limits, cuda: bool, use_bwrap: str | None, zyg
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         resource.setrlimit(resource.RLIMIT_NPROC, (limits.processes, limits.processes))
 
+    uid_arg = [f"--job-uid={job_uid}"] if job_uid is not None else []
     if use_bwrap:
-        warm = ["--zygote", "--private-tmp", f"--output-cap={limits.output_bytes}"] if zygote else []
+        warm = ["--zygote", "--private-tmp", f"--output-cap={limits.output_bytes}", *uid_arg] if zygote else []
         cmd = _bwrap_command(use_bwrap, workdir, env, cuda, warm)
         isolation = "bubblewrap"
         plan_env = None
     else:
-        warm = ["--zygote", f"--output-cap={limits.output_bytes}"] if zygote else []
+        warm = ["--zygote", f"--output-cap={limits.output_bytes}", *uid_arg] if zygote else []
         cmd = [sys.executable, "-I", str(workdir / "main.py"), str(workdir), *warm]
         isolation = "rlimits"
         plan_env = env

@@ -12,8 +12,9 @@ Warm mode (``python -I main.py SLOT --zygote``, see ``autograder/pool.py``): the
 done once, then each job directory named on stdin gets a worker forked from this process, which
 runs exactly as above with that directory as its WORKDIR. Nothing a job does reaches the next: the
 job is a separate process (its globals, patches and threads die with it); its leftover processes
-are killed and reaped (this process is their subreaper), and under bubblewrap the private /tmp and
-/dev/shm are emptied before the next job.
+are killed and reaped (this process is their subreaper) before the job's end is reported, or this
+process retires (``_reap_leftovers``), and under bubblewrap the private /tmp and /dev/shm are emptied
+before the next job.
 """
 
 from __future__ import annotations
@@ -411,13 +412,28 @@ def main() -> None:
 
 # --- warm mode: fork a worker per job from an interpreter that has already imported torch ------------
 PR_SET_CHILD_SUBREAPER = 36
-REAP_ROUNDS = 200  # a job's leftovers that keep forking are killed round by round (RLIMIT_NPROC bounds them)
+SIGKILL = 9
+# A job's leftovers are all gone within this, or the zygote retires (the grader's JOB_END_WAIT is 10 s). Not a
+# number of rounds: a killed process takes its time to exit (tens of ms to free a large address space or tear
+# down its private namespaces on a loaded machine), and so much longer the orphans it re-parents to us.
+REAP_SECONDS = 5.0
+WORKER_UID_BASE = 1_700_000_000  # sandbox.WORKER_UID_BASE: the first uid of a worker's own
 
 
 def _prctl(option: int, value: int) -> None:
     import ctypes
 
     ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)
+
+
+def _status_fields(pid: int) -> tuple[int, int] | None:
+    """(parent pid, real uid) of ``pid`` from /proc, or None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as fh:
+            fields = dict(line.split(b":", 1) for line in fh.read().splitlines() if b":" in line)
+        return int(fields[b"PPid"]), int(fields[b"Uid"].split()[0])
+    except (OSError, KeyError, ValueError, IndexError):
+        return None
 
 
 def _children() -> list[int]:
@@ -436,24 +452,74 @@ def _children() -> list[int]:
     return found
 
 
-def _reap_leftovers() -> None:
-    """Kill and reap whatever the last job left running (daemons, orphans) before the next job starts."""
-    for _ in range(REAP_ROUNDS):
-        kids = _children()
-        for pid in kids:
+def _leftovers(own_pid_namespace: bool, job_uid: int | None) -> list[int]:
+    """Every process a job may have left: our children (every descendant comes back to us, the subreaper, as its
+    parent dies), every process of the sandbox's pid namespace but its init and us, every process of the jobs'
+    own uid. Zombies count until they are reaped: the next job would see them."""
+    me, found = os.getpid(), set(_children())
+    if own_pid_namespace or job_uid is not None:
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) in (1, me):
+                continue
+            fields = _status_fields(int(entry))
+            if fields is not None and (own_pid_namespace or fields[1] == job_uid):
+                found.add(int(entry))
+    return sorted(found)
+
+
+def _kill_all_at_once(own_pid_namespace: bool, job_uid: int | None) -> None:
+    """SIGKILL to every leftover in one system call, so none can fork away (a pid that changes every few
+    milliseconds) or run on while the parent it would be re-parented from is still dying.
+
+    In the sandbox's own pid namespace (bubblewrap) ``kill(-1)`` reaches every process but its init and us;
+    with a uid of the jobs' own (root drops to it), ``kill(-1)`` from a helper of that uid reaches exactly its
+    processes. Otherwise (the grader's own user, no pid namespace) there is no such call: the tree walk
+    of ``_reap_leftovers`` alone, bounded by its deadline."""
+    if own_pid_namespace:
+        try:
+            os.kill(-1, SIGKILL)
+        except OSError:  # nothing left to signal
+            pass
+    elif job_uid is not None and os.geteuid() == 0:
+        pid = os.fork()
+        if pid == 0:  # only system calls here: this process has threads
             try:
-                os.kill(pid, 9)
+                os.setgroups([])
+                os.setgid(job_uid)
+                os.setuid(job_uid)
+                os.kill(-1, SIGKILL)
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+
+
+def _reap_leftovers(own_pid_namespace: bool = False, job_uid: int | None = None) -> bool:
+    """Kill and reap whatever the last job left (daemons, orphans, zombies) before the next job starts; True once
+    nothing is left, False if something still is after ``REAP_SECONDS`` (the zygote must not serve another job)."""
+    deadline = time.monotonic() + REAP_SECONDS
+    pause = 0.0005
+    while True:
+        left = _leftovers(own_pid_namespace, job_uid)
+        if not left:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        _kill_all_at_once(own_pid_namespace, job_uid)
+        for pid in left:
+            try:
+                os.kill(pid, SIGKILL)
             except OSError:
                 pass
-        while True:
+        while True:  # reap every child that has finished dying
             try:
                 pid, _status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 pid = 0
             if pid == 0:
                 break
-        if not kids:
-            return
+        if _leftovers(own_pid_namespace, job_uid):
+            time.sleep(pause)  # a killed process is still exiting: give it the CPU
+            pause = min(pause * 2, 0.02)
 
 
 def _empty_private_dirs() -> None:
@@ -516,9 +582,10 @@ class _Drain:
         except OSError:
             pass
 
-    def finish(self, path: str) -> None:
-        """Wait for the end of the output (every writer gone), then write what was kept to ``path``."""
-        self.thread.join(timeout=10)
+    def finish(self, path: str, wait: float = 10.0) -> None:
+        """Wait for the end of the output (every writer gone, at most ``wait`` seconds), then write what was kept
+        to ``path``."""
+        self.thread.join(timeout=wait)
         os.close(self.fd)
         note = f"\n[... {self.dropped} more bytes of output dropped]".encode() if self.dropped else b""
         try:  # whatever the job left at this path (a link, a fifo) goes first: the job and its leftovers are dead
@@ -558,13 +625,21 @@ def _warm_up() -> None:
         torch.softmax(scores.detach(), dim=-1).sum()
 
 
-def zygote(private_dirs: bool, output_cap: int) -> None:
+def zygote(private_dirs: bool, output_cap: int, job_uid: int | None = None) -> None:
     """Serve jobs named on stdin, one at a time; report each one's end on stdout (``protocol.job_done``).
 
     Each job prints into a pipe that a thread of this process drains (the first ``output_cap`` bytes are
-    kept, in the job's ``output.txt``); no thread is left when the next job is forked.
+    kept, in the job's ``output.txt``); no thread is left when the next job is forked. No process of a job is
+    left either (``_reap_leftovers``): if one still is after ``REAP_SECONDS``, the zygote says so
+    (``protocol.ZYGOTE_RETIRED``) before the job's end and exits, and the grader starts a fresh one.
+
+    ``private_dirs``: bubblewrap's sandbox, whose pid namespace is ours (we are its pid 2, under its init).
+    ``job_uid``: the uid the jobs drop to, when it is theirs alone (``sandbox.WorkerUid``).
     """
     slot = WORKDIR
+    own_pid_namespace = private_dirs and os.getpid() == 2  # outside a new namespace pid 2 is the kernel's
+    if job_uid is not None and job_uid < WORKER_UID_BASE:  # never a uid that other processes may share
+        job_uid = None
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
     try:
         _warm_up()
@@ -586,17 +661,25 @@ def zygote(private_dirs: bool, output_cap: int) -> None:
         os.close(write_end)
         drain = _Drain(read_end, output_cap)
         _, status = os.waitpid(pid, 0)
-        _reap_leftovers()  # also closes the pipe's last write ends, held by leftovers
-        drain.finish(os.path.join(job, protocol.OUTPUT))
+        cleared = _reap_leftovers(own_pid_namespace, job_uid)  # also closes the pipe's write ends they held
+        # a leftover that could not be cleared may still hold the pipe: the job's end must reach the grader
+        # well within its JOB_END_WAIT, or the student's finished job would count as stopped
+        drain.finish(os.path.join(job, protocol.OUTPUT), wait=10.0 if cleared else 1.0)
         if private_dirs:
             _empty_private_dirs()
+        if not cleared:  # said before the job's end, so the grader never hands this zygote another job
+            control.write(protocol.ZYGOTE_RETIRED + "\n")
         control.write(protocol.job_done(name, os.waitstatus_to_exitcode(status)) + "\n")
         control.flush()
+        if not cleared:
+            os._exit(protocol.HARNESS_EXIT)
 
 
 if __name__ == "__main__":
     if "--zygote" in sys.argv[2:]:
         caps = [int(a.split("=", 1)[1]) for a in sys.argv[2:] if a.startswith("--output-cap=")]
-        zygote(private_dirs="--private-tmp" in sys.argv[2:], output_cap=caps[0] if caps else 64 << 10)
+        uids = [int(a.split("=", 1)[1]) for a in sys.argv[2:] if a.startswith("--job-uid=")]
+        zygote(private_dirs="--private-tmp" in sys.argv[2:], output_cap=caps[0] if caps else 64 << 10,
+               job_uid=uids[0] if uids else None)
     else:
         main()

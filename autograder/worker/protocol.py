@@ -50,6 +50,9 @@ def rpc_response(n: int) -> tuple[str, str]:
 # The zygote reads one job directory name per line on stdin; it prints ZYGOTE_READY once its imports
 # are done, then one ``job_done`` line per job (its other output, e.g. a traceback, is plain text).
 ZYGOTE_READY = "selfattn-zygote-ready"
+# said before a job's ``job_done`` when something of that job could not be cleared away in time: the zygote
+# exits after it and must never be handed another job
+ZYGOTE_RETIRED = "selfattn-zygote-retired"
 OUTPUT = "output.txt"  # a forked job's stdout and stderr (a cold worker's go to a pipe)
 JOB_PREFIX = "job-"
 
