@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autograder.runner import CellSpec
+from exercises.i18n import path_language, student_language, tr
 from exercises.rules import parse
 from exercises.source import (
     SourceNotebook,
@@ -48,21 +49,35 @@ def read_student_notebook(path: Path) -> list[dict]:
     try:
         size = path.stat().st_size
     except OSError as exc:
-        raise IntakeError(f"cannot read {path.name}: {exc.strerror}") from exc
+        raise IntakeError(tr("cannot read {name}: {why}").format(name=path.name, why=exc.strerror)) from exc
     if size > MAX_NOTEBOOK_BYTES:
-        raise IntakeError(f"{path.name} is {size >> 20} MiB; the limit is {MAX_NOTEBOOK_BYTES >> 20} MiB "
-                          "(clear the outputs before submitting)")
+        raise IntakeError(tr("{name} is {size} MiB; the limit is {limit} MiB (clear the outputs before "
+                             "submitting)").format(name=path.name, size=size >> 20, limit=MAX_NOTEBOOK_BYTES >> 20))
     try:
         data = json.loads(path.read_bytes())
     except (ValueError, UnicodeDecodeError) as exc:
-        raise IntakeError(f"{path.name} is not a valid notebook (invalid JSON: {str(exc)[:120]}); "
-                          "re-download it or restore it from a checkpoint") from exc
+        raise IntakeError(tr("{name} is not a valid notebook (invalid JSON: {why}); re-download it or restore it "
+                             "from a checkpoint").format(name=path.name, why=str(exc)[:120])) from exc
     cells = data.get("cells") if isinstance(data, dict) else None
     if not isinstance(cells, list):
-        raise IntakeError(f"{path.name} is not a Jupyter notebook (no list of cells)")
+        raise IntakeError(tr("{name} is not a Jupyter notebook (no list of cells)").format(name=path.name))
     if len(cells) > MAX_CELLS:
-        raise IntakeError(f"{path.name} has {len(cells)} cells; the limit is {MAX_CELLS}")
+        raise IntakeError(tr("{name} has {count} cells; the limit is {limit}").format(name=path.name,
+                                                                                     count=len(cells), limit=MAX_CELLS))
     return [c for c in cells if isinstance(c, dict)]
+
+
+def notebook_language_at(path: Path | None) -> str:
+    """The language of the student's notebook at ``path`` (``exercises.i18n.student_language``: its edition, else
+    its folder), read within the same caps; English for no notebook, and its folder's for one that cannot be read."""
+    if path is None:
+        return "en"
+    try:
+        if path.stat().st_size <= MAX_NOTEBOOK_BYTES:
+            return student_language(json.loads(path.read_bytes()), path)
+    except (OSError, ValueError, UnicodeDecodeError):
+        pass
+    return path_language(path) or "en"
 
 
 def strip_magics(code: str) -> tuple[str, int]:
@@ -93,7 +108,8 @@ def prepare(source: SourceNotebook, student_cells: list[dict]) -> PreparedNotebo
         by_id[gid] = cell_text(cell.get("source"))[:MAX_CELL_CHARS]
     prepared = PreparedNotebook(cells=[])
     for gid in sorted(duplicates & set(source.answer_ids)):
-        prepared.notes.append(f"answer cell `{gid}` appears more than once; the first copy was graded")
+        prepared.notes.append(tr("answer cell `{cell}` appears more than once; the first copy was graded").format(
+            cell=gid))
     for cell in source.cells:
         if cell["cell_type"] != "code":
             continue
@@ -107,16 +123,18 @@ def prepare(source: SourceNotebook, student_cells: list[dict]) -> PreparedNotebo
             continue
         if gid not in by_id:
             prepared.missing_answers.add(gid)
-            prepared.notes.append(f"answer cell `{gid}` is missing from the submission (deleted, or its "
-                                  "metadata was changed); restore it from the released notebook")
+            prepared.notes.append(tr("answer cell `{cell}` is missing from the submission (deleted, or its metadata "
+                                     "was changed); restore it from the released notebook").format(cell=gid))
             continue
         code, dropped = strip_magics(by_id[gid])
         if dropped:
-            prepared.notes.append(f"answer cell `{gid}`: {dropped} IPython magic/shell line(s) were not run")
+            prepared.notes.append(tr("answer cell `{cell}`: {count} IPython magic/shell line(s) were not run").format(
+                cell=gid, count=dropped))
         try:
             parse(code)
         except SyntaxError as exc:
-            prepared.syntax_errors[gid] = f"SyntaxError in answer cell `{gid}` line {exc.lineno}: {exc.msg}"
+            prepared.syntax_errors[gid] = tr("SyntaxError in answer cell `{cell}` line {line}: {error}").format(
+                cell=gid, line=exc.lineno, error=exc.msg)
         prepared.answer_sources[gid] = code
         prepared.cells.append(CellSpec(gid, code, "answer"))
     return prepared
