@@ -61,7 +61,8 @@ class GradingSession:
         from autograder.canary import check_grader
 
         try:
-            self.canary_seconds = check_grader(self.devices, self.limits, self.use_bwrap, self.workers).seconds
+            with language(self.own_language):  # the canary's own report is the run's, not a notebook's
+                self.canary_seconds = check_grader(self.devices, self.limits, self.use_bwrap, self.workers).seconds
         except GraderError as exc:
             with language(self.own_language):
                 self.fatal = tr("could not grade: {why}").format(why=exc)
