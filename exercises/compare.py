@@ -68,7 +68,7 @@ def describe_index(index: Sequence[int], shape: Sequence[int], dims: Sequence[st
     names = names[-len(index):] if index else names
     pretty = {"query": tr("query row"), "key": tr("key column"), "feature": tr("feature"), "batch": tr("batch"),
               "head": tr("head"), "position": tr("position")}
-    return ", ".join(f"{pretty.get(n, n)} {i}" for n, i in zip(names, index, strict=False))
+    return tr(", ").join(f"{pretty.get(n, n)} {i}" for n, i in zip(names, index, strict=False))
 
 
 def number_dtype(meta: dict[str, Any]) -> torch.dtype:

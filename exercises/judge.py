@@ -69,5 +69,5 @@ def judge(case: Case, student: Outputs, reference: Outputs, device: str) -> Verd
             mismatches = mismatches[:SHOWN_MISMATCHES] + [more.format(rest=rest)]
         messages += mismatches
     if messages:
-        return Verdict(False, tr("case {case}: ").format(case=case.name) + "; ".join(dict.fromkeys(messages)))
+        return Verdict(False, tr("case {case}: ").format(case=case.name) + tr("; ").join(dict.fromkeys(messages)))
     return Verdict(True)

@@ -59,7 +59,7 @@ def score_variant(share: float, cases: list[CaseOutcome], forbidden: str | None 
     status = max(statuses, key=SEVERITY.index)
     messages = ([forbidden] if forbidden else []) + [c.message for c in cases if c.status is not Status.PASSED]
     unique = list(dict.fromkeys(m for m in messages if m))
-    message = "; ".join(unique[:MESSAGES_SHOWN])
+    message = tr("; ").join(unique[:MESSAGES_SHOWN])
     if len(unique) > MESSAGES_SHOWN:
         message += tr("; ... ({count} more)").format(count=len(unique) - MESSAGES_SHOWN)
     if status is not Status.PASSED and passed:

@@ -376,7 +376,7 @@ def _grade(paths: list[Path], out: Path, *extra: str) -> dict:
 
 
 def _rows(submission: dict) -> list[dict]:
-    return [t for t in submission["tests"] if t["item"] == "scaled_dot_product_attention"]
+    return [t for t in submission["tests"] if t["item"] == "scaled_dot_product_attention" and t["device"] == "cpu"]
 
 
 @pytest.mark.slow
