@@ -20,11 +20,12 @@ from autograder.runner import CallResult, CallSpec, run_calls
 from autograder.sandbox import Limits
 from exercises.catalogue import Case, Item, available_devices, items_in
 from exercises.diagnosis import diagnose, explain_error
-from exercises.i18n import LANGUAGES, language, tr
+from exercises.i18n import LANGUAGES, language, tr, translate_made
 from exercises.judge import judge, reference_outputs
 from exercises.rules import case_guard, shortcut_message, too_big
 from exercises.scoring import CaseOutcome, Status, score_variant
 from exercises.source import load_source
+from exercises.worker_messages import PROGRAM_ERRORS
 
 GPU_NOT_EXERCISED = "GPU not exercised: no CUDA device on the grading machine"
 GPU_NOT_ASKED = "GPU not exercised: cuda was left out of the devices to grade on (--device)"
@@ -108,7 +109,7 @@ def _call_problem(item: Item, result: CallResult, prepared: PreparedNotebook) ->
         cause = prepared.syntax_errors.get(item.name)
         if item.name in prepared.missing_answers:
             cause = tr("the answer cell `{name}` is missing from the submission").format(name=item.name)
-        return "error", (f"{cause}; " if cause else "") + error.get("message", "")
+        return "error", (f"{cause}; " if cause else "") + translate_made(error.get("message", ""), PROGRAM_ERRORS)
     text = f"{error.get('type', 'Exception')}: {error.get('message', '')}"
     return "error", _with_hint(item.name, text, f"{text}{where}")
 

@@ -24,6 +24,8 @@ import contextlib
 import contextvars
 import json
 import os
+import re
+import string
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -161,3 +163,38 @@ def kernel_language(namespace: dict | None = None, notebook: str | None = None) 
         if found:
             return found
     return path_language(Path.cwd()) or "en"
+
+
+def N_(template: str) -> str:
+    """Mark ``template`` as a message made elsewhere in English (in the worker, which has no catalogue), for the
+    catalogue and its test; returns it unchanged. ``translate_made`` translates such a message once it is back."""
+    return template
+
+
+@cache
+def _pattern(template: str) -> re.Pattern:
+    """A regex that matches what ``template.format(...)`` made, one named group per placeholder."""
+    parts, seen = [], set()
+    for literal, name, _spec, _conv in string.Formatter().parse(template):
+        parts.append(re.escape(literal))
+        if name is not None:
+            parts.append(f"(?P={name})" if name in seen else f"(?P<{name}>.*?)")
+            seen.add(name)
+    return re.compile("".join(parts), re.S)
+
+
+def translate_made(text: str, templates: tuple[str, ...], lang: str | None = None) -> str:
+    """``text``, an English message made from one of ``templates`` (where no catalogue was at hand), in ``lang``
+    (default: current): the first template it matches whole, translated, with the same values; else as it is."""
+    lang = normalise(lang) if lang is not None else _current.get()
+    if lang == "en":
+        return text
+    for template in templates:
+        found = _pattern(template).fullmatch(text)
+        translated = catalogue(lang).get(template, template)
+        if found and translated != template:
+            try:
+                return translated.format(**found.groupdict())
+            except (KeyError, IndexError, ValueError):
+                return text
+    return text

@@ -29,12 +29,13 @@ from exercises import program as program_module
 from exercises.catalogue import ITEMS, available_devices
 from exercises.compare import Outputs
 from exercises.diagnosis import diagnose, explain_error
-from exercises.i18n import kernel_language, language, tr
+from exercises.i18n import kernel_language, language, tr, translate_made
 from exercises.judge import judge, reference_outputs
 from exercises.op_guard import OpGuard, install_tripwires
 from exercises.program import ProgramError, compute_dtype, run_program, serialise_outputs
 from exercises.rules import case_guard, shortcut_message, too_big
 from exercises.scoring import CaseOutcome, Status, score_variant
+from exercises.worker_messages import PROGRAM_ERRORS
 
 
 class CourseNotFound(RuntimeError):
@@ -134,7 +135,7 @@ def _run_case(name: str, namespace: dict[str, Any], case, device: str, dtype: st
     except NotImplementedError:
         raise
     except ProgramError as exc:
-        return False, tr("case {case}: ").format(case=case.name) + str(exc)
+        return False, tr("case {case}: ").format(case=case.name) + translate_made(str(exc), PROGRAM_ERRORS)
     except Exception as exc:  # noqa: BLE001 - the student's exception is the feedback
         where = traceback.extract_tb(exc.__traceback__)[-1]
         text = f"{type(exc).__name__}: {exc}"

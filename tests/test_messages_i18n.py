@@ -57,8 +57,8 @@ def _constants(trees: dict[Path, ast.Module]) -> tuple[dict[str, set[str]], dict
 
 
 def _is_tr(call: ast.Call) -> bool:
-    return (isinstance(call.func, ast.Name) and call.func.id == "tr") or \
-        (isinstance(call.func, ast.Attribute) and call.func.attr == "tr")
+    return (isinstance(call.func, ast.Name) and call.func.id in ("tr", "N_")) or \
+        (isinstance(call.func, ast.Attribute) and call.func.attr in ("tr", "N_"))
 
 
 def scan_templates(files: dict[Path, str]) -> tuple[dict[str, list[str]], list[str]]:
@@ -253,6 +253,31 @@ def test_does_every_registered_mistake_have_its_chinese_text():
         files[stem] = json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
     problems = mistake_text_problems(registered_mistakes(), files)
     assert not problems, f"{len(problems)} problem(s) with the zh known-mistake texts:\n" + "\n".join(problems)
+
+
+def test_are_the_workers_english_messages_translated_once_back():
+    """``program.py`` raises in English inside the worker; the grader matches the text to its template."""
+    import torch
+
+    from exercises import program
+    from exercises.worker_messages import PROGRAM_ERRORS
+
+    made = []
+    for params in ({"weight": torch.zeros(2, 2), "gone": torch.zeros(2)}, {"weight": torch.zeros(3, 2)}):
+        with pytest.raises(program.ProgramError) as info:
+            program.load_params(torch.nn.Linear(2, 2, bias=False), params)
+        made.append(str(info.value))
+    with pytest.raises(program.ProgramError) as info:
+        program.run_program([{"op": "call", "fn": "nowhere", "args": [], "out": "r"}], {}, {}, "cpu", None)
+    made.append(str(info.value))
+    cjk = re.compile(r"[\u4e00-\u9fff]")
+    for text in made:
+        translated = i18n.translate_made(text, PROGRAM_ERRORS, "zh")
+        assert translated != text and cjk.search(translated), text
+        assert i18n.translate_made(text, PROGRAM_ERRORS, "en") == text
+    assert "['gone']" in i18n.translate_made(made[0], PROGRAM_ERRORS, "zh")  # the values are kept
+    assert "`nowhere`" in i18n.translate_made(made[2], PROGRAM_ERRORS, "zh")
+    assert i18n.translate_made("a student's own message", PROGRAM_ERRORS, "zh") == "a student's own message"
 
 
 # --- choosing the language --------------------------------------------------------------------------------------
