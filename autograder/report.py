@@ -206,9 +206,42 @@ def readable(message: str, limit: int = MESSAGE_LIMIT) -> str:
     return text[:cut] + tr(" … ({count} more characters in the JSON report)").format(count=len(text) - cut)
 
 
+_WIDE = re.compile(r"[\u1100-\u115f\u2e80-\ua4cf\uac00-\ud7a3\uf900-\ufaff\ufe30-\ufe4f\uff00-\uff60\uffe0-\uffe6]")
+_TOKENS = re.compile(r"\s+|" + _WIDE.pattern + r"|[^\s" + _WIDE.pattern[1:-1] + r"]+")
+
+
+def display_width(text: str) -> int:
+    """Columns ``text`` takes in a terminal: Chinese characters and full-width punctuation take two."""
+    return len(text) + len(_WIDE.findall(text))
+
+
+def _wrap_wide(text: str, width: int, indent: str, hang: str) -> list[str]:
+    """``wrapped`` for text with Chinese in it: a line may break between any two Chinese characters or at a
+    space, and is measured in terminal columns."""
+    lines, line = [], indent
+    for token in _TOKENS.findall(" ".join(text.split())):
+        if token.isspace():
+            line += " " if line.strip() else ""
+            continue
+        if display_width(line + token) > width and line.strip():
+            lines.append(line.rstrip())
+            line = hang
+        while display_width(line + token) > width:  # a token longer than a whole line (no word): split it
+            room = max(width - display_width(line), 1)
+            lines.append(line + token[:room])
+            line, token = hang, token[room:]
+        line += token
+    if line.strip():
+        lines.append(line.rstrip())
+    return lines or [indent.rstrip()]
+
+
 def wrapped(text: str, width: int, indent: str, hang: str) -> list[str]:
-    """``text`` in lines of at most ``width`` characters, broken between words (a token longer than a whole
-    line, which is no word, is split so that no line runs past ``width``)."""
+    """``text`` in lines of at most ``width`` characters (terminal columns), broken between words (a token longer
+    than a whole line, which is no word, is split so that no line runs past ``width``); Chinese text may break
+    between any two characters."""
+    if _WIDE.search(text):
+        return _wrap_wide(text, max(width, len(hang) + 20), indent, hang)
     return textwrap.wrap(text, width=max(width, len(hang) + 20), initial_indent=indent, subsequent_indent=hang,
                          break_on_hyphens=False, break_long_words=True) or [indent.rstrip()]
 

@@ -16,6 +16,7 @@ import re
 import string
 import subprocess
 import sys
+import textwrap
 import threading
 from collections import Counter
 from pathlib import Path
@@ -278,6 +279,22 @@ def test_are_the_workers_english_messages_translated_once_back():
     assert "['gone']" in i18n.translate_made(made[0], PROGRAM_ERRORS, "zh")  # the values are kept
     assert "`nowhere`" in i18n.translate_made(made[2], PROGRAM_ERRORS, "zh")
     assert i18n.translate_made("a student's own message", PROGRAM_ERRORS, "zh") == "a student's own message"
+
+
+def test_does_the_terminal_table_wrap_chinese_in_columns():
+    """Chinese has no spaces and each character takes two columns: the table wraps it by columns, whole."""
+    from autograder.report import display_width, wrapped
+
+    text = ("- scaled_dot_product_attention[cpu-float64]: " + tr("{passed}/{total} cases passed. ", "zh").format(
+        passed=1, total=8) + tr("`{key}` should have shape {expected}, got {got}", "zh").format(
+        key="out", expected=(2, 3), got=(3, 2)) * 4 + "x" * 150)
+    lines = wrapped(text, 60, "   ", "     ")
+    assert len(lines) > 4 and all(display_width(line) <= 60 for line in lines), lines
+    assert "".join(line.strip() for line in lines).replace(" ", "") == text.replace(" ", "")
+    old = textwrap.wrap(text, 60, initial_indent="   ", subsequent_indent="     ", break_on_hyphens=False)
+    assert any(display_width(line) > 60 for line in old)  # counting characters, as before, overflows the terminal
+    english = "word " * 40
+    assert wrapped(english, 60, "", "") == textwrap.wrap(english, 60, break_on_hyphens=False)  # English as before
 
 
 # --- choosing the language --------------------------------------------------------------------------------------
