@@ -391,6 +391,33 @@ def test_does_the_kernel_check_answer_in_the_notebooks_language(monkeypatch):
     assert "values differ beyond" in failures["en"] and "values differ beyond" not in failures["zh"]
 
 
+def test_does_lang_force_the_clis_own_lines(tmp_path, capsys):
+    from autograder import cli, options
+
+    assert options.BY_DEST["lang"].choices == ("auto", "en", "zh") and options.BY_DEST["lang"].default == "auto"
+    missing = tmp_path / "nobody"
+    assert cli.main(["grade", str(missing)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {missing} does not exist"
+    assert cli.main(["grade", str(missing), "--lang", "zh"]) == 2
+    assert capsys.readouterr().err.strip() == tr("error: {path} does not exist", "zh").format(path=missing) \
+        == f"错误：{missing} 不存在"
+
+
+def test_does_a_submission_table_speak_its_notebooks_language():
+    from autograder.grading import NotebookResult, TestOutcome
+    from autograder.report import SubmissionReport, table
+
+    row = TestOutcome("softmax_naive", "01_attention_scores.ipynb", "cpu", "float64", "failed", 0.0, 1.0, "x")
+    for lang, forced, head in (("zh", None, "分"), ("en", None, "points"), ("zh", "en", "points"),
+                               ("en", "zh", "分")):
+        sub = SubmissionReport("s1", 1, ["cpu"], "bubblewrap", lang=forced)
+        sub.add(NotebookResult("01_attention_scores.ipynb", [row], [], "bubblewrap", 0.1, lang=lang))
+        first = table(sub).splitlines()[0]
+        assert head in first, (lang, forced, first)
+        assert sub.to_json()["warnings"][0] == tr("GPU not exercised: no CUDA device on the grading machine",
+                                                  forced or lang)
+
+
 # --- end to end, through the sandboxed grader --------------------------------------------------------------------
 
 NO_SCALING = '''
