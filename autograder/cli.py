@@ -22,7 +22,7 @@ from autograder import merge, shard
 from autograder.intake import expand_batch
 from autograder.options import MANIFEST_SUFFIX, add_cli_options, from_cli
 from exercises.catalogue import NOTEBOOKS
-from exercises.i18n import tr
+from exercises.i18n import language, tr
 from exercises.source import find_source_dir
 
 
@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
             "options": from_cli(args)}
     if args.shard:
         try:  # the plugin slices again from the manifest; checked here first for a clear message
-            mine, batch = shard.plan(data, data["options"])
+            with language(own):
+                mine, batch = shard.plan(data, data["options"])
         except shard.ShardError as exc:
             print(tr("error: {why}", own).format(why=exc), file=sys.stderr)
             return 2
