@@ -423,7 +423,8 @@ def _answer_rpc(wdir: WorkerDir, n: Any, responder: Responder, limits: sandbox.L
             raise ValueError("a stand-in request is a JSON object")
         meta, out = responder(request, tensors)
     except Exception as exc:  # noqa: BLE001 - any failure becomes the stand-in's exception in the worker
-        meta, out = {"error": f"stand-in failed: {type(exc).__name__}: {str(exc)[:300]}"}, {}
+        meta, out = {"error": tr("stand-in failed: {type}: {error}").format(type=type(exc).__name__,
+                                                                           error=str(exc)[:300])}, {}
     answer_tensors, answer_json = protocol.rpc_response(n)
     try:
         wdir.answer(answer_tensors, save({k: v.contiguous() for k, v in out.items()}))
