@@ -182,7 +182,7 @@ def run_plan(cells: list[CellSpec], calls: list[CallSpec], limits: sandbox.Limit
             root = sandbox.make_grading_root(drop and not use_bwrap)
             user = sandbox.WorkerUid() if drop else None  # this run's workers' own user, one after another
         except OSError as exc:
-            raise GraderError(f"could not make the worker's directory: {exc}") from exc
+            raise GraderError(tr("could not make the worker's directory: {why}").format(why=exc)) from exc
     try:
         startup_failures = 0
         for attempt in range(len(cells) + len(calls) + 1 + STARTUP_TRIES):
@@ -195,7 +195,7 @@ def run_plan(cells: list[CellSpec], calls: list[CallSpec], limits: sandbox.Limit
                     workdir = root / f"w{attempt}"
                     workdir.mkdir()
             except OSError as exc:
-                raise GraderError(f"could not make the worker's directory: {exc}") from exc
+                raise GraderError(tr("could not make the worker's directory: {why}").format(why=exc)) from exc
             plan = {"cells": [{"grade_id": c.grade_id, "source": c.source, "kind": c.kind} for c in cells],
                     "skip_cells": sorted(skip_cells), "start_call": remaining[0] if remaining else 1 << 30,
                     "calls": [{"id": c.id, "program": c.program, "device": c.device, "dtype": c.dtype,
