@@ -138,7 +138,8 @@ def mistake_text_problems(expected: dict[str, dict[str, tuple[str, str]]],
         data = files.get(stem)
         if data is None:
             if mistakes:
-                problems.append(f"{stem}.json is missing: {len(mistakes)} entries, e.g. {sorted(mistakes)[:3]}")
+                problems.append(f"{stem}.json is missing, with its {len(mistakes)} entries: "
+                                + ", ".join(sorted(mistakes)))
             continue
         for key in sorted(set(mistakes) - set(data)):
             problems.append(f"{stem}.json lacks {key}")
