@@ -25,7 +25,7 @@ from exercises.judge import judge, reference_outputs
 from exercises.rules import case_guard, shortcut_message, too_big
 from exercises.scoring import CaseOutcome, Status, score_variant
 from exercises.source import load_source
-from exercises.worker_messages import PROGRAM_ERRORS
+from exercises.worker_messages import PROGRAM_ERRORS, WORKER_ERRORS
 
 GPU_NOT_EXERCISED = "GPU not exercised: no CUDA device on the grading machine"
 GPU_NOT_ASKED = "GPU not exercised: cuda was left out of the devices to grade on (--device)"
@@ -111,7 +111,8 @@ def _call_problem(item: Item, result: CallResult, prepared: PreparedNotebook) ->
             cause = tr("the answer cell `{name}` is missing from the submission").format(name=item.name)
         return "error", (f"{cause}; " if cause else "") + translate_made(error.get("message", ""), PROGRAM_ERRORS)
     text = f"{error.get('type', 'Exception')}: {error.get('message', '')}"
-    return "error", _with_hint(item.name, text, f"{text}{where}")
+    shown = f"{error.get('type', 'Exception')}: {translate_made(error.get('message', ''), WORKER_ERRORS)}"
+    return "error", _with_hint(item.name, text, f"{shown}{where}")
 
 
 def _not_implemented(name: str) -> str:

@@ -1,8 +1,9 @@
 """The messages the worker makes in English (it has no catalogue), so that the grader can give them back in the
 student's language: ``exercises.i18n.translate_made(text, PROGRAM_ERRORS)``.
 
-They mirror ``exercises/program.py``'s ``ProgramError`` texts (``tests/test_messages_i18n.py`` checks that each
-one still matches what ``program.py`` raises). Most specific first: the first template that matches is used.
+They mirror ``exercises/program.py``'s ``ProgramError`` texts and ``autograder/worker/main.py``'s few own ones
+(``tests/test_messages_i18n.py`` checks that they still match what those raise). Most specific first: the first
+template that matches is used.
 """
 
 from __future__ import annotations
@@ -22,4 +23,10 @@ PROGRAM_ERRORS: tuple[str, ...] = (
     N_("`{type}` has no attribute `{name}`"),
     N_("the output does not depend differentiably on the inputs (no grad_fn): do not call .detach(), .item(), "
        ".numpy() or torch.no_grad() in forward"),
+)
+
+# ``autograder/worker/main.py``'s own texts in a failed call's or cell's error (its exceptions' messages)
+WORKER_ERRORS: tuple[str, ...] = (
+    N_("the code called sys.exit({code}); remove it"),
+    N_("no answer from the grader for the stand-in of `{name}`"),
 )

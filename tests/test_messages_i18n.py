@@ -280,6 +280,12 @@ def test_are_the_workers_english_messages_translated_once_back():
     assert "['gone']" in i18n.translate_made(made[0], PROGRAM_ERRORS, "zh")  # the values are kept
     assert "`nowhere`" in i18n.translate_made(made[2], PROGRAM_ERRORS, "zh")
     assert i18n.translate_made("a student's own message", PROGRAM_ERRORS, "zh") == "a student's own message"
+    from exercises.worker_messages import WORKER_ERRORS
+
+    exit_text = "the code called sys.exit(3); remove it"  # as autograder/worker/main.py words it
+    assert "sys.exit(3)" in i18n.translate_made(exit_text, WORKER_ERRORS, "zh") != exit_text
+    worker = (REPO / "autograder" / "worker" / "main.py").read_text(encoding="utf-8")
+    assert 'f"the code called sys.exit({exc.code!r}); remove it"' in worker  # the template still mirrors it
 
 
 def test_does_the_terminal_table_wrap_chinese_in_columns():
