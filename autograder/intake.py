@@ -75,7 +75,7 @@ def notebook_language_at(path: Path | None) -> str:
     try:
         if path.stat().st_size <= MAX_NOTEBOOK_BYTES:
             return student_language(json.loads(path.read_bytes()), path)
-    except (OSError, ValueError, UnicodeDecodeError):
+    except Exception:  # noqa: BLE001 - a hostile file (deep nesting: RecursionError) only loses its language
         pass
     return path_language(path) or "en"
 

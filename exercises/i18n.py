@@ -131,7 +131,7 @@ def _language_of_file(path: Path) -> str | None:
     try:
         if path.is_file() and path.stat().st_size <= 8 << 20:
             return student_language(json.loads(path.read_bytes()), path)
-    except (OSError, ValueError, UnicodeDecodeError):
+    except Exception:  # noqa: BLE001 - a file that cannot say its language (deep nesting: RecursionError) says none
         return None
     return None
 

@@ -346,6 +346,22 @@ def test_is_a_notebooks_language_its_edition_else_its_folder():
         assert i18n.student_language(hostile, None) == "en"
 
 
+def test_does_a_hostile_notebook_only_lose_its_language(tmp_path):
+    """Reading the language must never make a grader fault out of a student's file."""
+    from autograder.intake import notebook_language_at
+
+    folder = tmp_path / "s1" / "self_attention_zh"
+    folder.mkdir(parents=True)
+    for name, content in (("deep.ipynb", b"[" * 200_000), ("binary.ipynb", b"\xff\xfe\x00"),
+                          ("list.ipynb", b"[1, 2]"), ("meta.ipynb", b'{"metadata": {"course": {"edition": ["zh"]}}}')):
+        (folder / name).write_bytes(content)
+        assert notebook_language_at(folder / name) == "zh", name  # its folder still speaks
+        (tmp_path / name).write_bytes(content)
+        assert notebook_language_at(tmp_path / name) == "en", name
+    assert notebook_language_at(None) == "en"
+    assert notebook_language_at(tmp_path / "absent.ipynb") == "en"
+
+
 def test_does_the_kernel_check_find_its_notebooks_language(tmp_path, monkeypatch):
     monkeypatch.delenv(i18n.ENV_VAR, raising=False)
     monkeypatch.delenv("JPY_SESSION_NAME", raising=False)
