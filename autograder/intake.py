@@ -55,7 +55,7 @@ def read_student_notebook(path: Path) -> list[dict]:
                              "submitting)").format(name=path.name, size=size >> 20, limit=MAX_NOTEBOOK_BYTES >> 20))
     try:
         data = json.loads(path.read_bytes())
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # deep nesting: RecursionError, the student's
         raise IntakeError(tr("{name} is not a valid notebook (invalid JSON: {why}); re-download it or restore it "
                              "from a checkpoint").format(name=path.name, why=str(exc)[:120])) from exc
     cells = data.get("cells") if isinstance(data, dict) else None

@@ -360,6 +360,10 @@ def test_does_a_hostile_notebook_only_lose_its_language(tmp_path):
         assert notebook_language_at(tmp_path / name) == "en", name
     assert notebook_language_at(None) == "en"
     assert notebook_language_at(tmp_path / "absent.ipynb") == "en"
+    from autograder.intake import IntakeError, read_student_notebook
+
+    with pytest.raises(IntakeError, match="not a valid notebook"):  # the student's fault, said so: not a grader fault
+        read_student_notebook(tmp_path / "deep.ipynb")
 
 
 def test_does_the_kernel_check_find_its_notebooks_language(tmp_path, monkeypatch):
