@@ -122,7 +122,7 @@ def describe(found: list[Mistake] | list[ErrorHint], also: str | None = None) ->
     if len(shown) == 1:
         return shown[0]
     also = also if also is not None else tr("with the same outputs on this case")
-    return shown[0] + tr(". Or, {also}: ").format(also=also) + "; ".join(shown[1:])
+    return shown[0] + tr(". Or, {also}: ").format(also=also) + tr("; ").join(shown[1:])
 
 
 def diagnose(item: str, case: Case, student: Outputs, device: str, dtype: str | None, *,
