@@ -497,6 +497,7 @@ def test_does_a_wrong_answer_get_its_message_in_its_notebooks_language(tmp_path)
     for row in en_rows:
         assert "no_sqrt_dk_scaling" in row["message"] and not cjk.search(row["message"])
         assert "likely mistake" in row["message"]
+    from exercises import mistake_bank  # noqa: F401 - registers the lessons' mistakes in this process
     from exercises.mistakes import MISTAKES
 
     known = next(m for m in MISTAKES if (m.item, m.name) == ("scaled_dot_product_attention", "no_sqrt_dk_scaling"))
