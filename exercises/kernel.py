@@ -35,7 +35,7 @@ from exercises.op_guard import OpGuard, install_tripwires
 from exercises.program import ProgramError, compute_dtype, run_program, serialise_outputs
 from exercises.rules import case_guard, shortcut_message, too_big
 from exercises.scoring import CaseOutcome, Status, score_variant
-from exercises.worker_messages import PROGRAM_ERRORS
+from exercises.worker_messages import PROGRAM_ERRORS, WORKER_ERRORS
 
 
 class CourseNotFound(RuntimeError):
@@ -141,8 +141,9 @@ def _run_case(name: str, namespace: dict[str, Any], case, device: str, dtype: st
         text = f"{type(exc).__name__}: {exc}"
         hint = explain_error(name, text)
         suffix = tr(" -- likely mistake: {hint}").format(hint=hint) if hint else ""
+        shown = f"{type(exc).__name__}: {translate_made(str(exc), WORKER_ERRORS)}"
         return False, tr("case {case}: ").format(case=case.name) + tr("{error} (line {line})").format(
-            error=text, line=where.lineno) + suffix
+            error=shown, line=where.lineno) + suffix
     oversized = too_big(name, reports[-1], case.max_numel)
     if oversized:
         return False, tr("case {case}: ").format(case=case.name) + oversized

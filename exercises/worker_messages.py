@@ -29,4 +29,9 @@ PROGRAM_ERRORS: tuple[str, ...] = (
 WORKER_ERRORS: tuple[str, ...] = (
     N_("the code called sys.exit({code}); remove it"),
     N_("no answer from the grader for the stand-in of `{name}`"),
+    # the operation monitor's refusals inside a graded call (``exercises/op_guard.py``: the worker and the kernel)
+    N_("starting a thread or a process is not allowed while a graded call runs"),
+    N_("{found} is not allowed in this exercise: the data stays in torch tensors"),
+    N_("the grader's monitor cannot be changed"),
+    N_("{event} is not allowed while grading"),
 )

@@ -286,6 +286,14 @@ def test_are_the_workers_english_messages_translated_once_back():
     assert "sys.exit(3)" in i18n.translate_made(exit_text, WORKER_ERRORS, "zh") != exit_text
     worker = (REPO / "autograder" / "worker" / "main.py").read_text(encoding="utf-8")
     assert 'f"the code called sys.exit({exc.code!r}); remove it"' in worker  # the template still mirrors it
+    from exercises import op_guard
+
+    refused = i18n.translate_made(op_guard.REFUSED, WORKER_ERRORS, "zh")
+    assert refused != op_guard.REFUSED and cjk.search(refused)
+    guard = (REPO / "exercises" / "op_guard.py").read_text(encoding="utf-8")
+    for raised in ('f"{found} is not allowed in this exercise: the data stays in torch tensors"',
+                   'f"{event} is not allowed while grading"', '"the grader\'s monitor cannot be changed"'):
+        assert raised in guard, raised
 
 
 def test_does_the_terminal_table_wrap_chinese_in_columns():
