@@ -26,6 +26,7 @@ from autograder.runner import CallResult, CallSpec, CellSpec, GraderError, run_c
 from autograder.sandbox import Limits
 from exercises.cases import call, tensor_arg
 from exercises.catalogue import ITEMS
+from exercises.i18n import tr
 from exercises.op_guard import SOFTMAX
 
 CANARY_SEED = 20240611  # fixed: a canary that fails must fail again when rerun
@@ -77,16 +78,17 @@ def monitor_problem(result: CallResult | None) -> str | None:
     """Why the monitor probe's report shows the monitor not working in the worker, else None."""
     if result is None or result.status != "ok":
         status, error = (result.status, result.error) if result else ("missing", "")
-        return f"the probe call did not run ({status}: {error})"
+        return tr("the probe call did not run ({status}: {error})").format(status=status, error=error)
     report = result.guard
     if report is None:
-        return "the worker sent no report from the operation monitor"
+        return tr("the worker sent no report from the operation monitor")
     if SOFTMAX not in report["used"]:
-        return f"a softmax reached through getattr was not seen (report: {report})"
+        return tr("a softmax reached through getattr was not seen (report: {report})").format(report=report)
     if not report["too_big"] or report["too_big"]["numel"] != PROBE_SIZE * PROBE_SIZE:
-        return f"a ({PROBE_SIZE}, {PROBE_SIZE}) tensor above the bound of {PROBE_SIZE} elements went unseen ({report})"
+        return tr("a ({size}, {size}) tensor above the bound of {size} elements went unseen ({report})").format(
+            size=PROBE_SIZE, report=report)
     if report["tampered"]:
-        return f"the monitor reported itself switched off by grader code ({report['tampered']})"
+        return tr("the monitor reported itself switched off by grader code ({why})").format(why=report["tampered"])
     return None
 
 
@@ -105,7 +107,8 @@ def run_canary(devices: list[str], limits: Limits, use_bwrap: str | None,
     problem = monitor_problem(run.calls.get(probe.id))
     if problem:
         outcomes.append(TestOutcome("(operation monitor)", "(canary)", devices[0], None, "failed", 0.0, 1.0,
-                                    f"the operation monitor does not work in the worker: {problem}"))
+                                    tr("the operation monitor does not work in the worker: {problem}").format(
+                                        problem=problem)))
     cell_errors = [f"cell {spec.grade_id}: {cell.status} {cell.error}" for spec, cell in
                    zip(cells, run.cells, strict=True) if cell.status != "ok"]
     output = "\n".join(cell_errors + [run.output])
@@ -118,10 +121,13 @@ def check_grader(devices: list[str], limits: Limits, use_bwrap: str | None,
     result = run_canary(devices, limits, use_bwrap, pool)
     if result.failed:
         rows = "\n".join(f"    - {o.name}: [{o.status}] {o.message[:300]}" for o in result.failed[:8])
-        more = f"\n    ... and {len(result.failed) - 8} more" if len(result.failed) > 8 else ""
+        more = "\n    " + tr("... and {count} more").format(count=len(result.failed) - 8) if len(result.failed) > 8 \
+            else ""
         raise GraderError(
-            f"the grader's self-check failed: the reference solutions, graded through the worker, lost points on "
-            f"{len(result.failed)} of {len(result.outcomes)} rows (isolation: {result.isolation}; devices: "
-            f"{', '.join(devices)}; seed {CANARY_SEED}). Nobody was graded: these failures would have been "
-            f"charged to every student.\n{rows}{more}\n  the worker's output:\n{result.output.strip()[-2000:]}")
+            tr("the grader's self-check failed: the reference solutions, graded through the worker, lost points on "
+               "{failed} of {total} rows (isolation: {isolation}; devices: {devices}; seed {seed}). Nobody was graded: "
+               "these failures would have been charged to every student.").format(
+                failed=len(result.failed), total=len(result.outcomes), isolation=result.isolation,
+                devices=", ".join(devices), seed=CANARY_SEED)
+            + f"\n{rows}{more}\n  " + tr("the worker's output:") + f"\n{result.output.strip()[-2000:]}")
     return result

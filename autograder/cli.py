@@ -22,6 +22,7 @@ from autograder import merge, shard
 from autograder.intake import expand_batch
 from autograder.options import MANIFEST_SUFFIX, add_cli_options, from_cli
 from exercises.catalogue import NOTEBOOKS
+from exercises.i18n import language, tr
 from exercises.source import find_source_dir
 
 
@@ -43,16 +44,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "merge":
         return merge.main(args)
+    own = args.lang if args.lang in ("en", "zh") else "en"  # the CLI's own lines: --lang forces them, else English
     try:
         source = find_source_dir(args.source, NOTEBOOKS)
     except FileNotFoundError as exc:
-        print(f"error: could not grade: {exc}", file=sys.stderr)
+        print(tr("error: could not grade: {why}", own).format(why=exc), file=sys.stderr)
         return 2
     submissions: list[Path] = []
     names: list[str] = []  # relative to the batch: what --shard slices by (autograder/shard.py)
     for path in args.submissions:
         if not path.exists():
-            print(f"error: {path} does not exist", file=sys.stderr)
+            print(tr("error: {path} does not exist", own).format(path=path), file=sys.stderr)
             return 2
         found = expand_batch(path.resolve(), NOTEBOOKS)
         submissions += found
@@ -61,14 +63,16 @@ def main(argv: list[str] | None = None) -> int:
             "options": from_cli(args)}
     if args.shard:
         try:  # the plugin slices again from the manifest; checked here first for a clear message
-            mine, batch = shard.plan(data, data["options"])
+            with language(own):
+                mine, batch = shard.plan(data, data["options"])
         except shard.ShardError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            print(tr("error: {why}", own).format(why=exc), file=sys.stderr)
             return 2
         if not mine:  # more shards than submissions: an empty report, so that the merge finds every shard
             merge.write_outputs(merge.empty_shard_report(batch, args.seed, args.device), json_path=args.json,
                                 csv_path=args.csv, junit_path=args.junit, gradescope_path=args.gradescope)
-            print(f"shard {args.shard}: no submission falls to this shard; wrote empty reports")
+            print(tr("shard {shard}: no submission falls to this shard; wrote empty reports", own).format(
+                shard=args.shard))
             return 0
     with tempfile.TemporaryDirectory(prefix="selfattn-manifest-") as tmp:
         manifest = Path(tmp) / f"grading{MANIFEST_SUFFIX}"
@@ -85,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         code = pytest.main(pytest_args)
     if code in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
         return 0
-    print("error: could not grade (the grader failed, not the students: see the messages above); exit status 2",
-          file=sys.stderr)
+    print(tr("error: could not grade (the grader failed, not the students: see the messages above); exit status 2",
+             own), file=sys.stderr)
     return 2
 
 

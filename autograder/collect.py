@@ -14,12 +14,13 @@ import torch
 
 from autograder import report, shard
 from autograder.grading import GPU_NOT_EXERCISED, NotebookResult, ReferenceCache, TestOutcome, grade_notebook
-from autograder.intake import edition_copies
+from autograder.intake import edition_copies, notebook_language_at
 from autograder.options import SESSION_KEY, resolve
 from autograder.pool import WorkerPool
 from autograder.runner import GraderError, default_bwrap
 from autograder.sandbox import Limits, become_subreaper
 from exercises.catalogue import NOTEBOOKS, available_devices, items_in
+from exercises.i18n import language, tr
 
 
 class GradingSession:
@@ -50,6 +51,7 @@ class GradingSession:
         self.canary_seconds: float | None = None
         self.fatal: str | None = None
         self.batch: dict | None = None  # the JSON report's "batch" record (autograder/shard.py)
+        self.lang = opt.get("lang") or "auto"  # auto: each notebook its own; en/zh: every message, the run's own too
         become_subreaper()
         torch.set_num_threads(1)  # tiny reference computations; threads only contend with the workers
 
@@ -60,21 +62,34 @@ class GradingSession:
         from autograder.canary import check_grader
 
         try:
-            self.canary_seconds = check_grader(self.devices, self.limits, self.use_bwrap, self.workers).seconds
+            with language(self.own_language):  # the canary's own report is the run's, not a notebook's
+                self.canary_seconds = check_grader(self.devices, self.limits, self.use_bwrap, self.workers).seconds
         except GraderError as exc:
-            self.fatal = f"could not grade: {exc}"
-            raise GraderFault("the grader's self-check failed (the reason is printed at the end); nobody was "
-                              "graded") from None
+            with language(self.own_language):
+                self.fatal = tr("could not grade: {why}").format(why=exc)
+                raise GraderFault(tr("the grader's self-check failed (the reason is printed at the end); nobody was "
+                                     "graded")) from None
+
+    @property
+    def own_language(self) -> str:
+        """The language of the run's own lines (not a notebook's): the one ``--lang`` forces, else English."""
+        return self.lang if self.lang != "auto" else "en"
 
     def start_submission(self, submission: Path, notebooks: dict[str, Path], source_dir: Path | None) -> None:
         """Queue every notebook of ``submission``; items then wait for their own notebook only."""
         opt_all_cells = self.options["all_cells"]
+        missing_lang = self.lang
+        if self.lang == "auto":  # a notebook not submitted is reported in the language of the ones that were
+            found = {notebook_language_at(path) for path in notebooks.values()}
+            missing_lang = found.pop() if len(found) == 1 else "en"
         for notebook in NOTEBOOKS:
             key = (str(submission), notebook)
             if key not in self.futures:
-                self.futures[key] = self.pool.submit(grade_notebook, notebook, notebooks.get(notebook), self.seed,
+                path = notebooks.get(notebook)
+                self.futures[key] = self.pool.submit(grade_notebook, notebook, path, self.seed,
                                                      self.devices, self.limits, self.use_bwrap, source_dir,
-                                                     self.workers, self.references, opt_all_cells)
+                                                     self.workers, self.references, opt_all_cells,
+                                                     self.lang if path is not None else missing_lang)
 
     def notebook_result(self, submission: Path, notebook: str) -> NotebookResult:
         """The graded notebook; ``GraderFault`` when the grader could not grade it (the student is not charged)."""
@@ -83,10 +98,12 @@ class GradingSession:
         try:
             result = self.futures[key].result()
         except Exception as exc:  # noqa: BLE001 - grade_notebook never raises for a student's fault
-            why = str(exc) if isinstance(exc, GraderError) else \
-                f"internal error of the grader: {''.join(traceback.format_exception(exc))[-3000:]}"
-            sub.grader_errors.setdefault(notebook, why)
-            raise GraderFault(f"could not grade {notebook} of {Path(sub.path).name}: {why}") from None
+            with language(self.own_language):
+                why = str(exc) if isinstance(exc, GraderError) else tr("internal error of the grader: {trace}").format(
+                    trace="".join(traceback.format_exception(exc))[-3000:])
+                sub.grader_errors.setdefault(notebook, why)
+                raise GraderFault(tr("could not grade {notebook} of {submission}: {why}").format(
+                    notebook=notebook, submission=Path(sub.path).name, why=why)) from None
         if result not in sub.notebooks:
             note = self.copy_notes.get(key)
             if note and note not in result.notes:
@@ -138,7 +155,8 @@ class Manifest(pytest.File):
         session.check_grader()
         for path in mine:
             session.current[str(path)] = report.SubmissionReport(str(path), session.seed, session.devices,
-                                                                 "bubblewrap" if session.use_bwrap else "rlimits")
+                                                                 "bubblewrap" if session.use_bwrap else "rlimits",
+                                                                 lang=None if session.lang == "auto" else session.lang)
             session.submissions.append(session.current[str(path)])
             yield SubmissionCollector.from_parent(self, name=path.name or str(path), submission=path, source=source)
 

@@ -13,17 +13,19 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from autograder.intake import IntakeError, PreparedNotebook, prepare, read_student_notebook
+from autograder.intake import IntakeError, PreparedNotebook, notebook_language_at, prepare, read_student_notebook
 from autograder.needed import needed_cells, program_names
 from autograder.pool import WorkerPool
 from autograder.runner import CallResult, CallSpec, run_calls
 from autograder.sandbox import Limits
 from exercises.catalogue import Case, Item, available_devices, items_in
 from exercises.diagnosis import diagnose, explain_error
+from exercises.i18n import LANGUAGES, language, tr, translate_made
 from exercises.judge import judge, reference_outputs
 from exercises.rules import case_guard, shortcut_message, too_big
 from exercises.scoring import CaseOutcome, Status, score_variant
 from exercises.source import load_source
+from exercises.worker_messages import PROGRAM_ERRORS, WORKER_ERRORS
 
 GPU_NOT_EXERCISED = "GPU not exercised: no CUDA device on the grading machine"
 GPU_NOT_ASKED = "GPU not exercised: cuda was left out of the devices to grade on (--device)"
@@ -33,7 +35,7 @@ def gpu_not_exercised(cuda_present: bool | None = None) -> str:
     """Why the cuda rows were not graded: no GPU here, or the run asked for other devices only."""
     if cuda_present is None:
         cuda_present = "cuda" in available_devices()
-    return GPU_NOT_ASKED if cuda_present else GPU_NOT_EXERCISED
+    return tr(GPU_NOT_ASKED) if cuda_present else tr(GPU_NOT_EXERCISED)
 
 
 @dataclass
@@ -68,6 +70,7 @@ class NotebookResult:
     isolation: str
     seconds: float
     output: str = ""
+    lang: str = "en"  # the language its messages were made in
 
 
 def item_points(item: Item, points: dict[str, float]) -> float:
@@ -95,9 +98,9 @@ def _call_problem(item: Item, result: CallResult, prepared: PreparedNotebook) ->
     error = result.error or {}
     where = f" ({error['where']})" if error.get("where") else ""
     if result.status == "timeout":
-        return "timeout", error.get("message", "timed out")
+        return "timeout", error.get("message", tr("timed out"))
     if result.status in ("crashed", "missing", "harness"):
-        return "error", error.get("message", "the worker died")
+        return "error", error.get("message", tr("the worker died"))
     if error.get("type") == "NotImplementedError":
         return "error", _not_implemented(item.name)
     if result.status == "program" and item.name in prepared.cell_errors:
@@ -105,15 +108,16 @@ def _call_problem(item: Item, result: CallResult, prepared: PreparedNotebook) ->
     if result.status == "program":
         cause = prepared.syntax_errors.get(item.name)
         if item.name in prepared.missing_answers:
-            cause = f"the answer cell `{item.name}` is missing from the submission"
-        return "error", (f"{cause}; " if cause else "") + error.get("message", "")
+            cause = tr("the answer cell `{name}` is missing from the submission").format(name=item.name)
+        return "error", (f"{cause}; " if cause else "") + translate_made(error.get("message", ""), PROGRAM_ERRORS)
     text = f"{error.get('type', 'Exception')}: {error.get('message', '')}"
-    return "error", _with_hint(item.name, text, f"{text}{where}")
+    shown = f"{error.get('type', 'Exception')}: {translate_made(error.get('message', ''), WORKER_ERRORS)}"
+    return "error", _with_hint(item.name, text, f"{shown}{where}")
 
 
 def _not_implemented(name: str) -> str:
-    return (f"not implemented: the answer cell `{name}` still raises NotImplementedError; "
-            f"replace the `raise NotImplementedError(...)` line with your code")
+    return tr("not implemented: the answer cell `{name}` still raises NotImplementedError; replace the "
+              "`raise NotImplementedError(...)` line with your code").format(name=name)
 
 
 def _unanswered_paste(item: Item, prepared: PreparedNotebook) -> tuple[str, str] | None:
@@ -141,17 +145,18 @@ def _definition_problem(item: Item, prepared: PreparedNotebook) -> str:
         return _not_implemented(name)
     paste = _unanswered_paste(item, prepared)
     if paste:
-        return (f"not implemented: the answer cell `{name}` needs `{paste[0]}`, which the cell `{paste[1]}` "
-                f"defines once you paste your answer from the earlier lesson there (it still raises "
-                f"NotImplementedError)")
+        return tr("not implemented: the answer cell `{name}` needs `{needed}`, which the cell `{cell}` defines once "
+                  "you paste your answer from the earlier lesson there (it still raises NotImplementedError)").format(
+            name=name, needed=paste[0], cell=paste[1])
     text = f"{error.get('type', 'Exception')}: {error.get('message', '')}"
-    return _with_hint(name, text, f"the answer cell `{name}` raised {text} when it ran")
+    return _with_hint(name, text, tr("the answer cell `{name}` raised {error} when it ran").format(name=name,
+                                                                                                   error=text))
 
 
 def _with_hint(name: str, error_text: str, message: str) -> str:
     """``message`` plus the known slip behind ``error_text`` (an item's error hint, or a device fault), if any."""
     hint = explain_error(name, error_text) or device_hint(error_text)
-    return message + (f" -- likely mistake: {hint}" if hint else "")
+    return message + (tr(" -- likely mistake: {hint}").format(hint=hint) if hint else "")
 
 
 DEVICE_FAULT = re.compile(r"Expected all tensors to be on the same device|expected .*device|device type cuda|"
@@ -161,27 +166,40 @@ DEVICE_FAULT = re.compile(r"Expected all tensors to be on the same device|expect
 def device_hint(error_text: str) -> str | None:
     """The GPU-specific fault behind a device-mismatch error: a tensor made on the CPU inside the code."""
     if DEVICE_FAULT.search(error_text):
-        return ("a tensor created inside your code is on the CPU while the inputs are on the GPU: register it as a "
-                "buffer (self.register_buffer) so .to(device) moves it, or create it with device=x.device")
+        return tr("a tensor created inside your code is on the CPU while the inputs are on the GPU: register it as "
+                  "a buffer (self.register_buffer) so .to(device) moves it, or create it with device=x.device")
     return None
 
 
 def grade_notebook(notebook: str, student_path: Path | None, seed: int, devices: list[str], limits: Limits,
                    use_bwrap: str | None, source_dir: Path | None = None, pool: WorkerPool | None = None,
-                   references: ReferenceCache | None = None, all_cells: bool = False) -> NotebookResult:
+                   references: ReferenceCache | None = None, all_cells: bool = False,
+                   lang: str = "auto") -> NotebookResult:
     """Grade every item of ``notebook`` found at ``student_path`` (None: not submitted).
 
     ``pool``: fork the workers from warm ones; ``references``: the reference outputs of a batch (one
     seed), shared by its submissions; ``all_cells``: run the lesson's demos too, not only the given
-    cells the graded code needs (``autograder/needed.py``).
+    cells the graded code needs (``autograder/needed.py``); ``lang``: the language of the rows' messages,
+    ``auto`` for the student's notebook's own (its edition, ``intake.notebook_language_at``).
     """
+    chosen = lang if lang in LANGUAGES else notebook_language_at(student_path)
+    with language(chosen):  # every message made while grading this notebook, in this thread, speaks it
+        result = _grade_notebook(notebook, student_path, seed, devices, limits, use_bwrap, source_dir, pool,
+                                 references, all_cells)
+    result.lang = chosen
+    return result
+
+
+def _grade_notebook(notebook: str, student_path: Path | None, seed: int, devices: list[str], limits: Limits,
+                    use_bwrap: str | None, source_dir: Path | None, pool: WorkerPool | None,
+                    references: ReferenceCache | None, all_cells: bool) -> NotebookResult:
     started = time.monotonic()
     items = items_in(notebook)
     source = load_source(notebook, source_dir) if source_dir else load_source(notebook)
     skipped = [] if "cuda" in devices else _skipped(items, notebook)
     if student_path is None:
         outcomes = _failed_everywhere(items, notebook, source.points, devices, "failed",
-                                      f"{notebook} was not found in the submission")
+                                      tr("{notebook} was not found in the submission").format(notebook=notebook))
         return NotebookResult(notebook, outcomes + skipped, [], "none", time.monotonic() - started)
     try:
         prepared = prepare(source, read_student_notebook(student_path))
@@ -201,11 +219,13 @@ def grade_notebook(notebook: str, student_path: Path | None, seed: int, devices:
     notes = list(prepared.notes) + run.notes
     for spec, cell in zip(prepared.cells, run.cells, strict=True):
         if cell.status in ("timeout", "crashed"):
-            notes.append(f"cell `{spec.grade_id}` {cell.error.get('message', cell.status)}")
+            notes.append(tr("cell `{cell}` {problem}").format(cell=spec.grade_id,
+                                                             problem=cell.error.get("message", cell.status)))
         elif cell.status == "error" and spec.kind == "answer":
             err = cell.error
             prepared.cell_errors[spec.grade_id] = err
-            notes.append(f"answer cell `{spec.grade_id}` raised {err.get('type')}: {err.get('message', '')[:200]}")
+            notes.append(tr("answer cell `{cell}` raised {type}: {message}").format(
+                cell=spec.grade_id, type=err.get("type"), message=err.get("message", "")[:200]))
 
     outcomes = judge_run(items, notebook, devices, plan, run.calls, source.points, prepared, references)
     retried = _isolate_failures(items, notebook, devices, plan, calls, outcomes, source.points, prepared, references,
@@ -307,20 +327,21 @@ def merge_regrades(outcomes: list[TestOutcome], again: list[TestOutcome],
         if o.status == Status.PASSED or other is None:
             result.append(o)
             continue
-        names = " and ".join(f"`{d}`" for d in retry[o.item])
+        names = tr(" and ").join(f"`{d}`" for d in retry[o.item])
         if other.status == Status.ERROR and o.status == Status.FAILED:
             # the code could not run with the stand-ins (a stand-in has no autograd graph, e.g. a loss inside a
             # training loop): that says nothing of the student's code, and the first verdict keeps its diagnosis
             result.append(o)
             continue
         if other.status == Status.PASSED:
-            other.message = (f"correct once {names} is fixed: graded with the reference {names} in its place "
-                             f"(full points here, gradients not re-checked; fix {names} for its own points). "
-                             f"Before: {o.message}")[:2000]
+            other.message = tr("correct once {names} is fixed: graded with the reference {names} in its place (full "
+                               "points here, gradients not re-checked; fix {names} for its own points). Before: "
+                               "{before}").format(names=names, before=o.message)[:2000]
             result.append(other)
         else:
-            o.message = (f"wrong on its own as well (graded again with the reference {names} in its place: "
-                         f"{other.message}). As submitted: {o.message}")[:2000]
+            o.message = tr("wrong on its own as well (graded again with the reference {names} in its place: "
+                           "{again}). As submitted: {before}").format(names=names, again=other.message,
+                                                                      before=o.message)[:2000]
             o.mistakes = list(dict.fromkeys(o.mistakes + other.mistakes))
             result.append(o)
     return result
@@ -361,11 +382,11 @@ def _judge_variant(item: Item, notebook: str, device: str, dtype: str | None,
     for _call_id, case, result in rows:
         if result.status != "ok" or result.outputs is None:
             status, message = _call_problem(item, result, prepared)
-            cases.append(CaseOutcome(case.name, Status(status), f"case {case.name}: {message}"))
+            cases.append(CaseOutcome(case.name, Status(status), tr("case {case}: ").format(case=case.name) + message))
             continue
         oversized = too_big(item.name, result.guard, case.max_numel)
         if oversized:
-            cases.append(CaseOutcome(case.name, Status.FAILED, f"case {case.name}: {oversized}"))
+            cases.append(CaseOutcome(case.name, Status.FAILED, tr("case {case}: ").format(case=case.name) + oversized))
             continue
         reference = references.get_for(item.name, case, device, dtype)
         verdict = judge(case, result.outputs, reference, device)
@@ -374,7 +395,8 @@ def _judge_variant(item: Item, notebook: str, device: str, dtype: str | None,
             continue
         mistake = diagnose(item.name, case, result.outputs, device, dtype, reference=reference)
         cases.append(CaseOutcome(case.name, Status.FAILED,
-                                 verdict.message + (f" -- likely mistake: {mistake}" if mistake else ""), mistake))
+                                 verdict.message + (tr(" -- likely mistake: {hint}").format(hint=mistake)
+                                                    if mistake else ""), mistake))
     scored = score_variant(share, cases, forbidden)
     return TestOutcome(item.name, notebook, device, dtype, scored.status, scored.score, scored.max_score,
                        scored.message, scored.passed, scored.total, scored.mistakes, scored.forbidden)

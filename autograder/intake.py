@@ -14,6 +14,7 @@ from pathlib import Path
 
 from autograder.runner import CellSpec
 from exercises.editions import LANGUAGES, assignment_for
+from exercises.i18n import path_language, student_language, tr
 from exercises.rules import parse
 from exercises.source import (
     SourceNotebook,
@@ -50,21 +51,35 @@ def read_student_notebook(path: Path) -> list[dict]:
     try:
         size = path.stat().st_size
     except OSError as exc:
-        raise IntakeError(f"cannot read {path.name}: {exc.strerror}") from exc
+        raise IntakeError(tr("cannot read {name}: {why}").format(name=path.name, why=exc.strerror)) from exc
     if size > MAX_NOTEBOOK_BYTES:
-        raise IntakeError(f"{path.name} is {size >> 20} MiB; the limit is {MAX_NOTEBOOK_BYTES >> 20} MiB "
-                          "(clear the outputs before submitting)")
+        raise IntakeError(tr("{name} is {size} MiB; the limit is {limit} MiB (clear the outputs before "
+                             "submitting)").format(name=path.name, size=size >> 20, limit=MAX_NOTEBOOK_BYTES >> 20))
     try:
         data = json.loads(path.read_bytes())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise IntakeError(f"{path.name} is not a valid notebook (invalid JSON: {str(exc)[:120]}); "
-                          "re-download it or restore it from a checkpoint") from exc
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # deep nesting: RecursionError, the student's
+        raise IntakeError(tr("{name} is not a valid notebook (invalid JSON: {why}); re-download it or restore it "
+                             "from a checkpoint").format(name=path.name, why=str(exc)[:120])) from exc
     cells = data.get("cells") if isinstance(data, dict) else None
     if not isinstance(cells, list):
-        raise IntakeError(f"{path.name} is not a Jupyter notebook (no list of cells)")
+        raise IntakeError(tr("{name} is not a Jupyter notebook (no list of cells)").format(name=path.name))
     if len(cells) > MAX_CELLS:
-        raise IntakeError(f"{path.name} has {len(cells)} cells; the limit is {MAX_CELLS}")
+        raise IntakeError(tr("{name} has {count} cells; the limit is {limit}").format(name=path.name,
+                                                                                     count=len(cells), limit=MAX_CELLS))
     return [c for c in cells if isinstance(c, dict)]
+
+
+def notebook_language_at(path: Path | None) -> str:
+    """The language of the student's notebook at ``path`` (``exercises.i18n.student_language``: its edition, else
+    its folder), read within the same caps; English for no notebook, and its folder's for one that cannot be read."""
+    if path is None:
+        return "en"
+    try:
+        if path.stat().st_size <= MAX_NOTEBOOK_BYTES:
+            return student_language(json.loads(path.read_bytes()), path)
+    except Exception:  # noqa: BLE001 - a hostile file (deep nesting: RecursionError) only loses its language
+        pass
+    return path_language(path) or "en"
 
 
 def strip_magics(code: str) -> tuple[str, int]:
@@ -95,7 +110,8 @@ def prepare(source: SourceNotebook, student_cells: list[dict]) -> PreparedNotebo
         by_id[gid] = cell_text(cell.get("source"))[:MAX_CELL_CHARS]
     prepared = PreparedNotebook(cells=[])
     for gid in sorted(duplicates & set(source.answer_ids)):
-        prepared.notes.append(f"answer cell `{gid}` appears more than once; the first copy was graded")
+        prepared.notes.append(tr("answer cell `{cell}` appears more than once; the first copy was graded").format(
+            cell=gid))
     for cell in source.cells:
         if cell["cell_type"] != "code":
             continue
@@ -109,16 +125,18 @@ def prepare(source: SourceNotebook, student_cells: list[dict]) -> PreparedNotebo
             continue
         if gid not in by_id:
             prepared.missing_answers.add(gid)
-            prepared.notes.append(f"answer cell `{gid}` is missing from the submission (deleted, or its "
-                                  "metadata was changed); restore it from the released notebook")
+            prepared.notes.append(tr("answer cell `{cell}` is missing from the submission (deleted, or its metadata "
+                                     "was changed); restore it from the released notebook").format(cell=gid))
             continue
         code, dropped = strip_magics(by_id[gid])
         if dropped:
-            prepared.notes.append(f"answer cell `{gid}`: {dropped} IPython magic/shell line(s) were not run")
+            prepared.notes.append(tr("answer cell `{cell}`: {count} IPython magic/shell line(s) were not run").format(
+                cell=gid, count=dropped))
         try:
             parse(code)
         except SyntaxError as exc:
-            prepared.syntax_errors[gid] = f"SyntaxError in answer cell `{gid}` line {exc.lineno}: {exc.msg}"
+            prepared.syntax_errors[gid] = tr("SyntaxError in answer cell `{cell}` line {line}: {error}").format(
+                cell=gid, line=exc.lineno, error=exc.msg)
         prepared.answer_sources[gid] = code
         prepared.cells.append(CellSpec(gid, code, "answer"))
     return prepared
@@ -176,11 +194,13 @@ def edition_copies(path: Path, names: tuple[str, ...]) -> dict[str, tuple[list[P
         ranked = sorted(paths, key=lambda p: (-written[p], -mtime(p), paths.index(p)))
         chosen, others = ranked[0], ranked[1:]
         shown = [p.relative_to(path).as_posix() for p in ranked]
-        why = ("it has more answers written" if written[chosen] > max(written[p] for p in others)
-               else "it was saved last" if mtime(chosen) > max(mtime(p) for p in others) else "it comes first")
-        found[name] = (ranked, f"{name} was submitted {len(paths)} times ({', '.join(shown)}); graded: {shown[0]} "
-                               f"({why}); not graded: {', '.join(shown[1:])}. Submit each notebook in one "
-                               "edition only")
+        lang = notebook_language_at(chosen)  # the note is the student's: in the graded copy's language
+        why = tr("it has more answers written" if written[chosen] > max(written[p] for p in others)
+                 else "it was saved last" if mtime(chosen) > max(mtime(p) for p in others) else "it comes first", lang)
+        found[name] = (ranked, tr("{name} was submitted {count} times ({copies}); graded: {graded} ({why}); not "
+                                  "graded: {others}. Submit each notebook in one edition only", lang).format(
+            name=name, count=len(paths), copies=", ".join(shown), graded=shown[0], why=why,
+            others=", ".join(shown[1:])))
     return found
 
 

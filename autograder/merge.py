@@ -25,7 +25,9 @@ from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
 from autograder import report
+from autograder.options import BY_DEST
 from autograder.shard import ShardError
+from exercises.i18n import language, tr
 
 MANIFEST_NAME = "grading.selfattn.json"  # what pytest names the test cases after (autograder/cli.py)
 AGREE = ("seed", "devices", "course_version", "size")  # every shard of one batch must agree on these
@@ -40,22 +42,29 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--junit", type=Path, metavar="PATH", help="write the merged JUnit XML here")
     parser.add_argument("--gradescope", type=Path, metavar="PATH",
                         help="write Gradescope's results.json here (a batch: results-<student>.json beside it)")
+    lang = BY_DEST["lang"]  # the grader's option, once: here it is the language of the merge's own lines
+    parser.add_argument(f"--{lang.name}", dest=lang.dest, **lang._kwargs())
 
 
 def main(args: argparse.Namespace) -> int:
     """Merge, write what was asked; 0, or 2 when the shards cannot be merged or somebody was not graded."""
+    with language(getattr(args, "lang", None) if getattr(args, "lang", None) in ("en", "zh") else "en"):
+        return _main(args)
+
+
+def _main(args: argparse.Namespace) -> int:
     try:
         reports = [load(path) for path in args.reports]
         merged = merge_reports(reports, [str(p) for p in args.reports])
     except ShardError as exc:
-        print(f"error: cannot merge: {exc}", file=sys.stderr)
+        print(tr("error: cannot merge: {why}").format(why=exc), file=sys.stderr)
         return 2
     write_outputs(merged, json_path=args.json, csv_path=args.csv, junit_path=args.junit,
                   gradescope_path=args.gradescope)
     print(report_summary(merged))
     if merged.get("not_graded"):
-        print(f"could not grade {len(merged['not_graded'])} submission(s): the grader failed, not the student "
-              "(listed under `not_graded` in the JSON); exit status 2", file=sys.stderr)
+        print(tr("could not grade {count} submission(s): the grader failed, not the student (listed under "
+                 "`not_graded` in the JSON); exit status 2").format(count=len(merged["not_graded"])), file=sys.stderr)
         return 2
     return 0
 
@@ -65,10 +74,10 @@ def load(path: Path) -> dict:
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise ShardError(f"cannot read {path}: {exc}") from exc
+        raise ShardError(tr("cannot read {name}: {why}").format(name=path, why=exc)) from exc
     if not isinstance(data, dict) or not isinstance(data.get("batch"), dict):
-        raise ShardError(f"{path} is not a JSON report of `python -m autograder grade` with a `batch` record "
-                         "(written by an older grader, or not a report)")
+        raise ShardError(tr("{path} is not a JSON report of `python -m autograder grade` with a `batch` record "
+                            "(written by an older grader, or not a report)").format(path=path))
     return data
 
 
@@ -80,34 +89,37 @@ def merge_reports(reports: list[dict], labels: list[str] | None = None) -> dict:
         values = {json.dumps(b.get(key)) for b in batches}
         if len(values) > 1:
             seen = ", ".join(f"{label}: {json.dumps(b.get(key))}" for label, b in zip(labels, batches, strict=True))
-            raise ShardError(f"the reports differ in {key} ({seen}); only shards of one run (same --seed, devices, "
-                             "course version and batch) can be merged")
+            raise ShardError(tr("the reports differ in {key} ({seen}); only shards of one run (same --seed, "
+                                "devices, course version and batch) can be merged").format(key=key, seen=seen))
     shards = [b.get("shard") for b in batches]
     if any(s is None for s in shards) and len(reports) > 1:
-        raise ShardError("an unsharded report cannot be merged with others (it already holds the whole batch)")
+        raise ShardError(tr("an unsharded report cannot be merged with others (it already holds the whole batch)"))
     if shards[0] is not None:
         counts = {s["count"] for s in shards}
         if len(counts) > 1:
-            raise ShardError(f"the reports come from different shard counts ({sorted(counts)})")
+            raise ShardError(tr("the reports come from different shard counts ({counts})").format(
+                counts=sorted(counts)))
         indices = [s["index"] for s in shards]
         twice = sorted({i for i in indices if indices.count(i) > 1})
         if twice:
-            raise ShardError(f"shard(s) {', '.join(map(str, twice))} given more than once")
+            raise ShardError(tr("shard(s) {shards} given more than once").format(shards=", ".join(map(str, twice))))
         count = counts.pop()
         missing = sorted(set(range(1, count + 1)) - set(indices))
         if missing:
-            raise ShardError(f"shard(s) {', '.join(f'{i}/{count}' for i in missing)} missing")
+            raise ShardError(tr("shard(s) {shards} missing").format(shards=", ".join(f"{i}/{count}" for i in missing)))
     members: dict[int, dict] = {}
     owner: dict[str, str] = {}
     for label, batch in zip(labels, batches, strict=True):
         for member in batch["members"]:
             if member["name"] in owner:
-                raise ShardError(f"submission {member['name']!r} is in both {owner[member['name']]} and {label}")
+                raise ShardError(tr("submission {name!r} is in both {first} and {second}").format(
+                    name=member["name"], first=owner[member["name"]], second=label))
             owner[member["name"]] = label
             members[member["position"]] = member
     size = batches[0]["size"]
     if sorted(members) != list(range(size)):
-        raise ShardError(f"the reports hold {len(members)} of the batch's {size} submissions")
+        raise ShardError(tr("the reports hold {count} of the batch's {size} submissions").format(count=len(members),
+                                                                                               size=size))
     position = {m["path"]: p for p, m in members.items()}
     graded = sorted((e for r in reports for e in r["submissions"]), key=lambda e: position[e["path"]])
     not_graded = sorted((e for r in reports for e in r.get("not_graded", [])), key=lambda e: position[e["path"]])
@@ -198,7 +210,7 @@ def report_summary(data: dict) -> str:
     for member in data["batch"]["members"]:
         entry = graded.get(member["path"])
         if entry is None:
-            lines.append(f"{member['name']:<30} {'not graded (grader error)':>15}")
+            lines.append(f"{member['name']:<30} {tr('not graded (grader error)'):>15}")
         else:
             lines.append(f"{member['name']:<30} {entry['score']:>8g} {entry['max_score']:>6g}")
     return "\n".join(lines)

@@ -72,6 +72,9 @@ OPTIONS: tuple[Option, ...] = (
            "needs (slower; the same scores)"),
     Option("cold-workers", "start every worker as a fresh process instead of forking it from a warm one that has "
            "imported torch (slower; the same limits and isolation)"),
+    Option("lang", "language of the messages: auto (default: each notebook in its edition's language, "
+           "metadata.course.edition or a self_attention_zh folder; the run's own lines in English), or en / zh for "
+           "every message and the run's own lines", str, "auto", choices=("auto", "en", "zh")),
 )
 BY_DEST = {option.dest: option for option in OPTIONS}
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from exercises.i18n import tr
 from exercises.judge import REFERENCE_LOCK
 from exercises.program import ProgramError, run_program, serialise_outputs
 
@@ -49,9 +50,9 @@ class OracleResponder:
     def _answer(self, request: dict[str, Any], tensors: dict[str, torch.Tensor]) -> tuple[dict, dict]:
         name, kind = request.get("name"), request.get("kind")
         if name not in self.allowed or kind not in ("call", "new", "forward"):
-            raise ProgramError(f"no stand-in for `{name}`")
+            raise ProgramError(tr("no stand-in for `{name}`").format(name=name))
         if sum(t.numel() for t in tensors.values()) > MAX_ELEMENTS:
-            raise ProgramError("the stand-in's arguments are too large")
+            raise ProgramError(tr("the stand-in's arguments are too large"))
         device = request.get("device", "cpu")
         if device.startswith("cuda") and not torch.cuda.is_available():
             device = "cpu"

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from autograder.options import MANIFEST_SUFFIX, SESSION_KEY, add_plugin_options
+from exercises.i18n import tr
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -83,15 +84,16 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
         terminalreporter.write_line("")
         for line in report.table(sub, width).splitlines():
             terminalreporter.write_line(line)
+    own = session.own_language  # the run's own lines: English unless --lang forces a language
     if len(session.submissions) > 1:
         terminalreporter.write_line("")
-        terminalreporter.write_line(report.summary(session.submissions))
+        terminalreporter.write_line(report.summary(session.submissions, own))
     failed = [sub for sub in session.submissions if sub.grader_errors]
     if failed:
         terminalreporter.write_line("")
-        for line in report.wrapped(f"could not grade {len(failed)} submission(s): the grader failed, not the student "
-                                   "(they are left out of the CSV and Gradescope files, listed under `not_graded` "
-                                   "in the JSON):", width, "", ""):
+        for line in report.wrapped(tr("could not grade {count} submission(s): the grader failed, not the student (they "
+                                      "are left out of the CSV and Gradescope files, listed under `not_graded` in the "
+                                      "JSON):", own).format(count=len(failed)), width, "", ""):
             terminalreporter.write_line(line, red=True, bold=True)
         for sub in failed:
             for notebook, why in sub.grader_errors.items():

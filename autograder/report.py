@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autograder.grading import NotebookResult, TestOutcome, gpu_not_exercised
+from exercises.i18n import language, tr
 
 ISOLATION_NOTE = {
     "bubblewrap": "student code ran under bubblewrap (no network, no view of the repository) with resource limits",
@@ -34,6 +35,7 @@ class SubmissionReport:
     isolation: str
     notebooks: list[NotebookResult] = field(default_factory=list)
     grader_errors: dict[str, str] = field(default_factory=dict)  # notebook -> why the grader could not grade it
+    lang: str | None = None  # the language --lang forces; None: its notebooks' (see ``language``)
 
     def add(self, result: NotebookResult) -> None:
         self.notebooks.append(result)
@@ -53,10 +55,23 @@ class SubmissionReport:
         return round(sum(t.max_score for t in self.tests), 4)
 
     @property
+    def language(self) -> str:
+        """The language of this submission's own lines (table, warnings): the one forced, else the one all its
+        notebooks were graded in, else English."""
+        if self.lang:
+            return self.lang
+        found = {nb.lang for nb in self.notebooks}
+        return found.pop() if len(found) == 1 else "en"
+
+    @property
     def gpu_exercised(self) -> bool:
         return "cuda" in self.devices
 
     def to_json(self) -> dict:
+        with language(self.language):
+            return self._to_json()
+
+    def _to_json(self) -> dict:
         return {
             "path": self.path,
             "score": self.score,
@@ -65,7 +80,7 @@ class SubmissionReport:
             "devices": self.devices,
             "gpu": "exercised" if self.gpu_exercised else "not exercised",
             "warnings": ([] if self.gpu_exercised else [gpu_not_exercised()])
-            + ([ISOLATION_NOTE["rlimits"]] if self.isolation == "rlimits" else []),
+            + ([tr(ISOLATION_NOTE["rlimits"])] if self.isolation == "rlimits" else []),
             "isolation": self.isolation,
             "notes": [f"{nb.notebook}: {note}" for nb in self.notebooks for note in nb.notes],
             "seconds": round(sum(nb.seconds for nb in self.notebooks), 2),
@@ -188,12 +203,45 @@ def readable(message: str, limit: int = MESSAGE_LIMIT) -> str:
         return text
     cut = text.rfind(" ", limit // 2, limit)
     cut = cut if cut > 0 else limit  # one token longer than half the limit: not a word, cut where it must be
-    return f"{text[:cut]} … ({len(text) - cut} more characters in the JSON report)"
+    return text[:cut] + tr(" … ({count} more characters in the JSON report)").format(count=len(text) - cut)
+
+
+_WIDE = re.compile(r"[\u1100-\u115f\u2e80-\ua4cf\uac00-\ud7a3\uf900-\ufaff\ufe30-\ufe4f\uff00-\uff60\uffe0-\uffe6]")
+_TOKENS = re.compile(r"\s+|" + _WIDE.pattern + r"|[^\s" + _WIDE.pattern[1:-1] + r"]+")
+
+
+def display_width(text: str) -> int:
+    """Columns ``text`` takes in a terminal: Chinese characters and full-width punctuation take two."""
+    return len(text) + len(_WIDE.findall(text))
+
+
+def _wrap_wide(text: str, width: int, indent: str, hang: str) -> list[str]:
+    """``wrapped`` for text with Chinese in it: a line may break between any two Chinese characters or at a
+    space, and is measured in terminal columns."""
+    lines, line = [], indent
+    for token in _TOKENS.findall(" ".join(text.split())):
+        if token.isspace():
+            line += " " if line.strip() else ""
+            continue
+        if display_width(line + token) > width and line.strip():
+            lines.append(line.rstrip())
+            line = hang
+        while display_width(line + token) > width:  # a token longer than a whole line (no word): split it
+            room = max(width - display_width(line), 1)
+            lines.append(line + token[:room])
+            line, token = hang, token[room:]
+        line += token
+    if line.strip():
+        lines.append(line.rstrip())
+    return lines or [indent.rstrip()]
 
 
 def wrapped(text: str, width: int, indent: str, hang: str) -> list[str]:
-    """``text`` in lines of at most ``width`` characters, broken between words (a token longer than a whole
-    line, which is no word, is split so that no line runs past ``width``)."""
+    """``text`` in lines of at most ``width`` characters (terminal columns), broken between words (a token longer
+    than a whole line, which is no word, is split so that no line runs past ``width``); Chinese text may break
+    between any two characters."""
+    if _WIDE.search(text):
+        return _wrap_wide(text, max(width, len(hang) + 20), indent, hang)
     return textwrap.wrap(text, width=max(width, len(hang) + 20), initial_indent=indent, subsequent_indent=hang,
                          break_on_hyphens=False, break_long_words=True) or [indent.rstrip()]
 
@@ -214,18 +262,24 @@ def what_to_fix(outcomes: list[TestOutcome], width: int = WIDTH) -> list[str]:
 
 def table(sub: SubmissionReport, width: int = WIDTH) -> str:
     """Item x device table with points, then the messages of what failed, every line at most ``width``
-    characters wide and broken between words (the table's own rows excepted)."""
+    characters wide and broken between words (the table's own rows excepted); in the submission's language."""
+    with language(sub.language):
+        return _table(sub, width)
+
+
+def _table(sub: SubmissionReport, width: int) -> str:
     devices = ["cpu", "cuda"]
     if sub.grader_errors:
-        head = (f"== {sub.path}: NOT GRADED: the grader failed on {', '.join(sub.grader_errors)} "
-                "(not the student's fault; see below)")
+        head = tr("== {path}: NOT GRADED: the grader failed on {notebooks} (not the student's fault; see "
+                  "below)").format(path=sub.path, notebooks=", ".join(sub.grader_errors))
         return "\n".join(wrapped(head, width, "", "   "))
-    lines = [f"== {sub.path}: {sub.score:g} / {sub.max_score:g} points (seed {sub.seed}, "
-             f"{sum(nb.seconds for nb in sub.notebooks):.1f} s)"]
+    lines = [tr("== {path}: {score:g} / {max_score:g} points (seed {seed}, {seconds:.1f} s)").format(
+        path=sub.path, score=sub.score, max_score=sub.max_score, seed=sub.seed,
+        seconds=sum(nb.seconds for nb in sub.notebooks))]
     if not sub.gpu_exercised:
         lines += wrapped(f"! {gpu_not_exercised()}", width, "   ", "     ")
     if sub.isolation == "rlimits":
-        lines += wrapped(f"! {ISOLATION_NOTE['rlimits']}", width, "   ", "     ")
+        lines += wrapped(f"! {tr(ISOLATION_NOTE['rlimits'])}", width, "   ", "     ")
     lines.append(f"   {'item':<30} {'cpu':<22} {'cuda':<22} points")
     for nb in sub.notebooks:
         for item in dict.fromkeys(t.item for t in nb.outcomes):
@@ -239,19 +293,21 @@ def table(sub: SubmissionReport, width: int = WIDTH) -> str:
             maximum = sum(t.max_score for t in rows)
             lines.append(f"   {item:<30} {cells[0]:<22} {cells[1]:<22} {score:g}/{maximum:g}")
         for note in nb.notes:
-            lines += wrapped(f"note: {nb.notebook}: {readable(note)}", width, "   ", "     ")
+            lines += wrapped(tr("note: {notebook}: {note}").format(notebook=nb.notebook, note=readable(note)), width,
+                             "   ", "     ")
     fixes = what_to_fix(sub.tests, width)
     if fixes:
-        lines.append("   what to fix:")
+        lines.append("   " + tr("what to fix:"))
         lines += fixes
     return "\n".join(lines)
 
 
-def summary(subs: list[SubmissionReport]) -> str:
+def summary(subs: list[SubmissionReport], lang: str = "en") -> str:
+    """One line per submission: its score, or that the grader could not grade it (in ``lang``)."""
     lines = [f"{'submission':<30} {'score':>8} {'max':>6}"]
     for sub in subs:
         if sub.grader_errors:
-            lines.append(f"{Path(sub.path).name:<30} {'not graded (grader error)':>15}")
+            lines.append(f"{Path(sub.path).name:<30} {tr('not graded (grader error)', lang):>15}")
             continue
         lines.append(f"{Path(sub.path).name:<30} {sub.score:>8g} {sub.max_score:>6g}")
     return "\n".join(lines)

@@ -26,6 +26,7 @@ from autograder.pool import WORKERS_PER_GPU, ColdWorker, ForkedJob, WorkerPool, 
 from autograder.safe_io import WorkerDir
 from autograder.worker import protocol
 from exercises.compare import Outputs
+from exercises.i18n import tr
 
 POLL_SECONDS = 0.02
 RSS_POLL_SECONDS = 0.5  # finding the worker's processes scans /proc: not on every 20 ms poll
@@ -181,7 +182,7 @@ def run_plan(cells: list[CellSpec], calls: list[CallSpec], limits: sandbox.Limit
             root = sandbox.make_grading_root(drop and not use_bwrap)
             user = sandbox.WorkerUid() if drop else None  # this run's workers' own user, one after another
         except OSError as exc:
-            raise GraderError(f"could not make the worker's directory: {exc}") from exc
+            raise GraderError(tr("could not make the worker's directory: {why}").format(why=exc)) from exc
     try:
         startup_failures = 0
         for attempt in range(len(cells) + len(calls) + 1 + STARTUP_TRIES):
@@ -194,7 +195,7 @@ def run_plan(cells: list[CellSpec], calls: list[CallSpec], limits: sandbox.Limit
                     workdir = root / f"w{attempt}"
                     workdir.mkdir()
             except OSError as exc:
-                raise GraderError(f"could not make the worker's directory: {exc}") from exc
+                raise GraderError(tr("could not make the worker's directory: {why}").format(why=exc)) from exc
             plan = {"cells": [{"grade_id": c.grade_id, "source": c.source, "kind": c.kind} for c in cells],
                     "skip_cells": sorted(skip_cells), "start_call": remaining[0] if remaining else 1 << 30,
                     "calls": [{"id": c.id, "program": c.program, "device": c.device, "dtype": c.dtype,
@@ -222,7 +223,7 @@ def run_plan(cells: list[CellSpec], calls: list[CallSpec], limits: sandbox.Limit
                         outputs = _read_outputs(wdir, cid, limits)
                         if outputs is None:
                             call_results[cid] = CallResult("missing", error={
-                                "type": "GraderError", "message": "the worker's output could not be read back"})
+                                "type": "GraderError", "message": tr("the worker's output could not be read back")})
                         else:
                             call_results[cid].outputs = outputs
             finally:
@@ -242,7 +243,7 @@ def run_plan(cells: list[CellSpec], calls: list[CallSpec], limits: sandbox.Limit
             if step is None:  # died or hung between steps, after start-up (a student's thread, a forged event)
                 if watch.calls:  # it got somewhere: a fresh worker goes on (each try finishes a call at least)
                     continue
-                message = output_parts[-1][-MESSAGE_TAIL:] or "the worker stopped between two steps"
+                message = output_parts[-1][-MESSAGE_TAIL:] or tr("the worker stopped between two steps")
                 for cid in remaining:
                     call_results[cid] = CallResult("crashed", error={"type": "WorkerError", "message": message})
                 break
@@ -257,8 +258,8 @@ def run_plan(cells: list[CellSpec], calls: list[CallSpec], limits: sandbox.Limit
                 for other in calls:
                     if group and other.group == group and other.id in remaining and other.id != index:
                         call_results[other.id] = CallResult(why, error={
-                            "type": why, "message": _why(why, limits, "call") + " (an earlier case of this item; "
-                            "its other cases were not run)"})
+                            "type": why, "message": _why(why, limits, "call") + tr(
+                                " (an earlier case of this item; its other cases were not run)")})
                 remaining = [cid for cid in remaining if cid not in call_results]
             if not remaining and kind == "call":
                 break
@@ -269,19 +270,20 @@ def run_plan(cells: list[CellSpec], calls: list[CallSpec], limits: sandbox.Limit
             user.release()
     for c in calls:
         call_results.setdefault(c.id, CallResult("crashed", error={
-            "type": "WorkerError", "message": "the worker stopped before this call ran"}))
+            "type": "WorkerError", "message": tr("the worker stopped before this call ran")}))
     unreadable = [cid for cid, r in call_results.items() if r.status in ("missing", "harness")]
     if unreadable and verify_harness:
         device = next(c.device for c in calls if c.id == unreadable[0])
         verify_output_path(limits, cuda, use_bwrap, device, call_results[unreadable[0]].error, pool)
         for cid in unreadable:  # the worker works without the student's code: their code got in its way
             error = call_results[cid].error
-            call_results[cid].error = {"type": "WorkerError", "message": (
+            call_results[cid].error = {"type": "WorkerError", "message": tr(
                 "this call's outputs could not be written or read back after your code ran, although the worker "
                 "manages without it: does your code delete, replace or patch files, `safetensors`, `json` or "
-                f"`open`? ({error.get('type', 'error')}: {str(error.get('message', ''))[:300]})")}
+                "`open`? ({type}: {message})").format(type=error.get("type", "error"),
+                                                      message=str(error.get("message", ""))[:300])}
     text = "".join(output_parts)
-    notes = [NAMESPACES_REFUSED + "; ".join(sorted(refusals))] if refusals else []
+    notes = [tr(NAMESPACES_REFUSED) + "; ".join(sorted(refusals))] if refusals else []
     return RunResult(cell_results, call_results, isolation, text[:limits.output_bytes * 2],
                      time.monotonic() - started, notes)
 
@@ -346,17 +348,17 @@ def _startup_failure(worker: ColdWorker | ForkedJob, drop: bool, cuda: bool, tim
     """What a grader error at worker start-up says: the cause as far as known, the configuration, the output."""
     user = "nobody (privileges dropped)" if drop else f"uid {os.geteuid()} (no privilege drop)"
     if timed_out:
-        cause = f"the worker did not start within {limits.startup_timeout:g} s"
+        cause = tr("the worker did not start within {seconds:g} s").format(seconds=limits.startup_timeout)
     else:
-        cause = (f"the worker exited with status {worker.returncode} before running any student code "
-                 f"({STARTUP_TRIES} tries)")
+        cause = tr("the worker exited with status {status} before running any student code ({tries} tries)").format(
+            status=worker.returncode, tries=STARTUP_TRIES)
     warm = " (forked from a warm worker)" if isinstance(worker, ForkedJob) else ""
     config = (f"isolation: {worker.isolation}{warm}; worker user: {user}; "
               f"devices: {'cpu and cuda' if cuda else 'cpu'}; "
               f"memory limit: {limits.memory_bytes >> 20} MiB{' (not applied with CUDA)' if cuda else ''}; "
               f"python: {sys.executable}")
-    tail = output.strip()[-MESSAGE_TAIL * 2:] or "(no output)"
-    return f"{cause}.\n  {config}\n  the worker's output:\n{tail}"
+    tail = output.strip()[-MESSAGE_TAIL * 2:] or tr("(no output)")
+    return f"{cause}.\n  {config}\n  " + tr("the worker's output:") + f"\n{tail}"
 
 
 PROBE_PROGRAM = [{"op": "call", "fn": "torch.clone", "args": [{"tensor": "x"}], "out": "y"},
@@ -376,17 +378,23 @@ def verify_output_path(limits: sandbox.Limits, cuda: bool, use_bwrap: str | None
             result.outputs.tensors.get("out", torch.empty(0)), probe.inputs["x"]):
         detail = result.error.get("traceback") or result.error.get("message") or result.status
         first = first_error.get("traceback") or first_error.get("message", "")
-        raise GraderError(f"the worker cannot hand back a call's outputs even without student code "
-                          f"(isolation: {run.isolation}; device: {device}).\n  the probe: {detail}\n"
-                          f"  the first failure: {first}\n  the worker's output:\n{run.output[-MESSAGE_TAIL:]}")
+        raise GraderError(tr("the worker cannot hand back a call's outputs even without student code (isolation: "
+                             "{isolation}; device: {device}).").format(isolation=run.isolation, device=device)
+                          + "\n  " + tr("the probe: {detail}").format(detail=detail)
+                          + "\n  " + tr("the first failure: {first}").format(first=first)
+                          + "\n  " + tr("the worker's output:") + f"\n{run.output[-MESSAGE_TAIL:]}")
 
 
 def _why(why: str, limits: sandbox.Limits, what: str) -> str:
     if why == "timeout":
         bound = limits.cell_timeout if what == "cell" else limits.call_timeout
-        return f"this {what} ran longer than {bound:g} s and was stopped (an infinite loop?)"
-    return (f"the worker process died while running this {what} (os._exit, a crash, or the memory limit "
-            f"of {limits.memory_bytes >> 20} MiB)")
+        template = tr("this cell ran longer than {bound:g} s and was stopped (an infinite loop?)") if what == "cell" \
+            else tr("this call ran longer than {bound:g} s and was stopped (an infinite loop?)")
+        return template.format(bound=bound)
+    template = tr("the worker process died while running this cell (os._exit, a crash, or the memory limit of {mib} "
+                  "MiB)") if what == "cell" else tr("the worker process died while running this call (os._exit, a "
+                                                    "crash, or the memory limit of {mib} MiB)")
+    return template.format(mib=limits.memory_bytes >> 20)
 
 
 def _rss_bytes(pid: int) -> int:
@@ -415,7 +423,8 @@ def _answer_rpc(wdir: WorkerDir, n: Any, responder: Responder, limits: sandbox.L
             raise ValueError("a stand-in request is a JSON object")
         meta, out = responder(request, tensors)
     except Exception as exc:  # noqa: BLE001 - any failure becomes the stand-in's exception in the worker
-        meta, out = {"error": f"stand-in failed: {type(exc).__name__}: {str(exc)[:300]}"}, {}
+        meta, out = {"error": tr("stand-in failed: {type}: {error}").format(type=type(exc).__name__,
+                                                                           error=str(exc)[:300])}, {}
     answer_tensors, answer_json = protocol.rpc_response(n)
     try:
         wdir.answer(answer_tensors, save({k: v.contiguous() for k, v in out.items()}))
@@ -509,7 +518,7 @@ def _monitor(wdir: WorkerDir | None, progress: Progress, worker: ColdWorker | Fo
                 status = event.get("status", "exception")
                 report = _guard_report(event.get("guard"))
                 if report is None and step[1] in guarded:  # no report is not a clean report
-                    report = {"used": {}, "too_big": None, "tampered": MISSING_REPORT}
+                    report = {"used": {}, "too_big": None, "tampered": tr(MISSING_REPORT)}
                 call_results[step[1]] = CallResult(status if status in protocol.CALL_STATUSES else "exception",
                                                    None, event.get("error") or {}, report,
                                                    time.monotonic() - step_started)

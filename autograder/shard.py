@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from exercises.i18n import tr
+
 SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
 REPO = Path(__file__).resolve().parent.parent
 # What decides a grade: the grader, the course's checks and references, and the source notebooks.
@@ -46,10 +48,11 @@ def parse_shard(text: str) -> tuple[int, int]:
     """``"I/N"`` as ``(I, N)`` with ``1 <= I <= N``; ``ShardError`` otherwise."""
     match = SHARD.match(text or "")
     if not match:
-        raise ShardError(f"--shard must read I/N (for example 2/5), not {text!r}")
+        raise ShardError(tr("--shard must read I/N (for example 2/5), not {text!r}").format(text=text))
     index, count = int(match.group(1)), int(match.group(2))
     if count < 1 or not 1 <= index <= count:
-        raise ShardError(f"--shard {text}: I must be between 1 and N (shards are numbered from 1), and N at least 1")
+        raise ShardError(tr("--shard {text}: I must be between 1 and N (shards are numbered from 1), and N at least "
+                            "1").format(text=text))
     return index, count
 
 
@@ -83,15 +86,15 @@ def plan(manifest: dict, options: dict) -> tuple[list[Path], dict]:
     batch, seen = [], {}
     for position, (path, name) in enumerate(zip(paths, names, strict=True)):
         if name in seen:
-            raise ShardError(f"two submissions are both named {name!r} ({seen[name]} and {path}); shard one "
-                             "batch folder at a time")
+            raise ShardError(tr("two submissions are both named {name!r} ({first} and {second}); shard one batch "
+                                "folder at a time").format(name=name, first=seen[name], second=path))
         seen[name] = path
         batch.append(Member(path, name, position))
     shard = None
     mine = batch
     if options.get("shard"):
         if options.get("seed") is None:
-            raise ShardError(SEED_NEEDED)
+            raise ShardError(tr(SEED_NEEDED))
         shard = parse_shard(options["shard"])
         mine = select(batch, *shard)
     source = Path(manifest["source"]) if manifest.get("source") else REPO / "source"

@@ -17,6 +17,7 @@ import torch
 
 from exercises import op_guard
 from exercises.compare import Outputs, value_mismatch
+from exercises.i18n import tr
 from exercises.tolerances import tolerance
 
 Check = Callable[[Outputs, Outputs], "str | None"]
@@ -151,7 +152,8 @@ def rows_sum_to_one(key: str, scale: float = 1.0) -> Check:
         worst = float((sums - 1).abs().max()) if sums.numel() else 0.0
         tol = (2e-2 if w.dtype in (torch.bfloat16, torch.float16) else 1e-4) * scale
         if not math.isfinite(worst) or worst > tol:
-            return f"rows of `{key}` must sum to 1 (a softmax over the keys): the worst row sums to 1 {worst:+.3g}"
+            return tr("rows of `{key}` must sum to 1 (a softmax over the keys): the worst row sums to 1 "
+                      "{worst:+.3g}").format(key=key, worst=worst)
         return None
     return check
 
@@ -163,26 +165,32 @@ def prefix_unchanged(key_a: str, key_b: str, upto: int, what: str) -> Check:
         if a is None or b is None or a.shape != b.shape or a.dim() < 2:
             return None
         if value_mismatch(key_a, b[..., :upto, :], a[..., :upto, :]) is not None:
-            return (f"causal leak: changing tokens {upto}.. changed the {what} of earlier tokens; "
-                    "mask the scores of later keys with -inf before the softmax")
+            words = {"outputs": tr("outputs")}  # made here, in the language of the notebook being judged
+            return tr("causal leak: changing tokens {upto}.. changed the {what} of earlier tokens; mask the scores of "
+                      "later keys with -inf before the softmax").format(upto=upto, what=words.get(what, what))
         return None
     return check
 
 
-def outputs_differ(key_a: str, key_b: str, message: str) -> Check:
+def outputs_differ(key_a: str, key_b: str, message: str | Callable[[], str]) -> Check:
+    """``message`` when the two outputs are equal; a callable makes it when the check runs (a case is built once,
+    its message must be in the language of the notebook it judges)."""
     def check(student: Outputs, reference: Outputs) -> str | None:
         a, b = student.tensor(key_a), student.tensor(key_b)
         if a is None or b is None or a.shape != b.shape:
             return None
-        return message if torch.equal(a, b) else None
+        if not torch.equal(a, b):
+            return None
+        return message() if callable(message) else message
     return check
 
 
 def gradients_present(student: Outputs, reference: Outputs) -> str | None:
     missing = [k for k, m in student.meta.items() if k.startswith("grad") and m.get("pytype") == "NoneType"]
     if missing:
-        return (f"no gradient reaches {', '.join(missing[:4])}: keep every step differentiable (no .detach(), "
-                ".item(), .data, torch.no_grad() or new tensors built from Python numbers in forward)")
+        return tr("no gradient reaches {names}: keep every step differentiable (no .detach(), .item(), .data, "
+                  "torch.no_grad() or new tensors built from Python numbers in forward)").format(
+            names=", ".join(missing[:4]))
     return None
 
 
@@ -224,8 +232,8 @@ def permutation_case(name: str, build_steps: list[dict[str, Any]], fn: str, x: t
         if a is None or b is None or a.shape != b.shape or a.dim() < 2:
             return None
         if value_mismatch(key, b, a[..., perm, :]) is not None:
-            return ("permuting the input tokens should permute the outputs the same way (attention has no notion "
-                    "of position); your output mixes positions: check which dimension you transpose and reduce")
+            return tr("permuting the input tokens should permute the outputs the same way (attention has no notion "
+                      "of position); your output mixes positions: check which dimension you transpose and reduce")
         return None
     return Case(name, program, {**(inputs or {}), "x": x, "x_perm": x[..., perm, :].clone()}, checks=(check,))
 
@@ -338,10 +346,11 @@ def dropped_attention_weights(cls: str, kwargs: dict[str, Any], params: dict[str
             found = ((possible - got).abs() <= atol + rtol * possible.abs()).all(-1).any(0)  # (n,)
             if not bool(found.all()):
                 row = int((~found).nonzero()[0, 0])
-                return (f"in train() mode, row {row} of `{key}` is not what dropout on the attention weights "
-                        "gives (the values weighted by the attention weights, some weights zeroed and the others "
-                        "scaled by 1/(1-p)): apply self.dropout to the attention weights, after the softmax, "
-                        "not to the output (nor to the context vectors, the values or the scores)")
+                return tr("in train() mode, row {row} of `{key}` is not what dropout on the attention weights "
+                          "gives (the values weighted by the attention weights, some weights zeroed and the others "
+                          "scaled by 1/(1-p)): apply self.dropout to the attention weights, after the softmax, "
+                          "not to the output (nor to the context vectors, the values or the scores)").format(
+                    row=row, key=key)
         return None
     return check
 
@@ -357,8 +366,9 @@ def dropout_case(cls: str, kwargs: dict[str, Any], gen, dtype) -> Case:
                                                    {"op": "output", "key": "params", "var": "loaded"}] + \
         forward("m", tensor_arg("x"), out="eval_out") + [{"op": "mode", "obj": "m", "train": True}] + \
         forward("m", tensor_arg("x"), out="train_a") + forward("m", tensor_arg("x"), out="train_b")
-    message = (f"{cls} in train() mode with dropout={kwargs['dropout']} gave the same output twice: apply "
-               "self.dropout to the attention weights in forward")
+    def message() -> str:
+        return tr("{cls} in train() mode with dropout={p} gave the same output twice: apply self.dropout to the "
+                  "attention weights in forward").format(cls=cls, p=kwargs["dropout"])
     checks: tuple[Check, ...] = (outputs_differ("train_a", "train_b", message),)
     if dtype in (torch.float64, torch.float32):  # half precision: too coarse to tell the outcomes apart
         checks += (dropped_attention_weights(cls, kwargs, params, x),)
@@ -371,7 +381,8 @@ def eval_matches(key: str) -> Check:
     def check(student: Outputs, reference: Outputs) -> str | None:
         actual = student.tensor(key)
         if actual is None or actual.shape != reference.tensors[key].shape:
-            return f"`{key}` missing or of the wrong shape in eval() mode"
+            return tr("`{key}` missing or of the wrong shape in eval() mode").format(key=key)
         found = value_mismatch(key, actual, reference.tensors[key])
-        return None if found is None else f"in eval() mode dropout must be off: {found.message}"
+        return None if found is None else tr("in eval() mode dropout must be off: {problem}").format(
+            problem=found.message)
     return check

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from exercises.i18n import tr
 from exercises.tolerances import tolerance
 
 
@@ -60,13 +61,14 @@ def same_device(actual: str, expected: str) -> bool:
 def describe_index(index: Sequence[int], shape: Sequence[int], dims: Sequence[str] | None) -> str:
     """``(1, 0, 3, 2)`` with dims ``(batch, head, query, key)`` -> ``batch 1, head 0, query row 3, key column 2``."""
     if not dims:
-        return f"index {tuple(index)}"
+        return tr("index {index}").format(index=tuple(index))
     names = list(dims)
     if len(names) < len(index):  # leading batch dimensions the description did not name
-        names = [f"batch dim {i}" for i in range(len(index) - len(names))] + names
+        names = [tr("batch dim {i}").format(i=i) for i in range(len(index) - len(names))] + names
     names = names[-len(index):] if index else names
-    pretty = {"query": "query row", "key": "key column", "feature": "feature"}
-    return ", ".join(f"{pretty.get(n, n)} {i}" for n, i in zip(names, index, strict=False))
+    pretty = {"query": tr("query row"), "key": tr("key column"), "feature": tr("feature"), "batch": tr("batch"),
+              "head": tr("head"), "position": tr("position")}
+    return tr(", ").join(f"{pretty.get(n, n)} {i}" for n, i in zip(names, index, strict=False))
 
 
 def number_dtype(meta: dict[str, Any]) -> torch.dtype:
@@ -106,9 +108,10 @@ def value_mismatch(
         first = tuple(int(i) for i in wrong[0])
         return Mismatch(
             key, "values",
-            f"`{key}`: {len(wrong)} of {expected.numel()} entries are wrong; the first is at "
-            f"{describe_index(first, expected.shape, dims)}: expected {bool(expected[first])}, "
-            f"got {bool(actual[first])}",
+            tr("`{key}`: {count} of {total} entries are wrong; the first is at {where}: expected {expected}, got "
+               "{got}").format(key=key, count=len(wrong), total=expected.numel(),
+                               where=describe_index(first, expected.shape, dims), expected=bool(expected[first]),
+                               got=bool(actual[first])),
             {"index": first, "count": len(wrong)},
         )
     a, e = actual.double(), expected.double()
@@ -117,12 +120,12 @@ def value_mismatch(
     flat = int(abs_err.argmax())
     index = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), expected.shape)) if expected.dim() else ()
     n_bad = int((abs_err > atol + rtol * e.abs()).sum())
-    msg = (
-        f"`{key}`: {n_bad} of {expected.numel()} values differ beyond rtol={rtol:g}, atol={atol:g} "
-        f"({judged_as}{'' if judged_as == expected.dtype else ' computation'}); "
-        f"largest absolute error {float(abs_err.max()):.3g} "
-        f"(relative {float(rel_err.reshape(-1)[flat]):.3g}) at {describe_index(index, expected.shape, dims)}"
-    )
+    judged = str(judged_as) if judged_as == expected.dtype else tr("{dtype} computation").format(dtype=judged_as)
+    msg = tr("`{key}`: {count} of {total} values differ beyond rtol={rtol:g}, atol={atol:g} ({judged}); largest "
+             "absolute error {max_abs:.3g} (relative {rel:.3g}) at {where}").format(
+        key=key, count=n_bad, total=expected.numel(), rtol=rtol, atol=atol, judged=judged,
+        max_abs=float(abs_err.max()), rel=float(rel_err.reshape(-1)[flat]),
+        where=describe_index(index, expected.shape, dims))
     return Mismatch(key, "values", msg, {"index": index, "max_abs": float(abs_err.max()), "count": n_bad})
 
 
@@ -145,8 +148,12 @@ ACCEPTED_KINDS: dict[str, tuple[str, ...]] = {
     "list": ("tuple", "list"),
     "dict": ("dict",),
 }
-KIND_NAMES = {"Tensor": "a torch.Tensor", "int": "a Python int", "float": "a Python float",
-              "bool": "a Python bool", "NoneType": "None", "str": "a string", "Figure": "a matplotlib Figure"}
+def kind_name(kind: str) -> str:
+    """A kind of output in words, in the current language: ``a torch.Tensor``, ``a Python int``, ..."""
+    names = {"Tensor": tr("a torch.Tensor"), "int": tr("a Python int"), "float": tr("a Python float"),
+             "bool": tr("a Python bool"), "NoneType": "None", "str": tr("a string"),
+             "Figure": tr("a matplotlib Figure")}
+    return names.get(kind) or tr("a {kind}").format(kind=kind)
 
 
 def _entry(meta: dict[str, Any], key: str) -> dict[str, Any] | None:
@@ -168,12 +175,13 @@ def expected_kind(meta: dict[str, Any], key: str) -> str:
     if kind in ("tuple", "list"):
         n = info.get("length", 0)
         if info.get("numbers"):
-            return f"a {kind} of {n} Python numbers"
+            return tr("a {kind} of {n} Python numbers").format(kind=kind, n=n)
         parts = {(_entry(meta, f"{key}.{i}") or {}).get("pytype") for i in range(n)}
-        return f"a {kind} of {n} tensors" if n and parts == {"Tensor"} else f"a {kind} of length {n}"
+        return (tr("a {kind} of {n} tensors") if n and parts == {"Tensor"} else
+                tr("a {kind} of length {n}")).format(kind=kind, n=n)
     if kind == "dict":
-        return f"a dict with keys {sorted(_keys(info) or [])}"
-    return KIND_NAMES.get(kind, f"a {kind}")
+        return tr("a dict with keys {keys}").format(keys=sorted(_keys(info) or []))
+    return kind_name(kind)
 
 
 def actual_kind(info: dict[str, Any]) -> str:
@@ -181,13 +189,14 @@ def actual_kind(info: dict[str, Any]) -> str:
     kind = str(info.get("pytype"))[:80]
     if kind in ("tuple", "list"):
         length = str(info.get("length"))[:20]
-        return f"a {kind} of {length} Python numbers" if info.get("numbers") else f"a {kind} of length {length}"
+        return (tr("a {kind} of {n} Python numbers") if info.get("numbers") else
+                tr("a {kind} of length {n}")).format(kind=kind, n=length)
     if kind == "dict":
         keys = _keys(info)
-        return f"a dict with keys {sorted(keys)[:8] if keys is not None else '(unreadable)'}"
+        return tr("a dict with keys {keys}").format(keys=sorted(keys)[:8] if keys is not None else tr("(unreadable)"))
     if kind == "int" and info.get("from"):
-        return f"an integer ({str(info['from'])[:40]})"
-    return KIND_NAMES.get(kind, f"a {kind}")
+        return tr("an integer ({origin})").format(origin=str(info["from"])[:40])
+    return kind_name(kind)
 
 
 def _container(meta: dict[str, Any], key: str) -> str | None:
@@ -208,35 +217,43 @@ def tensor_mismatch(
     meta = _entry(student.meta, key)
     ref_meta = reference.meta[key]
     if meta is None:
-        return Mismatch(key, "missing", f"`{key}` was not returned")
+        return Mismatch(key, "missing", tr("`{key}` was not returned").format(key=key))
     if ref_meta.get("pytype") == "Tensor" and meta.get("pytype") != "Tensor":
         kind = str(meta.get("pytype"))[:80]
-        hint = " (a subclass is not accepted: return a plain torch.Tensor)" if kind.startswith("Tensor subclass") \
-            else " (a number is never a tensor)" if kind in ("int", "float", "bool") else ""
+        hint = tr(" (a subclass is not accepted: return a plain torch.Tensor)") if kind.startswith("Tensor subclass") \
+            else tr(" (a number is never a tensor)") if kind in ("int", "float", "bool") else ""
         parent = _container(reference.meta, key)
-        where = f"`{parent}` should be {expected_kind(reference.meta, parent)}; `{key}` is" if parent else \
-            f"`{key}` should be a torch.Tensor, got"
-        return Mismatch(key, "type", f"{where} {actual_kind(meta)}{hint}")
+        where = tr("`{parent}` should be {expected}; `{key}` is {actual}").format(
+            parent=parent, expected=expected_kind(reference.meta, parent), key=key, actual=actual_kind(meta)) \
+            if parent else tr("`{key}` should be a torch.Tensor, got {actual}").format(key=key,
+                                                                                         actual=actual_kind(meta))
+        return Mismatch(key, "type", f"{where}{hint}")
     actual, expected = student.tensors.get(key), reference.tensors[key]
     if not isinstance(actual, torch.Tensor):
         if not same_device(str(meta.get("device")), expected_device):  # a tensor without data (meta) is on no device
-            return Mismatch(key, "device", f"`{key}` is on {str(meta.get('device'))[:40]}, expected {expected_device}: "
-                            "its values cannot be read; compute it from the inputs, on their device")
-        why = f" ({str(meta['unreadable'])[:120]}): return a dense tensor" if meta.get("unreadable") else ""
-        return Mismatch(key, "missing", f"`{key}` could not be read back from the worker{why}")
+            return Mismatch(key, "device", tr("`{key}` is on {device}, expected {expected}: its values cannot be "
+                                              "read; compute it from the inputs, on their device").format(
+                key=key, device=str(meta.get("device"))[:40], expected=expected_device))
+        why = tr(" ({why}): return a dense tensor").format(why=str(meta["unreadable"])[:120]) \
+            if meta.get("unreadable") else ""
+        return Mismatch(key, "missing", tr("`{key}` could not be read back from the worker{why}").format(key=key,
+                                                                                                         why=why))
     if tuple(actual.shape) != tuple(expected.shape):
-        return Mismatch(key, "shape", f"`{key}` should have shape {tuple(expected.shape)}, got {tuple(actual.shape)}",
+        return Mismatch(key, "shape", tr("`{key}` should have shape {expected}, got {got}").format(
+            key=key, expected=tuple(expected.shape), got=tuple(actual.shape)),
                         {"expected": tuple(expected.shape), "actual": tuple(actual.shape)})
     if actual.dtype != expected.dtype:
-        return Mismatch(key, "dtype", f"`{key}` should have dtype {expected.dtype} (the input's dtype), got "
-                        f"{actual.dtype}: create new tensors with `dtype=x.dtype` or use `torch.*_like`")
+        return Mismatch(key, "dtype", tr("`{key}` should have dtype {expected} (the input's dtype), got {got}: create "
+                                         "new tensors with `dtype=x.dtype` or use `torch.*_like`").format(
+            key=key, expected=expected.dtype, got=actual.dtype))
     if ref_meta.get("pytype") == "Tensor" and not same_device(str(meta.get("device")), expected_device):
-        return Mismatch(key, "device", f"`{key}` is on {meta.get('device')}, expected {expected_device}: a tensor "
-                        "made inside your code is on the wrong device; register it as a buffer or use `x.device`")
+        return Mismatch(key, "device", tr("`{key}` is on {device}, expected {expected}: a tensor made inside your code "
+                                          "is on the wrong device; register it as a buffer or use `x.device`").format(
+            key=key, device=meta.get("device"), expected=expected_device))
     if actual.is_floating_point() and not bool(torch.isfinite(actual).all()) and bool(torch.isfinite(expected).all()):
         bad = (~torch.isfinite(actual)).nonzero()[0].tolist()
-        return Mismatch(key, "nonfinite", f"`{key}` contains NaN or inf (first at "
-                        f"{describe_index(bad, expected.shape, dims)}); the reference is finite there")
+        return Mismatch(key, "nonfinite", tr("`{key}` contains NaN or inf (first at {where}); the reference is finite "
+                                             "there").format(key=key, where=describe_index(bad, expected.shape, dims)))
     return value_mismatch(key, actual, expected, dims, scale=scale)
 
 
@@ -245,7 +262,7 @@ def kind_mismatch(key: str, student: Outputs, reference: Outputs) -> Mismatch | 
     ref = reference.meta[key]
     got = _entry(student.meta, key)
     if got is None:
-        return Mismatch(key, "missing", f"`{key}` was not returned")
+        return Mismatch(key, "missing", tr("`{key}` was not returned").format(key=key))
     want, have = ref.get("pytype"), got.get("pytype")
     accepted = ACCEPTED_KINDS.get(want)
     if want == "Tensor" or accepted is None:
@@ -255,25 +272,27 @@ def kind_mismatch(key: str, student: Outputs, reference: Outputs) -> Mismatch | 
     if fits and want in ("tuple", "list"):
         fits = got.get("length") == ref.get("length") and bool(got.get("numbers")) == bool(ref.get("numbers"))
         if fits is False and ref.get("numbers") and not got.get("numbers"):
-            extra = " (use `.item()` on each tensor)"
+            extra = tr(" (use `.item()` on each tensor)")
     elif fits and want == "dict":
         theirs, ours = _keys(got), set(_keys(ref) or [])
         fits = theirs is not None and set(theirs) == ours
         if not fits and theirs is not None:
             missing, unexpected = sorted(ours - set(theirs)), sorted(set(theirs) - ours)[:8]
-            extra = "".join([f"; missing {missing}" if missing else "", f"; unexpected {unexpected}" if unexpected
-                             else ""])
+            extra = "".join([tr("; missing {keys}").format(keys=missing) if missing else "",
+                             tr("; unexpected {keys}").format(keys=unexpected) if unexpected else ""])
     if fits:
         return None
     if want == "int" and have in ("float", "bool", "Tensor"):
-        extra = " (`int(...)` makes one, as does `.item()` of an integer tensor)"
+        extra = tr(" (`int(...)` makes one, as does `.item()` of an integer tensor)")
     elif want == "float" and have == "Tensor":
-        extra = " (`.item()` makes a 0-d tensor a number)"
+        extra = tr(" (`.item()` makes a 0-d tensor a number)")
     parent = _container(reference.meta, key)
     if parent is not None:
-        message = f"`{parent}` should be {expected_kind(reference.meta, parent)}; `{key}` is {actual_kind(got)}"
+        message = tr("`{parent}` should be {expected}; `{key}` is {actual}").format(
+            parent=parent, expected=expected_kind(reference.meta, parent), key=key, actual=actual_kind(got))
     else:
-        message = f"`{key}` should be {expected_kind(reference.meta, key)}, got {actual_kind(got)}"
+        message = tr("`{key}` should be {expected}, got {actual}").format(
+            key=key, expected=expected_kind(reference.meta, key), actual=actual_kind(got))
     return Mismatch(key, "type", message + extra, {"expected": want, "actual": str(have)[:80]})
 
 
@@ -292,21 +311,28 @@ def value_problem(key: str, student: Outputs, reference: Outputs) -> Mismatch | 
     kind = ref.get("pytype")
     if kind == "str":
         got, want = (_entry(student.meta, key) or {}).get("value"), ref.get("value")
-        return None if got == want else Mismatch(key, "values", f"`{key}` should be {want!r}, got {str(got)[:80]!r}")
+        if got == want:
+            return None
+        return Mismatch(key, "values", tr("`{key}` should be {expected!r}, got {got!r}").format(
+            key=key, expected=want, got=str(got)[:80]))
     if kind not in ("int", "float", "bool") and not (kind in ("tuple", "list") and ref.get("numbers")):
         return None
     actual = _readable(key, student, reference)
     if actual is None:
-        return Mismatch(key, "type", f"`{key}` could not be read back as {expected_kind(reference.meta, key)}")
+        return Mismatch(key, "type", tr("`{key}` could not be read back as {expected}").format(
+            key=key, expected=expected_kind(reference.meta, key)))
     expected = reference.tensors[key]
     if kind in ("int", "bool"):
         if torch.equal(actual, expected):
             return None
-        return Mismatch(key, "values", f"`{key}` should be {expected.item()}, got {actual.item()}")
+        return Mismatch(key, "values", tr("`{key}` should be {expected}, got {got}").format(
+            key=key, expected=expected.item(), got=actual.item()))
     actual = actual.double()
     if not bool(torch.isfinite(actual).all()) and bool(torch.isfinite(expected).all()):
-        where = f"{actual.item()}" if actual.dim() == 0 else f"in {int((~torch.isfinite(actual)).sum())} places"
-        return Mismatch(key, "nonfinite", f"`{key}` is NaN or inf ({where}); the reference is finite")
+        where = f"{actual.item()}" if actual.dim() == 0 else tr("in {count} places").format(
+            count=int((~torch.isfinite(actual)).sum()))
+        return Mismatch(key, "nonfinite", tr("`{key}` is NaN or inf ({where}); the reference is finite").format(
+            key=key, where=where))
     return value_mismatch(key, actual, expected, None, number_dtype(ref))
 
 

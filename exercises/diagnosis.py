@@ -28,6 +28,7 @@ import torch
 from exercises import mistake_bank  # noqa: F401 - registers the course's mistakes
 from exercises.cases import Case
 from exercises.compare import Outputs, compare_outputs
+from exercises.i18n import tr
 from exercises.judge import REFERENCE_LOCK, judge, reference_namespace, reference_outputs, run_on
 from exercises.mistakes import ERROR_HINTS, MISTAKES, ErrorHint, Mistake
 from exercises.tolerances import tolerance
@@ -112,14 +113,16 @@ def clearly_different(student: Outputs, buggy: Outputs) -> bool:
     return False
 
 
-def describe(found: list[Mistake] | list[ErrorHint], also: str = "with the same outputs on this case") -> str | None:
-    """One message naming the mistakes found: the first, then the others it cannot be told from."""
+def describe(found: list[Mistake] | list[ErrorHint], also: str | None = None) -> str | None:
+    """One message naming the mistakes found: the first, then the others it cannot be told from
+    (``also``: how they are alike; default: the same outputs on this case). In the current language."""
     if not found:
         return None
     shown = [m.text for m in found[:MAX_NAMED]]
     if len(shown) == 1:
         return shown[0]
-    return shown[0] + f". Or, {also}: " + "; ".join(shown[1:])
+    also = also if also is not None else tr("with the same outputs on this case")
+    return shown[0] + tr(". Or, {also}: ").format(also=also) + tr("; ").join(shown[1:])
 
 
 def diagnose(item: str, case: Case, student: Outputs, device: str, dtype: str | None, *,
@@ -131,4 +134,4 @@ def diagnose(item: str, case: Case, student: Outputs, device: str, dtype: str | 
 def explain_error(item: str, error: str) -> str | None:
     """The message naming the known mistakes whose typical exception text matches ``error``, if any."""
     found = [h for h in all_error_hints() if h.item == item and re.search(h.pattern, error)]
-    return describe(found, also="with the same error")
+    return describe(found, also=tr("with the same error"))

@@ -14,6 +14,7 @@ import torch
 
 from exercises.cases import Case
 from exercises.compare import Outputs, compare_outputs
+from exercises.i18n import tr
 from exercises.program import compute_dtype, run_program, serialise_outputs
 
 
@@ -64,8 +65,9 @@ def judge(case: Case, student: Outputs, reference: Outputs, device: str) -> Verd
         if len(mismatches) > SHOWN_MISMATCHES:  # a cached run has a step per token: the first few say enough, and
             # the diagnosis that follows the case's message must not be cut off with the rest of a long list
             rest = len(mismatches) - SHOWN_MISMATCHES
-            mismatches = mismatches[:SHOWN_MISMATCHES] + [f"{rest} more output{'s' if rest > 1 else ''} differ too"]
+            more = tr("{rest} more outputs differ too") if rest > 1 else tr("{rest} more output differ too")
+            mismatches = mismatches[:SHOWN_MISMATCHES] + [more.format(rest=rest)]
         messages += mismatches
     if messages:
-        return Verdict(False, f"case {case.name}: " + "; ".join(dict.fromkeys(messages)))
+        return Verdict(False, tr("case {case}: ").format(case=case.name) + tr("; ").join(dict.fromkeys(messages)))
     return Verdict(True)

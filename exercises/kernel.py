@@ -29,11 +29,13 @@ from exercises import program as program_module
 from exercises.catalogue import ITEMS, available_devices
 from exercises.compare import Outputs
 from exercises.diagnosis import diagnose, explain_error
+from exercises.i18n import kernel_language, language, tr, translate_made
 from exercises.judge import judge, reference_outputs
 from exercises.op_guard import OpGuard, install_tripwires
 from exercises.program import ProgramError, compute_dtype, run_program, serialise_outputs
 from exercises.rules import case_guard, shortcut_message, too_big
 from exercises.scoring import CaseOutcome, Status, score_variant
+from exercises.worker_messages import PROGRAM_ERRORS, WORKER_ERRORS
 
 
 class CourseNotFound(RuntimeError):
@@ -47,11 +49,12 @@ def item_points(name: str) -> float:
     try:
         points = load_source(ITEMS[name].notebook).points.get(f"test_{name}")
     except (OSError, ValueError) as exc:
-        raise CourseNotFound(f"the points of `{name}` could not be read from the course's source/ ({exc}), so "
-                             "partial credit cannot be computed: this is a fault of the course's installation, "
-                             "not of your answer; tell your instructor") from exc
+        raise CourseNotFound(tr("the points of `{name}` could not be read from the course's source/ ({why}), so "
+                                "partial credit cannot be computed: this is a fault of the course's installation, "
+                                "not of your answer; tell your instructor").format(name=name, why=exc)) from exc
     if points is None:
-        raise CourseNotFound(f"`{name}` has no test cell `test_{name}` with points in the course's source/")
+        raise CourseNotFound(tr("`{name}` has no test cell `test_{name}` with points in the course's source/").format(
+            name=name))
     return points
 
 
@@ -132,28 +135,40 @@ def _run_case(name: str, namespace: dict[str, Any], case, device: str, dtype: st
     except NotImplementedError:
         raise
     except ProgramError as exc:
-        return False, f"case {case.name}: {exc}"
+        return False, tr("case {case}: ").format(case=case.name) + translate_made(str(exc), PROGRAM_ERRORS)
     except Exception as exc:  # noqa: BLE001 - the student's exception is the feedback
         where = traceback.extract_tb(exc.__traceback__)[-1]
         text = f"{type(exc).__name__}: {exc}"
         hint = explain_error(name, text)
-        suffix = f" -- likely mistake: {hint}" if hint else ""
-        return False, f"case {case.name}: {text} (line {where.lineno}){suffix}"
+        suffix = tr(" -- likely mistake: {hint}").format(hint=hint) if hint else ""
+        shown = f"{type(exc).__name__}: {translate_made(str(exc), WORKER_ERRORS)}"
+        return False, tr("case {case}: ").format(case=case.name) + tr("{error} (line {line})").format(
+            error=shown, line=where.lineno) + suffix
     oversized = too_big(name, reports[-1], case.max_numel)
     if oversized:
-        return False, f"case {case.name}: {oversized}"
+        return False, tr("case {case}: ").format(case=case.name) + oversized
     verdict = judge(case, student, reference, device)
     if verdict.passed:
         return True, ""
     mistake = diagnose(name, case, student, device, dtype, reference=reference)
-    return False, verdict.message + (f" -- likely mistake: {mistake}" if mistake else "")
+    return False, verdict.message + (tr(" -- likely mistake: {hint}").format(hint=mistake) if mistake else "")
 
 
-def check(name: str, namespace: dict[str, Any], seed: int | None = None) -> float | None:
-    """Grade ``name`` from ``namespace`` on every device and dtype; see the module docstring."""
+def check(name: str, namespace: dict[str, Any], seed: int | None = None, lang: str | None = None) -> float | None:
+    """Grade ``name`` from ``namespace`` on every device and dtype; see the module docstring.
+
+    ``lang``: the language of what it says; default: the notebook's edition as the kernel can tell it
+    (``exercises.i18n.kernel_language``: ``SELFATTN_LANG``, else the notebook's path, else English).
+    """
+    with language(lang or kernel_language(namespace, ITEMS[name].notebook if name in ITEMS else None)):
+        return _check(name, namespace, seed)
+
+
+def _check(name: str, namespace: dict[str, Any], seed: int | None) -> float | None:
     item = ITEMS[name]
     if name not in namespace:
-        raise AssertionError(f"`{name}` is not defined: run its answer cell (and keep the name `{name}`)")
+        raise AssertionError(tr("`{name}` is not defined: run its answer cell (and keep the name `{name}`)").format(
+            name=name))
     seed = secrets.randbits(31) if seed is None else seed
     _prepare_monitor()
     failures: list[str] = []
@@ -178,8 +193,9 @@ def check(name: str, namespace: dict[str, Any], seed: int | None = None) -> floa
         raise AssertionError(shortcut)
     if not failures:
         return None
-    shown = failures[:6] + ([f"... and {len(failures) - 6} more"] if len(failures) > 6 else [])
-    report = f"{name}: {len(failures)} hidden check(s) failed (seed {seed}):\n  " + "\n  ".join(shown)
+    shown = failures[:6] + ([tr("... and {count} more").format(count=len(failures) - 6)] if len(failures) > 6 else [])
+    report = tr("{name}: {count} hidden check(s) failed (seed {seed}):").format(
+        name=name, count=len(failures), seed=seed) + "\n  " + "\n  ".join(shown)
     if fraction == 0:
         raise AssertionError(report)
     points = item_points(name)  # raises CourseNotFound, naming the cause, rather than scoring zero unexplained

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from exercises.compare import Outputs
+from exercises.i18n import mistake_text, tr
 
 Predicate = Callable[[Outputs, Outputs], bool]
 
@@ -38,7 +39,9 @@ class Mistake:
 
     @property
     def text(self) -> str:
-        return f"{self.diagnosis} ({self.name}). {self.hint}"
+        """Diagnosis, name and hint in the current language (``exercises.i18n``; English where untranslated)."""
+        diagnosis, hint = mistake_text(self.item, self.name, self.diagnosis, self.hint)
+        return tr("{diagnosis} ({name}). {hint}").format(diagnosis=diagnosis, name=self.name, hint=hint)
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,9 @@ class ErrorHint:
 
     @property
     def text(self) -> str:
-        return f"{self.diagnosis} ({self.name}). {self.hint}"
+        """Diagnosis, name and hint in the current language (``exercises.i18n``; English where untranslated)."""
+        diagnosis, hint = mistake_text(self.item, self.name, self.diagnosis, self.hint)
+        return tr("{diagnosis} ({name}). {hint}").format(diagnosis=diagnosis, name=self.name, hint=hint)
 
 
 MISTAKES: list[Mistake] = []

@@ -18,7 +18,8 @@ from collections.abc import Iterable
 from typing import Any
 
 import solutions
-from exercises.op_guard import TAMPER_NAMES, TAMPERED, family_of, too_big_message
+from exercises.i18n import tr
+from exercises.op_guard import TAMPER_NAMES, TAMPERED, family_of
 
 
 def guarded(forbidden: tuple[str, ...], max_numel: int | None, span: dict[str, Any] | None = None
@@ -92,18 +93,20 @@ def forbidden_message(item_name: str, forbidden: tuple[str, ...], static: set[st
     """The message for an item that broke its rule: a forbidden family seen at run time (``used``: family ->
     the route it was reached by) or named in the answer cell (``static``), or the monitor switched off."""
     if tampered:
-        return (f"`{item_name}` broke the grading rules: {TAMPERED} ({tampered}); its points for this part are "
-                f"withheld")
+        return tr("`{item}` broke the grading rules: {tampered} ({why}); its points for this part are withheld").format(
+            item=item_name, tampered=tr(TAMPERED), why=tampered)
     runtime = {family: route for family, route in used.items() if family in forbidden}
     hit_static = sorted(static & set(forbidden))
     if not runtime and not hit_static:
         return None
     if runtime:
-        what = ", ".join(f"{family} (reached through {route})" for family, route in sorted(runtime.items()))
+        what = ", ".join(tr("{family} (reached through {route})").format(family=family, route=route)
+                         for family, route in sorted(runtime.items()))
     else:
         what = ", ".join(hit_static)
-    return (f"`{item_name}` may not use the built-in {what}: this exercise is about building that mechanism "
-            f"yourself (detected {'while running' if runtime else 'in the answer cell'})")
+    return tr("`{item}` may not use the built-in {what}: this exercise is about building that mechanism yourself "
+              "(detected {when})").format(item=item_name, what=what,
+                                          when=tr("while running") if runtime else tr("in the answer cell"))
 
 
 def shortcut_message(item_name: str, forbidden: tuple[str, ...], cases: Iterable[Any],
@@ -128,7 +131,7 @@ def shortcut_message(item_name: str, forbidden: tuple[str, ...], cases: Iterable
         exported = exported or report.get("exported")
     switches = _names(answer) & TAMPER_NAMES
     if switches and not tampered:
-        tampered = f"the answer cell names {', '.join(sorted(switches))}"
+        tampered = tr("the answer cell names {names}").format(names=", ".join(sorted(switches)))
     found = forbidden_message(item_name, forbidden, static_forbidden_calls(answer), used, tampered)
     return found or not_tiled_message(item_name, wide, exported)
 
@@ -138,14 +141,14 @@ def not_tiled_message(item_name: str, wide: dict[str, Any] | None, exported: str
     (``op_guard.spans_keys``), or the data taken out of torch (NumPy, Python lists, numbers one by one)."""
     if wide:
         shape = "(" + ", ".join(str(s) for s in wide["shape"]) + ")"
-        return (f"`{item_name}` built a tensor of shape {shape} (in {wide['op']}) that holds more keys for a query row "
-                f"than one key block: this exercise is the tiled algorithm, where every query row meets the keys "
-                f"block by block (an exact softmax over a whole row, one query at a time, is not it); its points "
-                f"for this part are withheld")
+        return tr("`{item}` built a tensor of shape {shape} (in {op}) that holds more keys for a query row than one "
+                  "key block: this exercise is the tiled algorithm, where every query row meets the keys block by "
+                  "block (an exact softmax over a whole row, one query at a time, is not it); its points for this "
+                  "part are withheld").format(item=item_name, shape=shape, op=wide["op"])
     if exported:
-        return (f"`{item_name}` took the tensors' data out of torch ({exported}): this exercise computes in torch "
-                f"tensors, block by block (NumPy arrays or Python lists are not the tiled algorithm); its points for "
-                f"this part are withheld")
+        return tr("`{item}` took the tensors' data out of torch ({exported}): this exercise computes in torch "
+                  "tensors, block by block (NumPy arrays or Python lists are not the tiled algorithm); its points "
+                  "for this part are withheld").format(item=item_name, exported=exported)
     return None
 
 
@@ -153,7 +156,12 @@ def too_big(item_name: str, report: dict[str, Any] | None, max_numel: int | None
     """The failure of one case whose call created a tensor larger than its ``max_numel``, else None."""
     if max_numel is None or not report or not report.get("too_big"):
         return None
-    return too_big_message(item_name, report["too_big"], max_numel)
+    found = report["too_big"]  # the message of op_guard.too_big_message, in the current language
+    shape = "(" + ", ".join(str(s) for s in found["shape"]) + ")"
+    return tr("`{item}` created a tensor of shape {shape} ({numel} elements, more than the {max_numel} this case "
+              "allows, in {op}): this lesson's functions must never build the full (n_q, n_k) score matrix; work "
+              "block by block").format(item=item_name, shape=shape, numel=found["numel"], max_numel=max_numel,
+                                       op=found["op"])
 
 
 # CPython 3.11's ast.parse is not safe to call from two threads at once ("AST constructor recursion

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from exercises.i18n import tr
+
 
 class Status(StrEnum):
     """A row's outcome, worst last: a variant takes the worst status of its cases."""
@@ -57,11 +59,11 @@ def score_variant(share: float, cases: list[CaseOutcome], forbidden: str | None 
     status = max(statuses, key=SEVERITY.index)
     messages = ([forbidden] if forbidden else []) + [c.message for c in cases if c.status is not Status.PASSED]
     unique = list(dict.fromkeys(m for m in messages if m))
-    message = "; ".join(unique[:MESSAGES_SHOWN])
+    message = tr("; ").join(unique[:MESSAGES_SHOWN])
     if len(unique) > MESSAGES_SHOWN:
-        message += f"; ... ({len(unique) - MESSAGES_SHOWN} more)"
+        message += tr("; ... ({count} more)").format(count=len(unique) - MESSAGES_SHOWN)
     if status is not Status.PASSED and passed:
-        message = f"{passed}/{len(cases)} cases passed. {message}"
+        message = tr("{passed}/{total} cases passed. ").format(passed=passed, total=len(cases)) + message
     score = share * passed / len(cases) if cases else 0.0
     mistakes = list(dict.fromkeys(c.mistake for c in cases if c.mistake))
     # rounded for the reports, never above the row's maximum (round(1/6, 6) > 1/6)

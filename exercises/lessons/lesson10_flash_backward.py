@@ -27,6 +27,7 @@ from exercises.cases import (
 )
 from exercises.compare import Outputs, value_mismatch
 from exercises.flash_shapes import FLASH_SHAPES, NO_BUILTIN_ATTENTION, limit, qkv, settings
+from exercises.i18n import tr
 from exercises.mistake_core import NEG_INF
 from exercises.mistakes import error_hint, mistake
 
@@ -61,10 +62,10 @@ def function_node(student: Outputs, reference: Outputs) -> str | None:
     kind = student.meta.get("node", {}).get("pytype", "")
     if kind == reference.meta.get("node", {}).get("pytype") or (kind.endswith("Backward") and kind != "NoneType"):
         return None
-    return (f"the output's grad_fn is {kind}, a built-in autograd node: autograd through the tiled loop saves "
-            "every tile's weights for backward (O(n_q * n_k) memory in all); return "
-            "FlashAttentionFunction.apply(q, k, v, causal, block_q, block_k) so that backward recomputes them "
-            "from lse")
+    return tr("the output's grad_fn is {kind}, a built-in autograd node: autograd through the tiled loop saves "
+              "every tile's weights for backward (O(n_q * n_k) memory in all); return "
+              "FlashAttentionFunction.apply(q, k, v, causal, block_q, block_k) so that backward recomputes them "
+              "from lse").format(kind=kind)
 
 
 def _gradient_steps(call_steps: list[dict]) -> list[dict]:
@@ -120,8 +121,9 @@ def saves_only_inputs_out_lse(student: Outputs, reference: Outputs) -> str | Non
         got = student.tensors[key]
         if not any(got.numel() == t.numel() and got.dtype == t.dtype
                    and value_mismatch(key, got.reshape(t.shape), t) is None for t in ours):
-            return (f"ctx.save_for_backward saved a tensor of shape {tuple(got.shape)} that is none of q, k, v, out "
-                    "and lse: save only those (O(n d) memory) and recompute the attention weights in backward")
+            return tr("ctx.save_for_backward saved a tensor of shape {shape} that is none of q, k, v, out and lse: "
+                      "save only those (O(n d) memory) and recompute the attention weights in backward").format(
+                shape=tuple(got.shape))
     return None
 
 
@@ -129,7 +131,8 @@ def output_matches(key: str) -> Check:
     def check(student: Outputs, reference: Outputs) -> str | None:
         got = student.tensor(key)
         if got is None or got.shape != reference.tensors[key].shape:
-            return f"`{key}` missing or of the wrong shape: expected {tuple(reference.tensors[key].shape)}"
+            return tr("`{key}` missing or of the wrong shape: expected {shape}").format(
+                key=key, shape=tuple(reference.tensors[key].shape))
         found = value_mismatch(key, got, reference.tensors[key])
         return None if found is None else found.message
     return check

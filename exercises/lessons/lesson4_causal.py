@@ -30,6 +30,7 @@ from exercises.cases import (
     tensor_arg,
 )
 from exercises.compare import Outputs
+from exercises.i18n import tr
 from exercises.mistake_core import (
     attend,
     causal_mask_of,
@@ -72,8 +73,8 @@ def no_future(key: str) -> Check:
         if bool((w[..., future] != 0).any()):
             i, j = [int(v) for v in future.nonzero()[(w[..., future] != 0).reshape(-1, future.sum())
                                                      .any(0).nonzero()[0, 0]]]
-            return (f"query {i} gives weight to the later key {j}: fill the scores above the diagonal with -inf "
-                    "before the softmax so their weights are exactly 0")
+            return tr("query {i} gives weight to the later key {j}: fill the scores above the diagonal with -inf "
+                      "before the softmax so their weights are exactly 0").format(i=i, j=j)
         return None
     return check
 

@@ -31,6 +31,7 @@ from exercises.cases import (
     var_arg,
 )
 from exercises.compare import Outputs, value_mismatch
+from exercises.i18n import tr
 from exercises.mistake_core import (
     QKV_BIAS_NOT_USED,
     attend,
@@ -68,10 +69,10 @@ def _heads_independent(gen, dtype) -> Case:
         if a is None or b is None or a.shape != b.shape or a.shape[-1] != 8:
             return None
         if value_mismatch("out", b[..., 4:], a[..., 4:]) is not None:
-            return ("heads are not independent: changing head 0's query/value weights changed head 1's output "
-                    "columns; split with .view(b, n, h, hd).transpose(1, 2) and merge with the inverse")
+            return tr("heads are not independent: changing head 0's query/value weights changed head 1's output "
+                      "columns; split with .view(b, n, h, hd).transpose(1, 2) and merge with the inverse")
         if torch.equal(a[..., :4], b[..., :4]):
-            return "head 0's output did not change when its own weights changed: are its weights used at all?"
+            return tr("head 0's output did not change when its own weights changed: are its weights used at all?")
         return None
     return Case("heads_independent", program, {**params, **changed, "x": rand(gen, 2, 5, 6, dtype=dtype)},
                 {"out": ("batch",) + QUERY_FEATURE_DIMS}, (check,), compare=False)
@@ -120,8 +121,8 @@ def _mha(gen, dtype):
         got = student.meta.get("raised", {}).get("value")
         if got in ("ValueError", "AssertionError"):
             return None
-        return ("MultiHeadAttention(d_out=7, num_heads=2) must raise ValueError (or AssertionError): d_out "
-                f"must be divisible by num_heads; got {'no exception' if not got else got}")
+        return tr("MultiHeadAttention(d_out=7, num_heads=2) must raise ValueError (or AssertionError): d_out must "
+                  "be divisible by num_heads; got {got}").format(got=tr("no exception") if not got else got)
     cases.append(_heads_independent(gen, dtype))
     cases += module_invariants(cls, base, gen, dtype)
     cases.append(Case("rejects_indivisible_d_out",

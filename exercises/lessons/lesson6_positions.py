@@ -15,6 +15,7 @@ import torch
 
 from exercises.cases import DEVICE_ARG, Case, Check, Item, literal_arg, rand, tensor_arg, var_arg
 from exercises.compare import Outputs, compare_outputs, value_mismatch
+from exercises.i18n import tr
 from exercises.mistakes import error_hint, mistake
 from exercises.tolerances import tolerance
 
@@ -38,7 +39,8 @@ def raises_value_error(name: str, fn: str, args: list[dict], kwargs: dict[str, d
         got = _raised(student)
         if got == "ValueError":
             return None
-        return f"{what} must raise ValueError; got {'no exception' if not got else got}"
+        return tr("{what} must raise ValueError; got {got}").format(what=what,
+                                                                    got=tr("no exception") if not got else got)
     return Case(name, [{"op": "raises", "fn": fn, "args": args, "kwargs": kwargs, "out": "r"},
                        {"op": "output", "key": "raised", "var": "r"}], inputs, checks=(check,), compare=False)
 
@@ -65,19 +67,19 @@ def position_0_and_unit_pairs(student: Outputs, reference: Outputs) -> str | Non
     want = ref[0].double()
     if not torch.allclose(row0, want, atol=1e-2):
         if torch.allclose(row0, 1 - want, atol=1e-2):
-            return ("position 0 should be (0, 1, 0, 1, ...): sin(0) = 0 in the even features and cos(0) = 1 in the "
-                    "odd ones; yours has the sines and cosines the other way round")
+            return tr("position 0 should be (0, 1, 0, 1, ...): sin(0) = 0 in the even features and cos(0) = 1 in "
+                      "the odd ones; yours has the sines and cosines the other way round")
         half = pe.shape[1] // 2
         if torch.allclose(row0[:half], torch.zeros(half, dtype=torch.float64), atol=1e-2) and \
                 torch.allclose(row0[half:], torch.ones(half, dtype=torch.float64), atol=1e-2):
-            return ("position 0 should be (0, 1, 0, 1, ...): interleave the pairs, sine in feature 2i and cosine in "
-                    "feature 2i + 1, not all the sines first and all the cosines after")
-        return ("position 0 should be (0, 1, 0, 1, ...), the sines and cosines of angle 0: do the positions start "
-                "at 0?")
+            return tr("position 0 should be (0, 1, 0, 1, ...): interleave the pairs, sine in feature 2i and cosine "
+                      "in feature 2i + 1, not all the sines first and all the cosines after")
+        return tr("position 0 should be (0, 1, 0, 1, ...), the sines and cosines of angle 0: do the positions start "
+                  "at 0?")
     pairs = pe.double().unflatten(-1, (-1, 2)).pow(2).sum(-1)  # (n, d/2): sin^2 + cos^2 per pair
     if not torch.allclose(pairs, torch.ones_like(pairs), atol=5e-2):
-        return ("features 2i and 2i + 1 should be the sine and the cosine of the same angle p * theta_i "
-                "(so that sin^2 + cos^2 = 1); yours are not")
+        return tr("features 2i and 2i + 1 should be the sine and the cosine of the same angle p * theta_i "
+                  "(so that sin^2 + cos^2 = 1); yours are not")
     return None
 
 
@@ -111,7 +113,7 @@ def within_own_angle_rounding(angles: torch.Tensor) -> Check:
         problems = compare_outputs(student, reference, expected_device, {"out": POSITION_FEATURE_DIMS})
         others = [m.message for m in problems if m.kind != "values"]
         if others or not problems:
-            return "; ".join(others) or None
+            return tr("; ").join(others) or None
         actual, expected = student.tensor("out").double(), reference.tensor("out").double()
         rtol, atol = tolerance(reference.tensor("out").dtype)
         excess = (actual - expected).abs() - (atol + rtol * expected.abs() + slack.to(expected.device))
@@ -119,10 +121,11 @@ def within_own_angle_rounding(angles: torch.Tensor) -> Check:
             return None
         flat = int(excess.argmax())
         p, f = divmod(flat, expected.shape[-1])
-        return (f"`out`: {int((excess > 0).sum())} of {expected.numel()} values differ by more than float32 "
-                f"rounding allows (rtol={rtol:g}, atol={atol:g}, plus {ANGLE_ROUNDING:g} * eps(float32) * |angle| "
-                f"for angles computed in float32); the largest excess is at position {p}, feature {f}: expected "
-                f"{float(expected[p, f]):.7f}, got {float(actual[p, f]):.7f}")
+        return tr("`out`: {count} of {total} values differ by more than float32 rounding allows (rtol={rtol:g}, "
+                  "atol={atol:g}, plus {rounding:g} * eps(float32) * |angle| for angles computed in float32); the "
+                  "largest excess is at position {p}, feature {f}: expected {expected:.7f}, got {got:.7f}").format(
+            count=int((excess > 0).sum()), total=expected.numel(), rtol=rtol, atol=atol, rounding=ANGLE_ROUNDING,
+            p=p, f=f, expected=float(expected[p, f]), got=float(actual[p, f]))
     check.compares_outputs = True  # it is the case's comparison, not only an invariant (docs/CHECKS.md)
     return check
 
@@ -166,8 +169,8 @@ def _sinusoidal(gen, dtype):
     odd = 2 * _int(gen, 1, 8) + 1
     cases.append(raises_value_error("odd_d_model_raises", "sinusoidal_positional_encoding",
                                     [literal_arg(4), literal_arg(odd)], {}, {},
-                                    f"sinusoidal_positional_encoding(4, {odd}) (an odd d_model: sines and cosines "
-                                    "come in pairs)"))
+                                    tr("sinusoidal_positional_encoding(4, {odd}) (an odd d_model: sines and "
+                                       "cosines come in pairs)").format(odd=odd)))
     return cases
 
 
@@ -183,8 +186,8 @@ def pair_norms_kept(x: torch.Tensor, key: str = "out") -> Check:
         before = x.double().unflatten(-1, (-1, 2)).norm(dim=-1)
         after = out.double().unflatten(-1, (-1, 2)).norm(dim=-1)
         if value_mismatch(key, after, before, computed_in=x.dtype, scale=10.0) is not None:
-            return ("the length of each feature pair (x[2i], x[2i+1]) changed: RoPE only rotates pairs, "
-                    "(x[2i] cos - x[2i+1] sin, x[2i] sin + x[2i+1] cos), with cos and sin of the same angle")
+            return tr("the length of each feature pair (x[2i], x[2i+1]) changed: RoPE only rotates pairs, "
+                      "(x[2i] cos - x[2i+1] sin, x[2i] sin + x[2i+1] cos), with cos and sin of the same angle")
         return None
     return check
 
@@ -198,9 +201,9 @@ def scores_depend_on_distance_only(shift: int, dtype: torch.dtype) -> Check:
         before = (parts[0].double() * parts[1].double()).sum(-1)
         after = (parts[2].double() * parts[3].double()).sum(-1)
         if value_mismatch("scores", after, before, computed_in=dtype, scale=10.0) is not None:
-            return (f"moving both the query's and the key's positions by {shift} changed the score "
-                    "apply_rope(q, m) . apply_rope(k, n): it must depend on m - n only (rotate every pair by "
-                    "p * theta_i, with the same theta_i for queries and keys)")
+            return tr("moving both the query's and the key's positions by {shift} changed the score "
+                      "apply_rope(q, m) . apply_rope(k, n): it must depend on m - n only (rotate every pair by "
+                      "p * theta_i, with the same theta_i for queries and keys)").format(shift=shift)
         return None
     return check
 
@@ -257,8 +260,8 @@ def _rope(gen, dtype):
     odd = 2 * _int(gen, 1, 5) + 1
     cases.append(raises_value_error("odd_d_raises", "apply_rope", [tensor_arg("x")], {},
                                     {"x": rand(gen, 3, odd, dtype=dtype)},
-                                    f"apply_rope on x of shape (3, {odd}) (an odd feature size: features are "
-                                    "rotated in pairs)"))
+                                    tr("apply_rope on x of shape (3, {odd}) (an odd feature size: features are "
+                                       "rotated in pairs)").format(odd=odd)))
     return cases
 
 

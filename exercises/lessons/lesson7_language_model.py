@@ -30,6 +30,7 @@ from exercises.cases import (
     var_arg,
 )
 from exercises.compare import Outputs, number_dtype, value_mismatch
+from exercises.i18n import tr
 from exercises.mistakes import error_hint, mistake
 from exercises.tolerances import tolerance
 
@@ -63,9 +64,9 @@ def _shift_invariance(gen, dtype) -> Case:
         if a is None or b is None or a.shape != b.shape:
             return None  # the comparison reports it
         if value_mismatch("out_shifted", b, a, scale=4.0) is not None:
-            return (f"moving every position by {shift} changed the output: with RoPE on the queries and keys only, "
-                    "the scores depend on the distance between positions alone (do not rotate the values, and "
-                    "rotate each head's queries and keys after the split)")
+            return tr("moving every position by {shift} changed the output: with RoPE on the queries and keys only, "
+                      "the scores depend on the distance between positions alone (do not rotate the values, and "
+                      "rotate each head's queries and keys after the split)").format(shift=shift)
         return None
     return Case(f"shift_positions_by_{shift}", program,
                 {**params, "x": rand(gen, 2, n, 6, dtype=dtype), "shifted": torch.arange(n) + shift},
@@ -218,43 +219,47 @@ def _train(gen, dtype):
     def judge(student: Outputs, reference: Outputs) -> str | None:
         meta = student.meta.get("losses", {})
         if meta.get("pytype") not in ("list", "tuple") or not meta.get("numbers"):
-            return f"train_language_model must return a list of per-step losses (floats), got {meta.get('pytype')}"
+            return tr("train_language_model must return a list of per-step losses (floats), got {got}").format(
+                got=meta.get("pytype"))
         losses = student.tensors["losses"]
         if len(losses) != steps:
-            return f"expected {steps} losses (one per step), got {len(losses)}"
+            return tr("expected {steps} losses (one per step), got {got}").format(steps=steps, got=len(losses))
         if not bool(torch.isfinite(losses).all()):
-            return "some losses are NaN or inf"
+            return tr("some losses are NaN or inf")
         ref = reference.tensors["losses"]
         if value_mismatch("first loss", losses[:1], ref[:1], computed_in=number_dtype(reference.meta["losses"])):
-            return (f"the first loss should be the next-token loss of the untrained model, {float(ref[0]):.6g}; "
-                    f"got {float(losses[0]):.6g}: record each loss before that step's update, and use "
-                    "next_token_loss(model(tokens), tokens)")
+            return tr("the first loss should be the next-token loss of the untrained model, {expected:.6g}; got "
+                      "{got:.6g}: record each loss before that step's update, and use "
+                      "next_token_loss(model(tokens), tokens)").format(expected=float(ref[0]), got=float(losses[0]))
         after = returned_params(student)
         if after is None:
-            return "the model's parameters could not be read back after training"
+            return tr("the model's parameters could not be read back after training")
         if all(torch.equal(after[k].to(v.dtype), v) for k, v in initial.items()):
-            return "the model's weights did not change: step the optimiser built on model.parameters()"
+            return tr("the model's weights did not change: step the optimiser built on model.parameters()")
         if not float(losses[-1]) < float(losses[0]) - 0.5 * float(ref[0] - ref[-1]):
-            return (f"the loss did not fall (first {float(losses[0]):.4g}, last {float(losses[-1]):.4g}; training "
-                    f"gets it to {float(ref[-1]):.4g}): every step needs a fresh gradient (zero it), "
-                    "loss.backward(), then optimizer.step()")
+            return tr("the loss did not fall (first {first:.4g}, last {last:.4g}; training gets it to {target:.4g}): "
+                      "every step needs a fresh gradient (zero it), loss.backward(), then optimizer.step()").format(
+                first=float(losses[0]), last=float(losses[-1]), target=float(ref[-1]))
         returned = model_loss(after, tokens)
         if returned > float(losses[-1]) + end_of_curve_slack(reference, computed_in):
-            return (f"the model you return gives a loss of {returned:.6g} on these tokens, but your last recorded "
-                    f"loss is {float(losses[-1]):.6g}: the losses must be those of training this model (its loss "
-                    "after the last step is at most about one step's change above the last one recorded)")
+            return tr("the model you return gives a loss of {returned:.6g} on these tokens, but your last recorded "
+                      "loss is {last:.6g}: the losses must be those of training this model (its loss after the last "
+                      "step is at most about one step's change above the last one recorded)").format(
+                returned=returned, last=float(losses[-1]))
         rtol, atol = curve_tolerance(computed_in)
         off = ((losses - ref).abs() > atol + rtol * ref.abs()).nonzero()
         if len(off):
             k = int(off[0, 0])
-            return (f"your losses leave those of Adam training from the same initial weights at step {k}: got "
-                    f"{float(losses[k]):.6g}, expected {float(ref[k]):.6g}: one Adam optimiser made once before "
-                    "the loop, each step zero the gradients, compute the loss, record it, backward, step")
+            return tr("your losses leave those of Adam training from the same initial weights at step {k}: got "
+                      "{got:.6g}, expected {expected:.6g}: one Adam optimiser made once before the loop, each step "
+                      "zero the gradients, compute the loss, record it, backward, step").format(
+                k=k, got=float(losses[k]), expected=float(ref[k]))
         expected = model_loss(returned_params(reference), tokens)  # type: ignore[arg-type]
         # a quarter of the reference's own last-step change tells one step more (or fewer) from rounding
         if abs(returned - expected) > 0.25 * abs(expected - float(ref[-1])) + atol + rtol * abs(expected):
-            return (f"the model you return gives a loss of {returned:.6g}, not {expected:.6g}, the loss after "
-                    f"{steps} optimiser steps: take exactly one step per recorded loss and return the trained model")
+            return tr("the model you return gives a loss of {returned:.6g}, not {expected:.6g}, the loss after "
+                      "{steps} optimiser steps: take exactly one step per recorded loss and return the trained "
+                      "model").format(returned=returned, expected=expected, steps=steps)
         return None
 
     return [Case(f"bigram_{tokens.shape[0]}_sequences_{tokens.shape[1]}_tokens", program,

@@ -38,6 +38,7 @@ from exercises.cases import (
     var_arg,
 )
 from exercises.compare import Outputs, value_mismatch
+from exercises.i18n import tr
 from exercises.mistakes import error_hint, mistake
 
 NOTEBOOK = "08_fast_generation.ipynb"
@@ -105,8 +106,8 @@ def no_nan(key: str = "out") -> Any:
         got = student.tensor(key)
         if got is None or not got.is_floating_point() or not bool(got.isnan().any()):
             return None
-        return (f"`{key}` holds NaN: a row whose keys are all masked must give zeros (exp(-inf - (-inf)) is NaN; "
-                "guard the maximum and the sum of such rows), and large scores must not overflow")
+        return tr("`{key}` holds NaN: a row whose keys are all masked must give zeros (exp(-inf - (-inf)) is NaN; "
+                  "guard the maximum and the sum of such rows), and large scores must not overflow").format(key=key)
     return check
 
 
@@ -174,9 +175,10 @@ def steps_equal_full(chunks: list[int]) -> Any:
             return None
         if stepped.shape != full.shape or value_mismatch("full", stepped, full) is None:
             return None
-        return (f"feeding the sequence through a KVCache in chunks of {chunks} tokens does not give the outputs "
-                "of one full forward pass: the new queries must attend to every cached key and causally to "
-                "each other (query i of n_new may see key j of n_kept when j <= n_kept - n_new + i)")
+        return tr("feeding the sequence through a KVCache in chunks of {chunks} tokens does not give the outputs "
+                  "of one full forward pass: the new queries must attend to every cached key and causally to "
+                  "each other (query i of n_new may see key j of n_kept when j <= n_kept - n_new + i)").format(
+            chunks=chunks)
     return check
 
 
@@ -224,8 +226,8 @@ def _gqa(gen, dtype):
         got = student.meta.get("raised", {}).get("value")
         if got == "ValueError":
             return None
-        return ("GroupedQueryAttention(num_heads=4, num_kv_groups=3) must raise ValueError: num_heads must be "
-                f"divisible by num_kv_groups; got {'no exception' if not got else got}")
+        return tr("GroupedQueryAttention(num_heads=4, num_kv_groups=3) must raise ValueError: num_heads must be "
+                  "divisible by num_kv_groups; got {got}").format(got=tr("no exception") if not got else got)
     cases.append(Case("rejects_indivisible_groups",
                       [{"op": "raises", "fn": GQA, "kwargs": {k: literal_arg(v) for k, v in bad.items()}, "out": "r"},
                        {"op": "output", "key": "raised", "var": "r"}], {}, checks=(raises,), compare=False))
@@ -239,7 +241,7 @@ def python_int(student: Outputs, reference: Outputs) -> str | None:
     got = student.meta.get("out", {}).get("pytype")
     if got == "int":
         return None
-    return f"kv_cache_bytes must return a Python int (a number of bytes), got {got}"
+    return tr("kv_cache_bytes must return a Python int (a number of bytes), got {got}").format(got=got)
 
 
 def _bytes(gen, dtype):

@@ -25,6 +25,7 @@ from exercises.cases import (
 )
 from exercises.compare import Outputs
 from exercises.flash_shapes import FLASH_SHAPES, LARGE_N, NO_BUILTIN_ATTENTION, limit, qkv, settings
+from exercises.i18n import tr
 from exercises.mistake_core import NEG_INF
 from exercises.mistakes import mistake
 
@@ -42,11 +43,13 @@ def window_rule(window: int) -> Check:
         i, j = torch.meshgrid(torch.arange(m.shape[0]), torch.arange(m.shape[1]), indexing="ij")
         allowed = (i - j >= 0) & (i - j < window)
         if bool((m & ~allowed & (j > i)).any()):
-            return "the mask lets a query see a later key: a sliding window is causal too (i - j >= 0)"
+            return tr("the mask lets a query see a later key: a sliding window is causal too (i - j >= 0)")
         if bool((m & ~allowed).any()):
-            return f"the mask reaches further back than the window: query i may see keys i-{window - 1}..i only"
+            return tr("the mask reaches further back than the window: query i may see keys i-{back}..i only").format(
+                back=window - 1)
         if bool((~m & allowed).any()):
-            return f"the mask hides keys inside the window: query i must see keys i-{window - 1}..i (the diagonal too)"
+            return tr("the mask hides keys inside the window: query i must see keys i-{back}..i (the diagonal "
+                      "too)").format(back=window - 1)
         return None
     return check
 
