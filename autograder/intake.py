@@ -7,8 +7,11 @@ cells, points and locks are never taken from the student's copy.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,17 +49,50 @@ class PreparedNotebook:
     cell_errors: dict[str, dict] = field(default_factory=dict)
 
 
-def read_student_notebook(path: Path) -> list[dict]:
-    """Read the student's notebook as plain JSON within caps; IntakeError with a reason otherwise."""
+def read_notebook_bytes(path: Path, cap: int | None = None) -> bytes:
+    """The bytes of the student's notebook file, never blocking and never following a link.
+
+    Opened ``O_NONBLOCK | O_NOFOLLOW`` (a FIFO opens at once instead of waiting for a writer, a link is
+    refused), then ``fstat`` on that descriptor: a regular file only, at most ``cap`` bytes, the cap
+    checked on what was read too (a file that grows while it is read). ``IntakeError`` otherwise."""
+    cap = MAX_NOTEBOOK_BYTES if cap is None else cap
     try:
-        size = path.stat().st_size
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise IntakeError(tr("{name} is a symbolic link; submit the notebook itself").format(
+                name=path.name)) from exc
+        raise IntakeError(tr("cannot read {name}: {why}").format(name=path.name, why=exc.strerror)) from exc
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise IntakeError(tr("{name} is not a regular file; submit the notebook itself").format(name=path.name))
+        too_big = IntakeError(tr("{name} is {size} MiB; the limit is {limit} MiB (clear the outputs before "
+                                 "submitting)").format(name=path.name, size=max(info.st_size, cap + 1) >> 20,
+                                                       limit=cap >> 20))
+        if info.st_size > cap:
+            raise too_big
+        chunks, total = [], 0
+        while total <= cap:
+            chunk = os.read(fd, min(1 << 20, cap + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+        if total > cap:
+            raise too_big
+        return b"".join(chunks)
     except OSError as exc:
         raise IntakeError(tr("cannot read {name}: {why}").format(name=path.name, why=exc.strerror)) from exc
-    if size > MAX_NOTEBOOK_BYTES:
-        raise IntakeError(tr("{name} is {size} MiB; the limit is {limit} MiB (clear the outputs before "
-                             "submitting)").format(name=path.name, size=size >> 20, limit=MAX_NOTEBOOK_BYTES >> 20))
+    finally:
+        os.close(fd)
+
+
+def read_student_notebook(path: Path) -> list[dict]:
+    """Read the student's notebook as plain JSON within caps; IntakeError with a reason otherwise."""
+    raw = read_notebook_bytes(path)
     try:
-        data = json.loads(path.read_bytes())
+        data = json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # deep nesting: RecursionError, the student's
         raise IntakeError(tr("{name} is not a valid notebook (invalid JSON: {why}); re-download it or restore it "
                              "from a checkpoint").format(name=path.name, why=str(exc)[:120])) from exc
@@ -75,8 +111,7 @@ def notebook_language_at(path: Path | None) -> str:
     if path is None:
         return "en"
     try:
-        if path.stat().st_size <= MAX_NOTEBOOK_BYTES:
-            return student_language(json.loads(path.read_bytes()), path)
+        return student_language(json.loads(read_notebook_bytes(path)), path)
     except Exception:  # noqa: BLE001 - a hostile file (deep nesting: RecursionError) only loses its language
         pass
     return path_language(path) or "en"
@@ -155,9 +190,7 @@ def answers_written(path: Path) -> int:
 
     Only used to choose between two editions of one notebook: it reads the student's own metadata, which
     decides nothing but which of the student's two copies is graded."""
-    if not path.is_file():  # a FIFO or a device is never read (it could block): it is no copy to prefer
-        return -1
-    try:
+    try:  # a FIFO, a device or a link is never read (it could block, or point anywhere): no copy to prefer
         cells = read_student_notebook(path)
     except IntakeError:
         return -1
@@ -195,8 +228,12 @@ def edition_copies(path: Path, names: tuple[str, ...]) -> dict[str, tuple[list[P
         chosen, others = ranked[0], ranked[1:]
         shown = [p.relative_to(path).as_posix() for p in ranked]
         lang = notebook_language_at(chosen)  # the note is the student's: in the graded copy's language
-        why = tr("it has more answers written" if written[chosen] > max(written[p] for p in others)
-                 else "it was saved last" if mtime(chosen) > max(mtime(p) for p in others) else "it comes first", lang)
+        if written[chosen] > max(written[p] for p in others):
+            why = tr("it has more answers written", lang)
+        elif mtime(chosen) > max(mtime(p) for p in others):
+            why = tr("it was saved last", lang)
+        else:
+            why = tr("it comes first", lang)
         found[name] = (ranked, tr("{name} was submitted {count} times ({copies}); graded: {graded} ({why}); not "
                                   "graded: {others}. Submit each notebook in one edition only", lang).format(
             name=name, count=len(paths), copies=", ".join(shown), graded=shown[0], why=why,

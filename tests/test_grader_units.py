@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -112,6 +113,57 @@ def test_is_a_broken_notebook_refused_with_a_reason(tmp_path: Path, content, rea
 def test_is_an_oversized_notebook_refused(tmp_path: Path):
     path = tmp_path / NB1
     path.write_bytes(b" " * (intake.MAX_NOTEBOOK_BYTES + 1))
+    with pytest.raises(intake.IntakeError, match="MiB"):
+        intake.read_student_notebook(path)
+
+
+def _in_thread_with_deadline(fn, seconds: float = 10.0):
+    """Run ``fn`` in a daemon thread; what it returned or raised, or TimeoutError when it blocks."""
+    import threading
+
+    box: dict = {}
+
+    def run():
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed back to the test
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise TimeoutError(f"{fn} blocked for {seconds} s")
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+@pytest.mark.parametrize("shape", ["fifo", "link_to_file", "dangling_link", "directory"])
+def test_is_a_notebook_that_is_no_regular_file_refused_without_blocking(tmp_path: Path, shape: str):
+    """A FIFO named like a notebook would block a plain read forever; a link may point anywhere."""
+    path = tmp_path / NB1
+    if shape == "fifo":
+        os.mkfifo(path)
+    elif shape == "link_to_file":
+        (tmp_path / "elsewhere.json").write_text('{"cells": []}')
+        path.symlink_to(tmp_path / "elsewhere.json")
+    elif shape == "dangling_link":
+        path.symlink_to(tmp_path / "nowhere")
+    else:
+        path.mkdir()
+    with pytest.raises(intake.IntakeError, match="regular file|symbolic link|cannot read"):
+        _in_thread_with_deadline(lambda: intake.read_student_notebook(path))
+    # the copy chooser and the language lookup read it too: neither blocks, neither fails the grader
+    assert _in_thread_with_deadline(lambda: intake.notebook_language_at(path)) == "en"
+    assert _in_thread_with_deadline(lambda: intake.answers_written(path)) == -1
+
+
+def test_does_a_notebook_that_grows_past_the_cap_while_read_stay_refused(tmp_path: Path, monkeypatch):
+    """The size is checked on what was read, not only on what ``stat`` said before."""
+    path = tmp_path / NB1
+    path.write_text('{"cells": [], "pad": "' + "x" * 200 + '"}')
+    monkeypatch.setattr(intake, "MAX_NOTEBOOK_BYTES", 100)
     with pytest.raises(intake.IntakeError, match="MiB"):
         intake.read_student_notebook(path)
 
