@@ -34,7 +34,8 @@ INSTRUCTOR=${SELFATTN_HUB_INSTRUCTOR:-instructor}
 STUDENTS=${SELFATTN_HUB_STUDENTS:-alice bob}
 COURSE_ID=self-attention
 COURSE_DIR_NAME=self-attention
-PYTHON=${PYTHON:-python3}
+# every user runs this Python (their servers and kernels): a system one, not one under root's home (pyenv)
+PYTHON=${PYTHON:-$( [ -x /usr/bin/python3 ] && echo /usr/bin/python3 || echo python3 )}
 MARKER="# written by delivery/jupyterhub/setup.sh"
 
 die() { echo "error: $*" >&2; exit 2; }
@@ -49,10 +50,16 @@ install_software() {
   "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
     die "Python >= 3.11 is required; set PYTHON=/path/to/python3.11"
   local stamp="$PREFIX/venv/.installed-$(sha256sum "$COURSE_SRC/pyproject.toml" "$HERE/requirements.txt" | sha256sum | cut -c1-16)"
+  if [ -f "$stamp" ] && ! runuser -u nobody -- "$PREFIX/venv/bin/python" -c pass 2>/dev/null; then
+    rm -f "$stamp"  # an environment that other users cannot run (its Python lies under root's home)
+  fi
   if [ ! -f "$stamp" ]; then
     echo "== $PREFIX/venv: jupyterhub, JupyterLab, nbgrader and the course's dependencies"
     mkdir -p "$PREFIX"
+    rm -rf "$PREFIX/venv"
     "$PYTHON" -m venv "$PREFIX/venv"
+    runuser -u nobody -- "$PREFIX/venv/bin/python" -c pass ||
+      die "$PYTHON cannot be run by other users (is it under /root?); set PYTHON to a system python3 >= 3.11"
     "$PREFIX/venv/bin/python" -m pip install --quiet --upgrade pip
     "$PREFIX/venv/bin/python" -m pip install --quiet -r "$HERE/requirements.txt"
     # the python3 kernel every user's notebooks run in: this environment's
@@ -124,6 +131,10 @@ deploy_course() {
 # --- JupyterHub deployment ($MARKER) ---
 # nbgrader loads this file after /etc/jupyter/nbgrader_config.py, so the shared exchange is set again here
 c.Exchange.root = "$EXCHANGE"
+# The course is not pip-installed in the shared environment (students must not be able to import
+# solutions), so no entry point registers the grader's pytest plugin: name it for the grader's process.
+if "autograder.plugin" not in os.environ.get("PYTEST_PLUGINS", "").split(","):
+    os.environ["PYTEST_PLUGINS"] = ",".join(p for p in (os.environ.get("PYTEST_PLUGINS"), "autograder.plugin") if p)
 EOF
   mkdir -p "$home/.jupyter"
   cat >"$home/.jupyter/nbgrader_config.py" <<EOF
