@@ -57,8 +57,6 @@ from autograder.examples import (
     strip_solution_delimiters,
 )
 
-pytestmark = pytest.mark.slow
-
 ROOT = Path(__file__).resolve().parents[1]
 SETUP = ROOT / "delivery" / "jupyterhub" / "setup.sh"
 HUB_CONFIG = ROOT / "delivery" / "jupyterhub" / "jupyterhub_config.py"
@@ -74,6 +72,69 @@ ENABLED = os.environ.get("SELFATTN_HUB_TESTS") == "1"
 # the users' Unix passwords through PAM (set by the test, deleted with the users); the dummy authenticator (test
 # only) where PAM has no `login` service
 HUB_AUTH = "pam" if Path("/etc/pam.d/login").exists() else "dummy"
+
+
+# --- what CI checks without root or network (fast) ---------------------------------------------------------
+
+
+def _requirement_specs(lines) -> dict[str, str]:
+    """{distribution name: version specifier} of requirement lines (comments and blanks skipped)."""
+    specs = {}
+    for line in lines:
+        line = line.split("#", 1)[0].strip()
+        if line:
+            found = re.match(r"([A-Za-z0-9_.\-]+)\s*(.*)", line)
+            specs[found.group(1).lower().replace("_", "-")] = found.group(2).replace(" ", "")
+    return specs
+
+
+def test_hub_environment_carries_the_course_dependencies_and_versions():
+    """The Hub's shared environment (delivery/jupyterhub/requirements.txt) has every runtime dependency of the
+    course and the dev extra's nbgrader, JupyterLab and kernel pieces, with the same version specifiers as
+    pyproject.toml: the instructor's autograde there must be the course's, and a student's kernel must run the
+    lessons. It never lists the course itself (students could import ``solutions``)."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    hub = _requirement_specs((ROOT / "delivery" / "jupyterhub" / "requirements.txt").read_text().splitlines())
+    wanted = _requirement_specs(project["dependencies"])
+    dev = _requirement_specs(project["optional-dependencies"]["dev"])
+    wanted |= {k: dev[k] for k in ("nbgrader", "jupyterlab", "ipykernel", "nbconvert", "jupyter-server-mathjax")}
+    assert {k: hub.get(k) for k in wanted} == wanted
+    assert "jupyterhub" in hub and project["name"] not in hub
+
+
+def test_hub_config_listens_on_loopback_with_real_users(tmp_path, monkeypatch):
+    """jupyterhub_config.py, loaded as JupyterHub loads it: loopback only, LocalProcessSpawner (each server runs
+    as its Unix user), PAM limited to the course's group unless the test-only dummy authenticator is asked for."""
+    from traitlets.config import Config
+
+    def load(**env) -> Config:
+        for key in ("SELFATTN_HUB_AUTH", "SELFATTN_HUB_PASSWORD", "SELFATTN_HUB_SERVICE_TOKEN"):
+            monkeypatch.delenv(key, raising=False)
+        monkeypatch.setenv("SELFATTN_HUB_STATE", str(tmp_path / "state"))
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        config = Config()
+        exec(compile(HUB_CONFIG.read_text(), str(HUB_CONFIG), "exec"), {"get_config": lambda: config})
+        return config
+
+    c = load()
+    assert (c.JupyterHub.ip, c.JupyterHub.hub_ip) == ("127.0.0.1", "127.0.0.1")
+    assert c.ConfigurableHTTPProxy.api_url.startswith("http://127.0.0.1:")
+    assert c.JupyterHub.spawner_class == "localprocess"
+    assert c.JupyterHub.authenticator_class == "pam" and c.PAMAuthenticator.allowed_groups == {"selfattn"}
+    assert c.Authenticator.admin_users == {"instructor"} and "services" not in c.JupyterHub
+    assert stat.S_IMODE((tmp_path / "state").stat().st_mode) == 0o700  # the cookie secret's folder
+    assert load(SELFATTN_HUB_SERVICE_TOKEN="t").JupyterHub.services[0]["api_token"] == "t"
+    import grp
+
+    group = grp.getgrgid(os.getgid()).gr_name
+    dummy = load(SELFATTN_HUB_AUTH="dummy", SELFATTN_HUB_PASSWORD="pw", SELFATTN_HUB_GROUP=group)
+    assert dummy.JupyterHub.authenticator_class == "dummy" and dummy.DummyAuthenticator.password == "pw"
+    assert dummy.Authenticator.allowed_users == set(grp.getgrnam(group).gr_mem)
+    proc = subprocess.run(["bash", "-n", str(SETUP)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
 
 
 # --- may it run here? ---------------------------------------------------------------------------------
@@ -131,6 +192,7 @@ def deployment():
     if not _installed():
         with step("setup.sh install (network)"):
             run_setup("install")
+    start = time.perf_counter()
     run_setup("remove")
     with step("setup.sh course (users, exchange, course root)"):
         run_setup("course")
@@ -138,6 +200,7 @@ def deployment():
         yield
     finally:
         run_setup("remove")
+        TIMINGS["whole hub test: remove, course, hub, browser, workflow, remove"] = time.perf_counter() - start
         REPORTS.mkdir(parents=True, exist_ok=True)
         (REPORTS / "timings.json").write_text(json.dumps({k: round(v, 1) for k, v in TIMINGS.items()}, indent=1))
 
@@ -307,6 +370,7 @@ def submitted(hub, released):
 # --- in a browser: alice logs in, opens her lesson, answers and saves ----------------------------------------
 
 
+@pytest.mark.slow
 def test_student_logs_in_opens_answers_and_saves_in_a_browser(hub, released):
     """alice's login to the Hub (PAM: her Unix password), her JupyterLab, her fetched lesson 1, one answer typed
     and saved with File > Save: the file in her home holds it, owned by her."""
@@ -407,6 +471,7 @@ def assert_denied_for_real(user: str, command: str, loosen: dict[Path, int], why
     return first
 
 
+@pytest.mark.slow
 def test_students_cannot_read_others_work_the_course_or_write_the_release(submitted, released):
     alice, bob = STUDENTS
     inbound = EXCHANGE / COURSE_ID / "inbound"
@@ -455,6 +520,7 @@ def test_students_cannot_read_others_work_the_course_or_write_the_release(submit
 # --- the instructor grades, the students read their feedback ------------------------------------------------
 
 
+@pytest.mark.slow
 def test_instructor_grades_and_students_read_their_scores(submitted, hub):
     total, lost = expected_scores()
     with step("instructor: collect + autograde (sandboxed grader) + generate/release feedback"):
@@ -490,7 +556,7 @@ def test_instructor_grades_and_students_read_their_scores(submitted, hub):
     # feedback in the exchange: alice cannot list it (nbgrader names each page by a hash of bob's submission)
     feedback = EXCHANGE / COURSE_ID / "feedback"
     assert_denied_for_real("alice", f"ls {feedback}", {feedback: stat.S_IROTH}, "alice lists everyone's feedback")
-    TIMINGS["whole workflow (release to feedback, both students)"] = sum(
+    TIMINGS["workflow steps (release to feedback, both students, permissions)"] = sum(
         v for k, v in TIMINGS.items() if k.startswith(("instructor:", "students:", "permission")))
 
 

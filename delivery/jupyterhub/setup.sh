@@ -162,6 +162,7 @@ remove_all() {
   if [ -f "$ETC_JUPYTER/nbgrader_config.py" ] && grep -q "$MARKER" "$ETC_JUPYTER/nbgrader_config.py"; then
     rm -f "$ETC_JUPYTER/nbgrader_config.py"
   fi
+  rmdir "$ETC_JUPYTER" 2>/dev/null || true  # only if nothing else is in it
   if [ -f /etc/profile.d/selfattn-hub.sh ] && grep -q "$MARKER" /etc/profile.d/selfattn-hub.sh; then
     rm -f /etc/profile.d/selfattn-hub.sh
   fi
