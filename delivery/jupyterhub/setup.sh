@@ -67,6 +67,17 @@ install_software() {
     rm -f "$PREFIX"/venv/.installed-*
     touch "$stamp"
   fi
+  # nbgrader's documentation for a shared server: students get the Assignment List and Validate, not the
+  # Formgrader, the course list or the assignment creator; the instructor turns them on (deploy_course)
+  local ext
+  for ext in formgrader create-assignment course-list; do
+    "$PREFIX/venv/bin/jupyter" labextension disable --level=sys_prefix "@jupyter/nbgrader:$ext" >/dev/null 2>&1
+    # JupyterLab >= 4.1 may lock a disabled plugin at this level, which would also keep it from the instructor
+    "$PREFIX/venv/bin/jupyter" labextension unlock --level=sys_prefix "@jupyter/nbgrader:$ext" >/dev/null 2>&1
+  done
+  for ext in formgrader course_list; do
+    "$PREFIX/venv/bin/jupyter" server extension disable --sys-prefix "nbgrader.server_extensions.$ext" >/dev/null 2>&1
+  done
   if [ ! -x "$PREFIX/proxy/node_modules/.bin/configurable-http-proxy" ]; then
     echo "== $PREFIX/proxy: configurable-http-proxy (npm)"
     mkdir -p "$PREFIX/proxy"
@@ -143,6 +154,19 @@ c = get_config()  # noqa: F821
 c.CourseDirectory.root = "$course"
 EOF
   chown -R "$INSTRUCTOR:$INSTRUCTOR" "$course" "$home/.jupyter"
+  # the instructor's own server gets the Formgrader and the instructor's tools back: the user level wins over
+  # the environment's. This is what `jupyter labextension enable --level=user` and `jupyter server extension
+  # enable --user` write, as the instructor, for each of them (written directly: those take seconds each).
+  mkdir -p "$home/.jupyter/labconfig"
+  cat >"$home/.jupyter/labconfig/page_config.json" <<EOF
+{"disabledExtensions": {"@jupyter/nbgrader:formgrader": false, "@jupyter/nbgrader:create-assignment": false,
+                        "@jupyter/nbgrader:course-list": false}}
+EOF
+  cat >"$home/.jupyter/jupyter_server_config.json" <<EOF
+{"ServerApp": {"jpserver_extensions": {"nbgrader.server_extensions.formgrader": true,
+                                       "nbgrader.server_extensions.course_list": true}}}
+EOF
+  chown -R "$INSTRUCTOR:$INSTRUCTOR" "$home/.jupyter"
   chmod 0700 "$course"
   # the course's own exchange folder inside the course root is not used on the Hub
   rm -rf "$course/exchange"
