@@ -146,9 +146,11 @@ def _why_not() -> str | None:
                 "alice and bob; runs delivery/jupyterhub/setup.sh, whose install step needs PyPI and npm once)")
     if os.geteuid() != 0:
         return "needs root: it creates Unix users and the Hub spawns each user's server as that user"
-    for tool in ("useradd", "userdel", "groupadd", "su", "npm"):
+    for tool in ("useradd", "userdel", "groupadd", "su", "chpasswd", "node"):
         if not shutil.which(tool):
-            return f"needs {tool} (Debian's passwd, util-linux, npm packages)"
+            return f"needs {tool} (Debian's passwd, util-linux and nodejs packages)"
+    if not _installed() and not shutil.which("npm"):
+        return "setup.sh install needs npm for the proxy (apt-get install npm)"
     return None
 
 
@@ -363,8 +365,10 @@ def submitted(hub, released):
             ok(student, f"nbgrader submit {ASSIGNMENT}")
     inbound = EXCHANGE / COURSE_ID / "inbound"
     mine = {s: [p for p in inbound.iterdir() if p.name.startswith(f"{s}+{ASSIGNMENT}+")] for s in STUDENTS}
-    assert all(len(v) == 1 for v in mine.values()), mine
-    return {s: v[0] for s, v in mine.items()}
+    # alice may have submitted from the browser before (test above); her newest submission is this one (the
+    # time stamp follows the id in the name, so the names sort by time)
+    assert len(mine["bob"]) == 1 and 1 <= len(mine["alice"]) <= 2, mine
+    return {s: max(v) for s, v in mine.items()}
 
 
 # --- in a browser: alice logs in, opens her lesson, answers and saves ----------------------------------------
@@ -373,7 +377,8 @@ def submitted(hub, released):
 @pytest.mark.slow
 def test_student_logs_in_opens_answers_and_saves_in_a_browser(hub, released):
     """alice's login to the Hub (PAM: her Unix password), her JupyterLab, her fetched lesson 1, one answer typed
-    and saved with File > Save: the file in her home holds it, owned by her."""
+    and saved with File > Save (the file in her home holds it, owned by her), then Submit in nbgrader's Assignment
+    List (the exchange's inbound holds her submission, with the answer)."""
     from test_browser import ensure_chromium, kernel_idle, menu, wait
 
     webdriver = pytest.importorskip("selenium.webdriver", reason="pip install selenium (the dev extra)")
@@ -427,8 +432,42 @@ def test_student_logs_in_opens_answers_and_saves_in_a_browser(hub, released):
             wait(browser, answer_saved, 60, "the answer was not saved in alice's notebook")
             browser.save_screenshot(str(REPORTS / "04_alice_saved.png"))
         assert saved.stat().st_uid == _uid("alice"), "the file was not written by alice's own server"
+        with step("browser: alice submits from the Assignment List"):
+            inbound = EXCHANGE / COURSE_ID / "inbound"
+            menu(browser, "Nbgrader", "nbgrader:open-assignment-list")
+            submit = (By.XPATH, "//div[@id='fetched_assignments_list']//button[normalize-space()='Submit']")
+            wait(browser, lambda d: d.find_elements(*submit), 120, "no Submit button for the fetched assignment")
+            browser.find_element(*submit).click()
+            wait(browser, lambda d: ASSIGNMENT in d.find_element(By.ID, "submitted_assignments_list").text, 180,
+                 "the Assignment List shows no submission")
+            browser.save_screenshot(str(REPORTS / "05_alice_submitted.png"))
+            handed_in = sorted(inbound.glob(f"alice+{ASSIGNMENT}+*"))
+            assert len(handed_in) == 1 and handed_in[0].stat().st_uid == _uid("alice"), handed_in
+            sent = nbformat.read(handed_in[0] / LESSON1, as_version=4)
+            assert any(f"def {item}(" in c.source and "NotImplementedError" not in c.source for c in sent.cells)
     finally:
         browser.quit()
+
+
+@pytest.mark.slow
+def test_only_the_instructor_has_the_formgrader(hub, released):
+    """nbgrader's set-up for a shared server: the Formgrader's handlers exist in the instructor's server only, and
+    only the instructor's JupyterLab loads its menu entries; a student's server answers 404."""
+    for user in (INSTRUCTOR, "alice"):
+        hub.start_server(user)
+    status, body = hub.api("GET", f"/user/{INSTRUCTOR}/formgrader")
+    assert status == 200, (status, body[:300])
+    status, _ = hub.api("GET", "/user/alice/formgrader")
+    assert status == 404, status
+    disabled = {}
+    for user in (INSTRUCTOR, "alice"):
+        status, page = hub.api("GET", f"/user/{user}/lab")
+        assert status == 200, status
+        config = json.loads(re.search(rb'id="jupyter-config-data"[^>]*>(.*?)</script>', page, re.S).group(1))
+        disabled[user] = {k for k, v in config.get("disabledExtensions", {}).items() if v} \
+            if isinstance(config.get("disabledExtensions"), dict) else set(config.get("disabledExtensions", []))
+    assert "@jupyter/nbgrader:formgrader" in disabled["alice"], disabled
+    assert not any(x.startswith("@jupyter/nbgrader") for x in disabled[INSTRUCTOR]), disabled
 
 
 # --- permissions, as the students ---------------------------------------------------------------------
