@@ -78,6 +78,11 @@ install_software() {
   for ext in formgrader course_list; do
     "$PREFIX/venv/bin/jupyter" server extension disable --sys-prefix "nbgrader.server_extensions.$ext" >/dev/null 2>&1
   done
+  # a course server is often offline: JupyterLab asks no one whether to fetch Jupyter's news
+  mkdir -p "$PREFIX/venv/share/jupyter/lab/settings"
+  cat >"$PREFIX/venv/share/jupyter/lab/settings/overrides.json" <<EOF
+{"@jupyterlab/apputils-extension:notification": {"fetchNews": "false", "checkForUpdates": false}}
+EOF
   if [ ! -x "$PREFIX/proxy/node_modules/.bin/configurable-http-proxy" ]; then
     echo "== $PREFIX/proxy: configurable-http-proxy (npm)"
     mkdir -p "$PREFIX/proxy"
