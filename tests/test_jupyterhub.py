@@ -18,7 +18,9 @@ each user's server runs as that Unix user. Then, for real:
   generates and releases feedback; each student fetches the feedback and reads the scores in it: alice
   has full marks, bob loses exactly ``train_language_model``'s points (the gradebook says the same).
 * in a browser (headless Chromium, when there is one): alice logs in to the Hub, her JupyterLab opens, she
-  opens her fetched lesson 1, types an answer, saves it; the saved file is hers, with the answer.
+  opens her fetched lesson 1, types an answer, saves it (the saved file is hers, with the answer) and submits
+  from the Assignment List; after grading, the instructor logs in and reads both totals in the Formgrader.
+  Only the instructor's server has the Formgrader (a student's answers 404).
 
 On demand only (it creates and deletes Unix users and needs root, the software that
 ``setup.sh install`` fetches from PyPI and npm, and several minutes): ``SELFATTN_HUB_TESTS=1``. Then the
@@ -374,17 +376,12 @@ def submitted(hub, released):
 # --- in a browser: alice logs in, opens her lesson, answers and saves ----------------------------------------
 
 
-@pytest.mark.slow
-def test_student_logs_in_opens_answers_and_saves_in_a_browser(hub, released):
-    """alice's login to the Hub (PAM: her Unix password), her JupyterLab, her fetched lesson 1, one answer typed
-    and saved with File > Save (the file in her home holds it, owned by her), then Submit in nbgrader's Assignment
-    List (the exchange's inbound holds her submission, with the answer)."""
-    from test_browser import ensure_chromium, kernel_idle, menu, wait
+def start_chromium():
+    """A headless Chromium driven by Selenium (as tests/test_browser.py's), or skip with the reason."""
+    from test_browser import ensure_chromium
 
     webdriver = pytest.importorskip("selenium.webdriver", reason="pip install selenium (the dev extra)")
     from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
 
     chromium, driver_path = ensure_chromium()
     options = webdriver.ChromeOptions()
@@ -392,7 +389,35 @@ def test_student_logs_in_opens_answers_and_saves_in_a_browser(hub, released):
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
                 "--window-size=1400,1000", "--disable-extensions"):
         options.add_argument(arg)
-    browser = webdriver.Chrome(service=Service(driver_path), options=options)
+    return webdriver.Chrome(service=Service(driver_path), options=options)
+
+
+def log_in(browser, hub: Hub, user: str) -> None:
+    """The Hub's login form, as a person fills it in; returns once the user's JupyterLab is there."""
+    from selenium.webdriver.common.by import By
+    from test_browser import wait
+
+    browser.get(f"{hub.url}/hub/login")
+    wait(browser, lambda d: d.find_elements(By.ID, "username_input"), 60, "no login form")
+    browser.find_element(By.ID, "username_input").send_keys(user)
+    browser.find_element(By.ID, "password_input").send_keys(hub.password)
+    browser.find_element(By.ID, "login_submit").click()
+    wait(browser, lambda d: f"/user/{user}/lab" in d.current_url
+         and d.find_elements(By.CSS_SELECTOR, ".lm-MenuBar-itemLabel"), 300,
+         f"{user}'s JupyterLab did not open after the login")
+
+
+@pytest.mark.slow
+def test_student_logs_in_opens_answers_and_saves_in_a_browser(hub, released):
+    """alice's login to the Hub (PAM: her Unix password), her JupyterLab, her fetched lesson 1, one answer typed
+    and saved with File > Save (the file in her home holds it, owned by her), then Submit in nbgrader's Assignment
+    List (the exchange's inbound holds her submission, with the answer)."""
+    pytest.importorskip("selenium", reason="pip install selenium (the dev extra)")
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from test_browser import kernel_idle, menu, wait
+
+    browser = start_chromium()
     REPORTS.mkdir(parents=True, exist_ok=True)
     item = "attention_scores_loop"
     source = nbformat.read(ROOT / "source" / ASSIGNMENT / LESSON1, as_version=4)
@@ -400,15 +425,7 @@ def test_student_logs_in_opens_answers_and_saves_in_a_browser(hub, released):
     saved = Path("/home") / "alice" / ASSIGNMENT / LESSON1
     try:
         with step("browser: alice logs in to the Hub"):
-            browser.get(f"{hub.url}/hub/login")
-            wait(browser, lambda d: d.find_elements(By.ID, "username_input"), 60, "no login form")
-            browser.find_element(By.ID, "username_input").send_keys("alice")
-            browser.find_element(By.ID, "password_input").send_keys(hub.password)
-            browser.save_screenshot(str(REPORTS / "01_login.png"))
-            browser.find_element(By.ID, "login_submit").click()
-            wait(browser, lambda d: "/user/alice/lab" in d.current_url
-                 and d.find_elements(By.CSS_SELECTOR, ".lm-MenuBar-itemLabel"), 300,
-                 "alice's JupyterLab did not open after the login")
+            log_in(browser, hub, "alice")
             browser.save_screenshot(str(REPORTS / "02_alice_lab.png"))
         with step("browser: alice opens her fetched lesson 1"):
             browser.get(f"{hub.url}/user/alice/lab/tree/{ASSIGNMENT}/{LESSON1}")
@@ -606,3 +623,32 @@ def _page_score(html: str) -> tuple[float, float]:
     found = re.search(r"\(Score:\s*([0-9.]+)\s*/\s*([0-9.]+)\)", html)
     assert found, html[:2000]
     return float(found.group(1)), float(found.group(2))
+
+
+@pytest.mark.slow
+def test_instructor_sees_the_scores_in_the_formgrader(hub):
+    """After the grading test: the instructor logs in to the Hub and reads both students' totals in the
+    Formgrader of his own JupyterLab (Manage Students), from the gradebook the command line wrote."""
+    pytest.importorskip("selenium", reason="pip install selenium (the dev extra)")
+    from selenium.webdriver.common.by import By
+    from test_browser import wait
+
+    if not (EXCHANGE / COURSE_ID / "feedback").is_dir():
+        pytest.fail("the grading test did not release feedback (it failed or did not run first)")
+    total, lost = expected_scores()
+    browser = start_chromium()
+    try:
+        with step("browser: instructor logs in and opens the Formgrader's students"):
+            log_in(browser, hub, INSTRUCTOR)
+            browser.get(f"{hub.url}/user/{INSTRUCTOR}/formgrader/manage_students")
+            table = (By.CSS_SELECTOR, "#main-table")
+            wait(browser, lambda d: d.find_elements(*table) and all(
+                s in d.find_element(*table).text for s in STUDENTS), 120, "the Formgrader lists no students")
+            text = browser.find_element(*table).text
+            browser.save_screenshot(str(REPORTS / "06_instructor_formgrader_students.png"))
+        # one row a student ("alice, alice None 76 / 76": name, id, e-mail, score)
+        rows = {s: line for line in text.splitlines() for s in STUDENTS if re.search(rf"\b{s}\b", line)}
+        assert f"{total:g} / {total:g}" in rows.get("alice", ""), text
+        assert f"{total - lost:g} / {total:g}" in rows.get("bob", ""), text
+    finally:
+        browser.quit()
