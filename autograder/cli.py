@@ -11,7 +11,9 @@ grader). A submission the grader failed on is never given a score.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -86,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
                        "--tb=no", "-rN", *(["-q"] if args.quiet else [])]
         if args.junit:
             pytest_args.append(f"--junitxml={args.junit.resolve()}")
+        if not _plugin_is_installed():  # a course used from its folder, not pip-installed: no entry point loads it
+            pytest_args += ["-p", "autograder.plugin"]
         code = pytest.main(pytest_args)
     if code in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
         return 0
@@ -96,3 +100,14 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _plugin_is_installed() -> bool:
+    """Whether pytest loads the grader's plugin by itself (the ``pytest11`` entry point of an installed course).
+
+    Naming it again with ``-p`` would register it twice, which pytest refuses. Without the entry point (the
+    course's folder on ``PYTHONPATH``, as on a JupyterHub whose shared environment does not install it), or
+    with ``PYTEST_DISABLE_PLUGIN_AUTOLOAD`` set, only ``-p`` loads it."""
+    if os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD"):  # entry points are then ignored
+        return False
+    return any(ep.value == "autograder.plugin" for ep in importlib.metadata.entry_points(group="pytest11"))

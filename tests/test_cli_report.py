@@ -101,3 +101,24 @@ def test_the_cli_on_one_wrong_prints_each_failure_once_and_whole():
                                                   "   - train_language_model[cpu-float32]"]
     assert "zero_grad() once every step, before" in " ".join(" ".join(fixes).split())
     assert len(fixes) > len(entries)  # wrapped, not cut: the message runs on under its entry
+
+
+NB2 = "02_scaled_dot_product_attention.ipynb"
+
+
+@pytest.mark.slow
+def test_does_the_cli_grade_where_pytest_does_not_load_its_plugin(tmp_path):
+    """A course used from its folder, not pip-installed (JupyterHub's shared environment), has no ``pytest11``
+    entry point; ``PYTEST_DISABLE_PLUGIN_AUTOLOAD`` has the same effect here. The CLI then names the plugin itself
+    (it exited 2 with "not found: .../grading.selfattn.json")."""
+    notebook = ROOT / "examples" / "submissions" / "perfect" / "self_attention" / NB2
+    env = dict(os.environ, PYTEST_DISABLE_PLUGIN_AUTOLOAD="1")
+    report_path = tmp_path / "report.json"
+    proc = subprocess.run([sys.executable, "-m", "autograder", "grade", str(notebook), "--device", "cpu", "-q",
+                           "--json", str(report_path)], cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    import json
+
+    [submission] = json.loads(report_path.read_text())["submissions"]
+    graded = [t for t in submission["tests"] if t["notebook"] == notebook.name and t["device"] == "cpu"]
+    assert graded and all(t["status"] == "passed" for t in graded), graded
