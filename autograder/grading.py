@@ -330,7 +330,15 @@ def merge_regrades(outcomes: list[TestOutcome], again: list[TestOutcome],
         names = tr(" and ").join(f"`{d}`" for d in retry[o.item])
         if other.status == Status.ERROR and o.status == Status.FAILED:
             # the code could not run with the stand-ins (a stand-in has no autograd graph, e.g. a loss inside a
-            # training loop): that says nothing of the student's code, and the first verdict keeps its diagnosis
+            # training loop). That says nothing of the student's code, but the first verdict's outputs were made
+            # with the broken dependency in the loop, so a mistake of this item named from them may be the
+            # dependency's doing: the score stands, the diagnosis goes, and the row says what to fix first
+            separator = tr(" -- likely mistake: {hint}").split("{hint}")[0]
+            before = o.message.split(separator)[0] if o.mistakes else o.message
+            o.message = tr("could not be judged apart from {names}: it uses {names}, which failed its own checks, "
+                           "and it cannot run with the reference {names} in its place; fix {names} first. As "
+                           "submitted: {before}").format(names=names, before=before)[:2000]
+            o.mistakes = []
             result.append(o)
             continue
         if other.status == Status.PASSED:

@@ -145,12 +145,18 @@ def test_does_every_case_of_every_variant_become_one_call():
     assert {c.dtype for c in calls if c.device == "cuda"} >= {"bfloat16"}  # the GPU-only variant is planned
 
 
-def test_does_a_regrade_the_code_could_not_run_leave_the_first_verdict_as_it_was():
+def test_does_a_regrade_the_code_could_not_run_keep_the_score_but_not_a_diagnosis_it_cannot_stand_behind():
     """A stand-in has no autograd graph: a training loop whose loss is a stand-in raises. That says nothing of the
-    student's code, so the row keeps its first message, diagnosis included, instead of the stand-in's error."""
+    student's code, so the score stands; but the outputs the diagnosis came from were made with the broken
+    dependency in the loop, so no mistake of this item is named, and the row says which dependency to fix first."""
     from autograder.grading import merge_regrades
 
-    before = [_row("simple_self_attention", "failed", "case x: ... -- likely mistake: ... (some_mistake)")]
+    first = _row("simple_self_attention", "failed", "case x: off by 0.5 -- likely mistake: it did y (some_mistake)")
+    first.mistakes = ["some_mistake"]
     again = [_row("simple_self_attention", "error", "RuntimeError: element 0 of tensors does not require grad")]
-    merged = merge_regrades(before, again, {"simple_self_attention": ["softmax_stable"]})
-    assert merged == before and "(some_mistake)" in merged[0].message
+    [merged] = merge_regrades([first], again, {"simple_self_attention": ["softmax_stable"]})
+    assert merged.status == "failed" and merged.score == 0.0
+    assert merged.mistakes == [] and "some_mistake" not in merged.message and "does not require grad" not in \
+        merged.message
+    assert merged.message.startswith("could not be judged apart from `softmax_stable`") and "case x: off by 0.5" in \
+        merged.message
