@@ -198,6 +198,34 @@ def trust(*modules: Any) -> None:
             _TRUSTED = (*_TRUSTED, vars(module))
 
 
+# The worker's stand-ins for a dependency (answered by the grader when an item is graded again with the reference
+# in place of a failed dependency) make tensors of their own: the arguments sent, the answer decoded. That is the
+# grader's work, not the student's: the size and tiled rules do not measure it. Identified by their code objects,
+# which the student cannot become; fixed, like ``_TRUSTED``, before the audit hook takes its picture.
+_STAND_INS: tuple[Any, ...] = ()
+
+
+def stand_ins(*functions: Any) -> None:
+    """Count what runs inside ``functions`` (the worker's stand-ins) as the grader's work for the size and tiled
+    rules (the forbidden families are still recorded). Like ``trust``, only before the audit hook is installed."""
+    global _STAND_INS
+    if _HOOKED:
+        return
+    _STAND_INS = (*_STAND_INS, *(fn.__code__ for fn in functions))
+
+
+def _inside_stand_in() -> bool:
+    """Is a stand-in's frame on the stack (the operator being run is part of answering a stand-in)?"""
+    if not _STAND_INS:
+        return False
+    frame = sys._getframe(2)
+    while frame is not None:
+        if frame.f_code in _STAND_INS:
+            return True
+        frame = frame.f_back
+    return False
+
+
 def _callers_globals() -> dict[str, Any]:
     """The globals of the nearest frame outside torch and this file: who called the torch function."""
     frame = sys._getframe(2)
@@ -251,8 +279,9 @@ class _OperatorLevel(TorchDispatchMode):
         guard.in_operator += 1  # also while this handler reads the outputs (Tensor.numel is a torch function)
         try:
             out = func(*args, **(kwargs or {}))
-            if (guard.max_numel is not None and guard.too_big is None) or (guard.span is not None
-                                                                          and guard.wide is None):
+            if ((guard.max_numel is not None and guard.too_big is None) or (guard.span is not None
+                                                                           and guard.wide is None)) \
+                    and not _inside_stand_in():
                 guard.measure(out, name, args)
         finally:
             guard.in_operator -= 1
@@ -556,6 +585,7 @@ def _audit_hook(strict: bool) -> Any:
     # the grader's trusted modules as they are now (``trust`` ran just before)
     module_then = {name: value for name, value in _PICTURE.items() if not name.startswith("__")}
     module_then["_TRUSTED"] = _TRUSTED
+    module_then["_STAND_INS"] = _STAND_INS
     classes_then = [(cls, dict(vars(cls))) for cls in sealed]
     walks = frozenset({"gc.get_objects", "gc.get_referrers", "gc.get_referents"})
     refused = walks | {"sys._current_frames", "ctypes.dlopen", "ctypes.dlsym", "ctypes.dlsym/handle"}

@@ -22,6 +22,8 @@ EXAMPLES = REPO / "examples" / "submissions"
 GPU = torch.cuda.is_available()
 DEVICES = ["cpu", "cuda"] if GPU else ["cpu"]
 
+FIXTURES = Path(__file__).parent / "fixtures"
+
 
 @pytest.fixture
 def two_students(tmp_path: Path) -> Path:
@@ -160,6 +162,28 @@ def test_does_the_perfect_example_score_full_marks_and_the_release_zero(tmp_path
         assert "bfloat16" in {t["dtype"] for t in cuda}
     else:
         assert cuda and all(t["status"] == "skipped" and t["max_score"] == 0 for t in cuda)
+
+
+@pytest.mark.slow
+def test_is_a_correct_function_graded_with_tiled_stand_ins_free_of_the_tiled_rule(tmp_path: Path):
+    """Lesson 10: a correct ``FlashAttentionFunction`` over a wrong ``flash_attention_backward`` is graded again with
+    the reference forward and backward as stand-ins. The stand-ins' own tensors (the worker decoding the grader's
+    answer) are the grader's work, not the student's: the tiled rule must not charge them to the class (it did:
+    "constructed a tensor of shape (10) in aten.view ..." and 0.21 of 1.5 points per variant)."""
+    from autograder.grading import grade_notebook
+    from autograder.runner import default_bwrap
+    from autograder.sandbox import Limits
+
+    nb10 = "10_flash_attention_backward.ipynb"
+    wrong = (FIXTURES / "mistakes" / "flash_attention_backward__dS_without_D.py").read_text()
+    path = write_submission(tmp_path, nb10, {"flash_attention_backward": wrong})
+    result = grade_notebook(nb10, path, 5, ["cpu"], Limits(call_timeout=30), default_bwrap())
+    rows = {(r.item, r.variant): r for r in result.outcomes if r.device == "cpu"}
+    assert rows[("flash_attention_backward", "float64")].status == "failed"
+    for variant in ("float64", "float32"):
+        row = rows[("FlashAttentionFunction", variant)]
+        assert row.status == "passed" and row.score == row.max_score, row.message
+        assert "correct once" in row.message and "`flash_attention_backward`" in row.message
 
 
 def test_is_a_failed_dependency_isolated(tmp_path: Path):

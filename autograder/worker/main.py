@@ -286,12 +286,44 @@ def _device_of(args, kwargs, default="cpu"):
     return torch.device(default)
 
 
+def _answer_call(name: str, args: tuple, kwargs: dict):
+    """A stand-in function's call, answered by the grader (what it makes is the grader's work: ``stand_ins``)."""
+    tensors: dict = {}
+    spec = program.encode_arguments(args, kwargs, tensors)
+    meta, out = _rpc("call", name, tensors, {**spec, "device": str(_device_of(args, kwargs))})
+    return program.deserialise(meta["outputs"], out, "out", _device_of(args, kwargs))
+
+
+def _answer_new(module, name: str, args: tuple, kwargs: dict) -> None:
+    """A stand-in class's construction: its parameters, as the grader's reference makes them."""
+    module._ctor = program.encode_arguments(args, kwargs, {})
+    meta, params = _rpc("new", name, {}, {"ctor": module._ctor})
+    for full, value in params.items():
+        owner: torch.nn.Module = module
+        *path, leaf = full.split(".")
+        for part in path:
+            if not hasattr(owner, part):
+                owner.add_module(part, torch.nn.Module())
+            owner = getattr(owner, part)
+        owner.register_parameter(leaf, torch.nn.Parameter(value))
+
+
+def _answer_forward(module, name: str, args: tuple, kwargs: dict):
+    """A stand-in class's forward, answered by the grader with the module's current parameters."""
+    tensors = {f"p.{k}": v.detach().to("cpu").contiguous().clone() for k, v in module.named_parameters()}
+    spec = program.encode_arguments(args, kwargs, tensors)
+    device = _device_of(args, kwargs)
+    meta, out = _rpc("forward", name, tensors,
+                     {**spec, "ctor": module._ctor, "training": module.training, "device": str(device)})
+    return program.deserialise(meta["outputs"], out, "out", device)
+
+
+STAND_IN_BODIES = (_answer_call, _answer_new, _answer_forward)  # op_guard.stand_ins, before any student code
+
+
 def function_oracle(name: str):
     def oracle(*args, **kwargs):
-        tensors: dict = {}
-        spec = program.encode_arguments(args, kwargs, tensors)
-        meta, out = _rpc("call", name, tensors, {**spec, "device": str(_device_of(args, kwargs))})
-        return program.deserialise(meta["outputs"], out, "out", _device_of(args, kwargs))
+        return _answer_call(name, args, kwargs)
     oracle.__name__ = name
     return oracle
 
@@ -300,24 +332,10 @@ def class_oracle(name: str):
     class Oracle(torch.nn.Module):
         def __init__(self, *args, **kwargs):
             super().__init__()
-            self._ctor = program.encode_arguments(args, kwargs, {})
-            meta, params = _rpc("new", name, {}, {"ctor": self._ctor})
-            for full, value in params.items():
-                owner: torch.nn.Module = self
-                *path, leaf = full.split(".")
-                for part in path:
-                    if not hasattr(owner, part):
-                        owner.add_module(part, torch.nn.Module())
-                    owner = getattr(owner, part)
-                owner.register_parameter(leaf, torch.nn.Parameter(value))
+            _answer_new(self, name, args, kwargs)
 
         def forward(self, *args, **kwargs):
-            tensors = {f"p.{k}": v.detach().to("cpu").contiguous().clone() for k, v in self.named_parameters()}
-            spec = program.encode_arguments(args, kwargs, tensors)
-            device = _device_of(args, kwargs)
-            meta, out = _rpc("forward", name, tensors,
-                             {**spec, "ctor": self._ctor, "training": self.training, "device": str(device)})
-            return program.deserialise(meta["outputs"], out, "out", device)
+            return _answer_forward(self, name, args, kwargs)
 
     Oracle.__name__ = Oracle.__qualname__ = name
     return Oracle
@@ -381,6 +399,7 @@ def start(plan: dict) -> tuple[dict[int, dict], list[str]]:
     if any(call.get("guard") is not None for call in plan["calls"]):
         # before any student code: torch's switches for the monitor watched, threads and processes refused during
         # graded calls, findings kept by an audit hook; the grader's own modules are not the student's code
+        op_guard.stand_ins(*STAND_IN_BODIES)  # what a stand-in makes is the grader's work (not measured)
         op_guard.install_tripwires(trusted=(program, protocol, sys.modules[__name__]), strict=True)
     fraction = plan.get("cuda_memory_fraction")
     if fraction and torch.cuda.is_available():  # a GPU bound CUDA tolerates, unlike an address-space limit
