@@ -198,7 +198,8 @@ def test_does_the_canary_stop_a_grader_whose_operation_monitor_sees_nothing(monk
     blind.write_text("class OpGuard:\n    def __init__(self, max_numel=None, span=None):\n        pass\n"
                      "    def __enter__(self):\n        return self\n    def __exit__(self, *exc):\n        pass\n"
                      "    def report(self):\n        return {'used': {}, 'too_big': None, 'tampered': None}\n"
-                     "def install_tripwires(trusted=(), strict=False):\n    return None\n")
+                     "def install_tripwires(trusted=(), strict=False):\n    return None\n"
+                     "def stand_ins(*functions):\n    return None\n")
     monkeypatch.setitem(sandbox.WORKER_FILES, "op_guard.py", blind)
     with pytest.raises(GraderError, match="self-check failed") as info:
         check_grader(["cpu"], FAST, None)
