@@ -486,7 +486,13 @@ def test_saved_work_survives_generate_and_release_py(browser, lab, course):
         browser.get(f"{url}/lab/tree/{WORKSPACE}/{STUDENT_NOTEBOOK}?token={TOKEN}")
         wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".jp-Notebook .jp-Cell")) > 20, 180,
              "the saved notebook did not open")
-        cells = browser.find_elements(By.CSS_SELECTOR, ".jp-Notebook .jp-CodeCell")
-        mine = [c for c in cells if f"def {ANSWERED}(" in c.text]
-        assert mine and "scores[i, j] = torch.dot" in mine[0].text and "NotImplementedError" not in mine[0].text
-        shot(browser, "14_student_work_after_regeneration", mine[0])
+        # the Lab renders the cells as they load: wait for the answer cell's text, not only for the cells
+
+        def answer_cell(driver):
+            found = [c for c in driver.find_elements(By.CSS_SELECTOR, ".jp-Notebook .jp-CodeCell")
+                     if f"def {ANSWERED}(" in c.text]
+            return found[0] if found else False
+
+        mine = wait(browser, answer_cell, 60, f"the saved notebook shows no cell defining {ANSWERED}")
+        assert "scores[i, j] = torch.dot" in mine.text and "NotImplementedError" not in mine.text, mine.text
+        shot(browser, "14_student_work_after_regeneration", mine)
