@@ -88,9 +88,8 @@ def ensure_chromium() -> tuple[str, str]:
     return chromium, driver
 
 
-@pytest.fixture(scope="module")
-def browser():
-    """A headless Chromium, 1400x1000, driven by Selenium."""
+def start_chromium():
+    """A headless Chromium, 1400x1000, driven by Selenium (skips without selenium; raises if it cannot start)."""
     webdriver = pytest.importorskip("selenium.webdriver", reason="pip install selenium (the dev extra)")
     from selenium.webdriver.chrome.service import Service
 
@@ -100,9 +99,30 @@ def browser():
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
                 "--window-size=1400,1000", "--disable-extensions"):
         options.add_argument(arg)
+    return webdriver.Chrome(service=Service(driver), options=options)
+
+
+def type_answer(browser, item: str, answer: str):
+    """Replace the unanswered answer cell of ``item`` with ``answer`` in the open notebook; the cell."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    cells = browser.find_elements(By.CSS_SELECTOR, ".jp-Notebook .jp-CodeCell")
+    cell = next(c for c in cells if f"def {item}(" in c.text and "NotImplementedError" in c.text)
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", cell)
+    cell.find_element(By.CSS_SELECTOR, ".cm-content").click()
+    browser.find_element(By.CSS_SELECTOR, ".cm-focused .cm-content").send_keys(Keys.CONTROL, "a")
+    # typed as text input (what a paste or an input method does): no auto-indent on top of ours
+    browser.execute_cdp_cmd("Input.insertText", {"text": answer})
+    return cell
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """A headless Chromium, 1400x1000, driven by Selenium."""
     start = time.perf_counter()
     try:
-        chrome = webdriver.Chrome(service=Service(driver), options=options)
+        chrome = start_chromium()
     except Exception as exc:  # noqa: BLE001 - any start-up failure means: no browser on this machine
         pytest.skip(f"Chromium could not start: {type(exc).__name__}: {str(exc).strip()[:300]}")
     TIMINGS["browser start"] = time.perf_counter() - start
@@ -271,7 +291,6 @@ def text_of(driver, css: str) -> str:
 
 def test_student_answers_runs_and_validates_in_jupyterlab(browser, lab, course):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as ec
 
     url, log_path = lab
@@ -286,13 +305,7 @@ def test_student_answers_runs_and_validates_in_jupyterlab(browser, lab, course):
         shot(browser, "01_student_notebook_open")
 
     with step("student: type the answer"):
-        cells = browser.find_elements(By.CSS_SELECTOR, ".jp-Notebook .jp-CodeCell")
-        cell = next(c for c in cells if f"def {ANSWERED}(" in c.text and "NotImplementedError" in c.text)
-        browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", cell)
-        cell.find_element(By.CSS_SELECTOR, ".cm-content").click()
-        browser.find_element(By.CSS_SELECTOR, ".cm-focused .cm-content").send_keys(Keys.CONTROL, "a")
-        # typed as text input (what a paste or an input method does): no auto-indent on top of ours
-        browser.execute_cdp_cmd("Input.insertText", {"text": answer})
+        cell = type_answer(browser, ANSWERED, answer)
         typed = cell.find_element(By.CSS_SELECTOR, ".cm-content").text
         assert "NotImplementedError" not in typed and "scores[i, j] = torch.dot" in typed, typed
         shot(browser, "02_student_answer_typed", cell)

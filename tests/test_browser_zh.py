@@ -59,7 +59,6 @@ def pass_message() -> str:
 
 def test_student_answers_checks_and_validates_a_chinese_lesson(browser, lab, course):  # noqa: F811
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as ec
 
     url, log_path = lab
@@ -76,12 +75,7 @@ def test_student_answers_checks_and_validates_a_chinese_lesson(browser, lab, cou
         en.shot(browser, "zh_01_notebook_open")
 
     with en.step("zh student: type the answer"):
-        cells = browser.find_elements(By.CSS_SELECTOR, ".jp-Notebook .jp-CodeCell")
-        cell = next(c for c in cells if f"def {ANSWERED}(" in c.text and "NotImplementedError" in c.text)
-        browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", cell)
-        cell.find_element(By.CSS_SELECTOR, ".cm-content").click()
-        browser.find_element(By.CSS_SELECTOR, ".cm-focused .cm-content").send_keys(Keys.CONTROL, "a")
-        browser.execute_cdp_cmd("Input.insertText", {"text": answer})
+        cell = en.type_answer(browser, ANSWERED, answer)
         typed = cell.find_element(By.CSS_SELECTOR, ".cm-content").text
         assert "NotImplementedError" not in typed and "scores[i, j] = torch.dot" in typed, typed
         en.menu(browser, "File", "docmanager:save")

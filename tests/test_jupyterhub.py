@@ -376,22 +376,6 @@ def submitted(hub, released):
 # --- in a browser: alice logs in, opens her lesson, answers and saves ----------------------------------------
 
 
-def start_chromium():
-    """A headless Chromium driven by Selenium (as tests/test_browser.py's), or skip with the reason."""
-    from test_browser import ensure_chromium
-
-    webdriver = pytest.importorskip("selenium.webdriver", reason="pip install selenium (the dev extra)")
-    from selenium.webdriver.chrome.service import Service
-
-    chromium, driver_path = ensure_chromium()
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1400,1000", "--disable-extensions"):
-        options.add_argument(arg)
-    return webdriver.Chrome(service=Service(driver_path), options=options)
-
-
 def log_in(browser, hub: Hub, user: str) -> None:
     """The Hub's login form, as a person fills it in; returns once the user's JupyterLab is there."""
     from selenium.webdriver.common.by import By
@@ -414,8 +398,7 @@ def test_student_logs_in_opens_answers_and_saves_in_a_browser(hub, released):
     List (the exchange's inbound holds her submission, with the answer)."""
     pytest.importorskip("selenium", reason="pip install selenium (the dev extra)")
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
-    from test_browser import kernel_idle, menu, wait
+    from test_browser import kernel_idle, menu, start_chromium, type_answer, wait
 
     browser = start_chromium()
     REPORTS.mkdir(parents=True, exist_ok=True)
@@ -433,12 +416,7 @@ def test_student_logs_in_opens_answers_and_saves_in_a_browser(hub, released):
                  and kernel_idle(d), 240, "the lesson did not open with an idle kernel")
             browser.save_screenshot(str(REPORTS / "03_alice_lesson.png"))
         with step("browser: alice types an answer and saves"):
-            cells = browser.find_elements(By.CSS_SELECTOR, ".jp-Notebook .jp-CodeCell")
-            cell = next(c for c in cells if f"def {item}(" in c.text and "NotImplementedError" in c.text)
-            browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", cell)
-            cell.find_element(By.CSS_SELECTOR, ".cm-content").click()
-            browser.find_element(By.CSS_SELECTOR, ".cm-focused .cm-content").send_keys(Keys.CONTROL, "a")
-            browser.execute_cdp_cmd("Input.insertText", {"text": answer})
+            type_answer(browser, item, answer)
             menu(browser, "File", "docmanager:save")
 
             def answer_saved(_driver) -> bool:
@@ -631,7 +609,7 @@ def test_instructor_sees_the_scores_in_the_formgrader(hub):
     Formgrader of his own JupyterLab (Manage Students), from the gradebook the command line wrote."""
     pytest.importorskip("selenium", reason="pip install selenium (the dev extra)")
     from selenium.webdriver.common.by import By
-    from test_browser import wait
+    from test_browser import start_chromium, wait
 
     if not (EXCHANGE / COURSE_ID / "feedback").is_dir():
         pytest.fail("the grading test did not release feedback (it failed or did not run first)")
