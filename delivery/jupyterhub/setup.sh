@@ -147,10 +147,6 @@ deploy_course() {
 # --- JupyterHub deployment ($MARKER) ---
 # nbgrader loads this file after /etc/jupyter/nbgrader_config.py, so the shared exchange is set again here
 c.Exchange.root = "$EXCHANGE"
-# The course is not pip-installed in the shared environment (students must not be able to import
-# solutions), so no entry point registers the grader's pytest plugin: name it for the grader's process.
-if "autograder.plugin" not in os.environ.get("PYTEST_PLUGINS", "").split(","):
-    os.environ["PYTEST_PLUGINS"] = ",".join(p for p in (os.environ.get("PYTEST_PLUGINS"), "autograder.plugin") if p)
 EOF
   mkdir -p "$home/.jupyter"
   cat >"$home/.jupyter/nbgrader_config.py" <<EOF
