@@ -522,3 +522,28 @@ def test_does_the_grader_refuse_rather_than_grade_zero(case, tmp_path):
     else:
         assert "could not grade" in text or "no-such-source" in text, describe(result)
     _assert_no_zero_claimed(report, result)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sandbox", ["default", "no-bwrap"])
+def test_does_a_python_environment_under_tmp_grade(tmp_path, sandbox):
+    """A course cloned under /tmp (``mktemp -d``) has its venv there; each worker mounts an empty /tmp of its own
+    (nothing left from a job before), which hid the environment: a module imported late (``numpy.ctypeslib``,
+    by safetensors when it writes the outputs) was missing and nobody was graded. Reproduced with this run's
+    own environment reached through a link under /tmp, so sys.prefix lies there."""
+    link_dir = Path(tempfile.mkdtemp(prefix="selfattn-venv-under-tmp-", dir="/tmp"))
+    try:
+        link_dir.chmod(0o755)
+        (link_dir / "env").symlink_to(Path(sys.prefix))
+        python = link_dir / "env" / "bin" / Path(sys.executable).name
+        student = write_submission(tmp_path / "student", NB1, {})
+        report = tmp_path / "report.json"
+        args = [str(python), "-m", "autograder", "grade", str(student), "--device", "cpu", "-q",
+                "--json", str(report), *(["--no-bwrap"] if sandbox == "no-bwrap" else [])]
+        proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+        [submission] = json.loads(report.read_text())["submissions"]
+        graded = [t for t in submission["tests"] if t["notebook"] == NB1 and t["device"] == "cpu"]
+        assert graded and all(t["status"] == "passed" for t in graded), graded
+    finally:
+        shutil.rmtree(link_dir, ignore_errors=True)

@@ -155,6 +155,16 @@ def _make_passable(path: str) -> None:
             os.mkdir(current, 0o711)
 
 
+def _python_under_private() -> list[str]:
+    """The folders of this Python (its prefixes and import path) that lie under ``PRIVATE_DIRS``, outermost only."""
+    found = set()
+    for entry in {sys.prefix, sys.base_prefix, sys.exec_prefix, *sys.path}:
+        path = os.path.normpath(os.path.abspath(entry)) if entry else ""  # as Python will look it up
+        if os.path.isdir(path) and any(path.startswith(folder + "/") for folder in PRIVATE_DIRS):
+            found.add(path)
+    return sorted(p for p in found if not any(p.startswith(other + "/") for other in found))
+
+
 def private_namespaces() -> list[str]:
     """A fresh IPC namespace (System V shared memory, semaphores, queues) and empty /tmp and /dev/shm of this
     worker's own, before any student code: a forked job sees nothing of the job before it, a worker nothing
@@ -168,18 +178,21 @@ def private_namespaces() -> list[str]:
         _check(libc.unshare(CLONE_NEWIPC | CLONE_NEWNS), "unshare(ipc, mount)")
         got.append("ipc")
         _check(libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "mount --make-rprivate /")
-        keep = os.open(WORKDIR, os.O_RDONLY | os.O_DIRECTORY)  # the worker's directory may lie under /tmp
+        # the worker's directory and the Python it runs (a venv of a course cloned under /tmp) may lie under a
+        # folder that is about to be emptied: held open now, bound back at the same place afterwards
+        keep = {path: os.open(path, os.O_RDONLY | os.O_DIRECTORY) for path in [WORKDIR, *_python_under_private()]}
         for folder in PRIVATE_DIRS:
             if os.path.isdir(folder):
                 _check(libc.mount(b"tmpfs", folder.encode(), b"tmpfs", MS_NOSUID | MS_NODEV,
                                   f"mode=1777,size={PRIVATE_DIR_BYTES}".encode()),
                        f"mount tmpfs {folder}")
                 got.append(folder)
-        if not os.path.isdir(WORKDIR) or not os.path.samestat(os.stat(WORKDIR), os.fstat(keep)):
-            _make_passable(WORKDIR)
-            _check(libc.mount(f"/proc/self/fd/{keep}".encode(), WORKDIR.encode(), None, MS_BIND, None),
-                   "bind the worker's directory back")
-        os.close(keep)
+        for path, fd in keep.items():
+            if not os.path.isdir(path) or not os.path.samestat(os.stat(path), os.fstat(fd)):
+                _make_passable(path)
+                _check(libc.mount(f"/proc/self/fd/{fd}".encode(), path.encode(), None, MS_BIND, None),
+                       f"bind {path} back")
+            os.close(fd)
         os.chdir(WORKDIR)
     except OSError as exc:
         got.append(f"refused: {exc}")
