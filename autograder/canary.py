@@ -26,8 +26,8 @@ from autograder.runner import CallResult, CallSpec, CellSpec, GraderError, run_c
 from autograder.sandbox import Limits
 from exercises.cases import call, tensor_arg
 from exercises.catalogue import ITEMS
-from exercises.i18n import tr
-from exercises.op_guard import SOFTMAX
+from exercises.i18n import tr, translate_made
+from exercises.op_guard import SOFTMAX, TAMPER_REASONS
 
 CANARY_SEED = 20240611  # fixed: a canary that fails must fail again when rerun
 RELATIVE_IMPORT = re.compile(r"^from \.\w+ import \(?[^)]*?\)?$", re.MULTILINE | re.DOTALL)
@@ -88,7 +88,8 @@ def monitor_problem(result: CallResult | None) -> str | None:
         return tr("a ({size}, {size}) tensor above the bound of {size} elements went unseen ({report})").format(
             size=PROBE_SIZE, report=report)
     if report["tampered"]:
-        return tr("the monitor reported itself switched off by grader code ({why})").format(why=report["tampered"])
+        return tr("the monitor reported itself switched off by grader code ({why})").format(
+            why=translate_made(report["tampered"], TAMPER_REASONS))
     return None
 
 

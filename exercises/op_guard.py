@@ -100,6 +100,32 @@ TAMPER_NAMES = frozenset({
 TAMPERED = "the code switched off the grader's operation monitor"
 
 
+def N_(template: str) -> str:
+    """Mark ``template`` as a message the grader translates once this monitor's report is back: the twin of
+    ``exercises.i18n.N_`` (this file is copied into the worker alone, which has no catalogue); returns it."""
+    return template
+
+
+# Why the monitor counts as switched off (a report's ``tampered``), each written once: made here in English, given
+# back in the student's language by ``exercises.rules.forbidden_message`` (``translate_made``, ``TAMPER_REASONS``).
+NO_OPERATOR_LEVEL = N_("the operator-level monitor was not active during a call of torch's API")
+NO_FUNCTION_LEVEL = N_("torch's Python API ran without the grader's function-level monitor")
+THREAD_AT_START = N_("another thread of the code was running when the graded call started")
+THREAD_AT_END = N_("another thread of the code was running at the end of the graded call")
+CLOSED_EARLY = N_("the monitor was closed by the code before the end of the call")
+MODES_GONE = N_("the monitor's modes were not in place at the end of the call")
+OPENED_AGAIN = N_("the monitor was opened again by the code")
+STARTED = N_("the code started a thread or a process ({name})")
+CALLED = N_("the code called {name}")
+CHANGED = N_("the code changed the monitor's {name}")
+TAMPER_REASONS: tuple[str, ...] = (NO_OPERATOR_LEVEL, NO_FUNCTION_LEVEL, THREAD_AT_START, THREAD_AT_END, CLOSED_EARLY,
+                                   MODES_GONE, OPENED_AGAIN, STARTED, CALLED, CHANGED)
+# A route to a family seen at the operator level (a report's ``used``; the Python API's routes are code, as is)
+OPERATOR_ROUTE = N_("aten.{name} (an operator below the Python API)")
+# An ``exported`` finding: numbers read out one by one past the budget (``Tensor.numpy`` and its kind are code, as is)
+SCALARS_READ = N_("{count} numbers read out of tensors one by one (Tensor.{name})")
+
+
 @functools.lru_cache(maxsize=4096)
 def family_of(name: str) -> str | None:
     """The family of a function or operator name (see ``FAMILIES``), else None."""
@@ -254,7 +280,7 @@ class _FunctionLevel(TorchFunctionMode):
         # that torch runs from C++ there (the views a custom autograd.Function makes of its outputs)
         # comes back through this level: the operator level being off is then no tampering.
         if guard.in_operator == 0 and not guard.dispatch_active():
-            guard.tamper("the operator-level monitor was not active during a call of torch's API")
+            guard.tamper(NO_OPERATOR_LEVEL)
         guard.depth += 1
         try:
             return func(*args, **(kwargs or {}))
@@ -273,9 +299,9 @@ class _OperatorLevel(TorchDispatchMode):
         # only torch's own operators: a student's custom operator named ``softmax`` is their own code
         family = family_of(name) if getattr(func, "namespace", "aten") == "aten" else None
         if family is not None:
-            guard.note_used(family, f"aten.{name} (an operator below the Python API)")
+            guard.note_used(family, OPERATOR_ROUTE.format(name=name))
         if guard.depth == 0 and not guard.function_active():
-            guard.tamper("torch's Python API ran without the grader's function-level monitor")
+            guard.tamper(NO_FUNCTION_LEVEL)
         guard.in_operator += 1  # also while this handler reads the outputs (Tensor.numel is a torch function)
         try:
             out = func(*args, **(kwargs or {}))
@@ -363,7 +389,7 @@ class OpGuard:
             self.scalars += 1
             if self.scalars <= scalar_budget(self.span):
                 return
-            found = f"{self.scalars} numbers read out of tensors one by one (Tensor.{name})"
+            found = SCALARS_READ.format(count=self.scalars, name=name)
         if self.exported is None:
             self.exported = found
             self._post("exported", found)
@@ -398,7 +424,7 @@ class OpGuard:
     # --- the block ---------------------------------------------------------------------------------
     def __enter__(self) -> OpGuard:
         if _other_threads(self.allowed_threads):
-            self.tamper("another thread of the code was running when the graded call started")
+            self.tamper(THREAD_AT_START)
         self._saved = (_function_stack(), _dispatch_stack())
         self._state = (torch._C._get_torch_function_state(), _python_key_excluded())
         self._function.__enter__()
@@ -417,11 +443,11 @@ class OpGuard:
         if self in _OPEN:
             _OPEN.remove(self)
         else:
-            self.tamper("the monitor was closed by the code before the end of the call")
+            self.tamper(CLOSED_EARLY)
         if not self.intact():
-            self.tamper("the monitor's modes were not in place at the end of the call")
+            self.tamper(MODES_GONE)
         if _other_threads(self.allowed_threads):
-            self.tamper("another thread of the code was running at the end of the graded call")
+            self.tamper(THREAD_AT_END)
         functions, dispatchers = self._saved
         exact = (_same(_function_stack(), [*functions, self._function])
                  and _same(_dispatch_stack(), [*dispatchers, self._operator]))
@@ -549,7 +575,7 @@ def _entered_by_student(depth: int = 2) -> bool:
 def _tripwire(name: str, original: Any, check: Any, refuse: bool = False) -> Any:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if _any_open() and check():
-            _alert(f"the code started a thread or a process ({name})" if refuse else f"the code called {name}")
+            _alert((STARTED if refuse else CALLED).format(name=name))
             if refuse:
                 raise RuntimeError(REFUSED)
         return original(*args, **kwargs)
@@ -581,6 +607,7 @@ def _audit_hook(strict: bool) -> Any:
     own = globals()
     guard_type = OpGuard
     sealed = (OpGuard, _FunctionLevel, _OperatorLevel)
+    opened_again, closed_early, called, changed_text = OPENED_AGAIN, CLOSED_EARLY, CALLED, CHANGED  # the reasons
     # this file as imported (a kernel installs the hook at its first check, after the student's cells ran), and
     # the grader's trusted modules as they are now (``trust`` ran just before)
     module_then = {name: value for name, value in _PICTURE.items() if not name.startswith("__")}
@@ -593,11 +620,11 @@ def _audit_hook(strict: bool) -> Any:
     def changed() -> str | None:
         for name, value in module_then.items():
             if own.get(name) is not value:
-                return f"the code changed the monitor's {name}"
+                return changed_text.format(name=name)
         for cls, then in classes_then:
             now = vars(cls)
             if len(now) != len(then) or any(now.get(name) is not value for name, value in then.items()):
-                return f"the code changed the monitor's {cls.__name__}"
+                return changed_text.format(name=cls.__name__)
         return None
 
     def note(guard: Any, kind: str, value: Any) -> None:
@@ -613,13 +640,13 @@ def _audit_hook(strict: bool) -> Any:
         elif kind == _OPENED:
             known = record.get(id(guard))
             if id(guard) in open_guards or (known is not None and known[0] is guard):
-                note(guard, "tampered", "the monitor was opened again by the code")
+                note(guard, "tampered", opened_again)
             else:
                 record[id(guard)] = (guard, [])
             open_guards[id(guard)] = guard
         elif kind == _CLOSED:
             if open_guards.pop(id(guard), None) is None:
-                note(guard, "tampered", "the monitor was closed by the code before the end of the call")
+                note(guard, "tampered", closed_early)
             why = changed()
             if why:
                 note(guard, "tampered", why)
@@ -640,14 +667,14 @@ def _audit_hook(strict: bool) -> Any:
                 args[0].append(bool(open_guards))
         elif (event in refused and (open_guards or (strict and event in walks))
               and sys._getframe(1).f_globals is not own):
-            post(None, "tampered", f"the code called {event}")
+            post(None, "tampered", called.format(name=event))
             raise RuntimeError(f"{event} is not allowed while grading")
         elif event in ("object.__setattr__", "object.__delattr__") and args and (
                 any(args[0] is c for c in sealed)
                 or (type(args[0]) is types.FunctionType and args[0].__globals__ is own)):
             # a function of the monitor given other code (``__code__``) would see nothing; Python audits that, not
             # a class's attributes (those are compared at every close, see ``changed``)
-            post(None, "tampered", f"the code changed the monitor's {args[0].__name__}")
+            post(None, "tampered", changed_text.format(name=args[0].__name__))
             raise RuntimeError("the grader's monitor cannot be changed")
     return hook
 

@@ -18,8 +18,8 @@ from collections.abc import Iterable
 from typing import Any
 
 import solutions
-from exercises.i18n import tr
-from exercises.op_guard import TAMPER_NAMES, TAMPERED, family_of
+from exercises.i18n import tr, translate_made
+from exercises.op_guard import OPERATOR_ROUTE, SCALARS_READ, TAMPER_NAMES, TAMPER_REASONS, TAMPERED, family_of
 
 
 def guarded(forbidden: tuple[str, ...], max_numel: int | None, span: dict[str, Any] | None = None
@@ -91,16 +91,18 @@ def case_guard(item: Any, case: Any) -> dict[str, Any] | None:
 def forbidden_message(item_name: str, forbidden: tuple[str, ...], static: set[str], used: dict[str, str],
                       tampered: str | None = None) -> str | None:
     """The message for an item that broke its rule: a forbidden family seen at run time (``used``: family ->
-    the route it was reached by) or named in the answer cell (``static``), or the monitor switched off."""
+    the route it was reached by) or named in the answer cell (``static``), or the monitor switched off (``tampered``:
+    why, as the monitor said it in English in the worker, ``op_guard.TAMPER_REASONS``, or already translated)."""
     if tampered:
         return tr("`{item}` broke the grading rules: {tampered} ({why}); its points for this part are withheld").format(
-            item=item_name, tampered=tr(TAMPERED), why=tampered)
+            item=item_name, tampered=tr(TAMPERED), why=translate_made(tampered, TAMPER_REASONS))
     runtime = {family: route for family, route in used.items() if family in forbidden}
     hit_static = sorted(static & set(forbidden))
     if not runtime and not hit_static:
         return None
     if runtime:
-        what = ", ".join(tr("{family} (reached through {route})").format(family=family, route=route)
+        reached = tr("{family} (reached through {route})")
+        what = ", ".join(reached.format(family=family, route=translate_made(route, (OPERATOR_ROUTE,)))
                          for family, route in sorted(runtime.items()))
     else:
         what = ", ".join(hit_static)
@@ -138,7 +140,8 @@ def shortcut_message(item_name: str, forbidden: tuple[str, ...], cases: Iterable
 
 def not_tiled_message(item_name: str, wide: dict[str, Any] | None, exported: str | None) -> str | None:
     """The message for a call that is not the tiled algorithm: a tensor over more keys than a block per query row
-    (``op_guard.spans_keys``), or the data taken out of torch (NumPy, Python lists, numbers one by one)."""
+    (``op_guard.spans_keys``), or the data taken out of torch (NumPy, Python lists, numbers one by one: the monitor's
+    ``op_guard.SCALARS_READ``, in English, translated here; ``Tensor.numpy`` and its kind are code, shown as is)."""
     if wide:
         shape = "(" + ", ".join(str(s) for s in wide["shape"]) + ")"
         return tr("`{item}` built a tensor of shape {shape} (in {op}) that holds more keys for a query row than one "
@@ -148,7 +151,8 @@ def not_tiled_message(item_name: str, wide: dict[str, Any] | None, exported: str
     if exported:
         return tr("`{item}` took the tensors' data out of torch ({exported}): this exercise computes in torch "
                   "tensors, block by block (NumPy arrays or Python lists are not the tiled algorithm); its points "
-                  "for this part are withheld").format(item=item_name, exported=exported)
+                  "for this part are withheld").format(item=item_name,
+                                                       exported=translate_made(exported, (SCALARS_READ,)))
     return None
 
 

@@ -296,6 +296,122 @@ def test_are_the_workers_english_messages_translated_once_back():
         assert raised in guard, raised
 
 
+# three English words in a row: a sentence left in a Chinese message (code such as ``Tensor.item`` is one word)
+ENGLISH_WORDS = re.compile(r"[A-Za-z']+(?: [A-Za-z']+){2,}")
+
+
+def _monitor_findings() -> tuple[str, str]:
+    """A real tampering reason and a real export finding, as the monitor makes them in the worker (in English)."""
+    import torch
+
+    from exercises import op_guard
+
+    release = threading.Event()
+    other = threading.Thread(target=release.wait, daemon=True)
+    other.start()
+    try:
+        with op_guard.OpGuard() as guard:  # another thread of the code is alive: that is tampering
+            pass
+    finally:
+        release.set()
+        other.join()
+    tampered = guard.report()["tampered"]
+    span = {"n_q": 2, "n_k": 2, "block_q": 1, "block_k": 1, "features": [2]}
+    with op_guard.OpGuard(span=span) as guard:  # more numbers read one by one than the tiles need
+        values = torch.arange(6.0)
+        for _ in range(3):
+            [values[i].item() for i in range(6)]
+    exported = guard.report()["exported"]
+    assert tampered and exported, guard.report()
+    return tampered, exported
+
+
+def test_does_the_monitors_english_reason_come_out_chinese_in_a_chinese_message():
+    """The monitor runs in the worker, without a catalogue: its reasons (and its findings' words) come back in
+    English, and the grader translates them (``translate_made``) inside the zh message; English keeps them as is."""
+    from exercises import op_guard, rules
+
+    cjk = re.compile(r"[\u4e00-\u9fff]")
+    tampered, exported = _monitor_findings()
+    assert "numbers read out of tensors one by one (Tensor.item)" in exported
+    with language("zh"):
+        broke = rules.forbidden_message("softmax_stable", ("softmax",), set(), {}, tampered)
+        taken = rules.not_tiled_message("flash_attention_forward", None, exported)
+    for english, message in ((tampered, broke), (exported, taken)):
+        assert english not in message and not ENGLISH_WORDS.search(message), message
+        assert cjk.search(message)
+    assert "Tensor.item" in taken and exported.split()[0] in taken  # the values are kept (the count, the method)
+    with language("en"):
+        assert f"({tampered})" in rules.forbidden_message("softmax_stable", ("softmax",), set(), {}, tampered)
+        assert f"({exported})" in rules.not_tiled_message("flash_attention_forward", None, exported)
+    with language("zh"):  # a method that takes the data out whole is code: it stays as it is
+        assert "（Tensor.numpy）" in rules.not_tiled_message("flash_attention_forward", None, "Tensor.numpy")
+
+    reasons = [template.format(name="_pop_torch_function_stack") for template in op_guard.TAMPER_REASONS]
+    assert tampered in reasons
+    for why in reasons:  # every reason the monitor can give
+        with language("zh"):
+            message = rules.forbidden_message("softmax_stable", ("softmax",), set(), {}, why)
+        assert why not in message and not ENGLISH_WORDS.search(message), message
+        assert "_pop_torch_function_stack" in message or "{name}" not in why
+    route = op_guard.OPERATOR_ROUTE.format(name="_softmax")  # a built-in seen below the Python API
+    with language("zh"):
+        seen = rules.forbidden_message("softmax_stable", ("softmax",), set(), {"softmax": route})
+    assert route not in seen and "aten._softmax" in seen and not ENGLISH_WORDS.search(seen), seen
+    with language("zh"):  # what the answer cell names is translated where it is made; it stays so
+        named = rules.shortcut_message("softmax_stable", ("softmax",), [], [], "torch._C.DisableTorchFunction()")
+    assert named and "DisableTorchFunction" in named and not ENGLISH_WORDS.search(named), named
+
+
+def test_does_the_monitor_record_only_its_marked_reasons():
+    """Each reason the monitor records is one of its ``N_`` templates (``TAMPER_REASONS``), never a literal of its
+    own: a new literal would reach the Chinese edition in English."""
+    source = (REPO / "exercises" / "op_guard.py").read_text(encoding="utf-8")
+    literals = []
+    for node in ast.walk(ast.parse(source)):
+        whys = []
+        if isinstance(node, ast.Call) and isinstance(node.func, (ast.Name, ast.Attribute)):
+            callee = node.func.id if isinstance(node.func, ast.Name) else node.func.attr
+            if callee in ("tamper", "_alert") and node.args:
+                whys.append(node.args[0])
+            elif callee in ("note", "post") and len(node.args) == 3 and isinstance(node.args[1], ast.Constant) \
+                    and node.args[1].value == "tampered":
+                whys.append(node.args[2])
+        elif isinstance(node, ast.FunctionDef) and node.name == "changed":  # the audit hook's reason, returned
+            whys += [n.value for n in ast.walk(node) if isinstance(n, ast.Return) and n.value is not None]
+        for why in whys:
+            if any(isinstance(n, ast.JoinedStr) or (isinstance(n, ast.Constant) and isinstance(n.value, str))
+                   for n in ast.walk(why)):
+                literals.append(f"op_guard.py:{why.lineno}: {ast.unparse(why)}")
+    assert not literals, literals
+
+
+def test_does_the_validate_summary_say_a_cells_error_in_chinese():
+    """nbgrader Validate's summary of a Chinese notebook: a cell that printed to stderr, or failed without a
+    message, is said in Chinese; the English edition's words are unchanged."""
+    from nbformat.v4 import new_code_cell, new_notebook, new_output
+
+    from autograder.nbgrader import validate as nv
+
+    def graded(grade_id, outputs):
+        meta = {"nbgrader": {"grade": True, "solution": False, "locked": True, "grade_id": grade_id, "points": 1,
+                             "schema_version": 3}}
+        return new_code_cell("check()", metadata=meta, outputs=outputs)
+
+    nb = new_notebook(cells=[graded("test_noisy", [new_output("stream", name="stderr", text="UserWarning: careful\n")]),
+                             graded("test_silent", [new_output("error", ename="", evalue="", traceback=[])])])
+    en = nv.cell_results(nb)
+    assert [r.reason for r in en] == ["printed to stderr: UserWarning: careful", "error"]
+    zh = nv.cell_results(nb, "zh")
+    assert [r.status for r in zh] == [nv.FAILED, nv.FAILED]
+    assert zh[0].reason.endswith("UserWarning: careful") and "printed to stderr" not in zh[0].reason
+    summary = nv.summary_text(zh, lang="zh")
+    assert "printed to stderr" not in summary and "error" not in summary.replace("UserWarning", ""), summary
+    cjk = re.compile(r"[\u4e00-\u9fff]")
+    reasons = [line.strip() for line in summary.splitlines()[2:] if line.startswith(" " * 16)]
+    assert len(reasons) == 2 and all(cjk.search(line) for line in reasons), summary
+
+
 def test_does_the_terminal_table_wrap_chinese_in_columns():
     """Chinese has no spaces and each character takes two columns: the table wraps it by columns, whole."""
     from autograder.report import display_width, wrapped

@@ -71,6 +71,8 @@ TEXTS: dict[str, dict[str, str]] = {
         "note_not_answered": "not answered: the answer cell still raises NotImplementedError.\n"
                              "  Replace that line with your answer, then run the cell and the check below it.",
         "note_failed": "FAILED: the source and the error of each failed check cell follow.",
+        "stderr": "printed to stderr: {line}",  # a failed cell's reason where it raised nothing
+        "error": "error",  # ... where it left no message at all
     },
     "zh": {
         "title": "计分单元格小结",
@@ -81,6 +83,8 @@ TEXTS: dict[str, dict[str, str]] = {
         "note_not_answered": "未作答：作答单元格仍然抛出 NotImplementedError。\n"
                              "  把那一行换成你的答案，然后运行该单元格和它下面的检查单元格。",
         "note_failed": "未通过：下面依次是每个未通过的检查单元格的源代码和错误。",
+        "stderr": "向 stderr 输出了：{line}",
+        "error": "出错",
     },
 }
 SUMMARY_TITLES = frozenset(t["title"] for t in TEXTS.values())
@@ -96,25 +100,27 @@ class CellResult:
     reason: str  # the error's last line ("" when passed)
 
 
-def _error_line(cell: NotebookNode) -> str:
-    """The last line of the cell's error (or of its stderr output), without colours."""
+def _error_line(cell: NotebookNode, lang: str = "en") -> str:
+    """The last line of the cell's error (or of its stderr output), without colours; our words in ``lang``."""
+    texts = TEXTS.get(lang, TEXTS["en"])
     for output in cell.get("outputs", []):
         if output.output_type == "error":
             text = f"{output.get('ename', 'Error')}: {output.get('evalue', '')}".rstrip(": ")
-            return strip_ansi(text).strip().splitlines()[-1] if text.strip() else "error"
+            return strip_ansi(text).strip().splitlines()[-1] if text.strip() else texts["error"]
     for output in cell.get("outputs", []):
         if output.output_type == "stream" and output.get("name") == "stderr":
             lines = [x for x in strip_ansi(output.get("text", "")).splitlines() if x.strip()]
-            return "printed to stderr: " + (lines[-1].strip() if lines else "")
-    return "error"
+            return texts["stderr"].format(line=lines[-1].strip() if lines else "")
+    return texts["error"]
 
 
 def _not_answered(cell: NotebookNode) -> bool:
     return any(o.output_type == "error" and o.get("ename") == "NotImplementedError" for o in cell.get("outputs", []))
 
 
-def cell_results(nb: NotebookNode) -> list[CellResult]:
-    """One :class:`CellResult` per graded code cell of an executed notebook, in notebook order."""
+def cell_results(nb: NotebookNode, lang: str = "en") -> list[CellResult]:
+    """One :class:`CellResult` per graded code cell of an executed notebook, in notebook order (the reasons in the
+    language ``lang`` where they are the summary's own words)."""
     results = []
     for cell in nb.cells:
         if cell.cell_type != "code" or not utils.is_grade(cell):
@@ -125,9 +131,9 @@ def cell_results(nb: NotebookNode) -> list[CellResult]:
         if score is not None and score >= max_score and not (max_score == 0 and utils.has_failed(cell)):
             results.append(CellResult(name, max_score, PASSED, ""))
         elif _not_answered(cell):
-            results.append(CellResult(name, max_score, NOT_ANSWERED, _error_line(cell)))
+            results.append(CellResult(name, max_score, NOT_ANSWERED, _error_line(cell, lang)))
         else:
-            results.append(CellResult(name, max_score, FAILED, _error_line(cell)))
+            results.append(CellResult(name, max_score, FAILED, _error_line(cell, lang)))
     return results
 
 
@@ -198,8 +204,8 @@ class CourseValidator(Validator):
         results = super().validate(filename)
         if "failed" not in results or self._executed is None:
             return results
-        rows = cell_results(self._executed)
         lang = notebook_language(_read_json(filename))  # the edition the student's notebook belongs to
+        rows = cell_results(self._executed, lang)
         notes = notes_text(rows, lang)
         summary = {"source": summary_text(rows, lang=lang), "error": DIALOG_STYLE + html.escape(notes),
                    "raw_error": notes}
