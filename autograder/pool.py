@@ -95,7 +95,8 @@ class Zygote:
         self.done: dict[str, int] = {}
         self.text = ""
         self.changed = threading.Condition()
-        threading.Thread(target=self._read_control, daemon=True).start()
+        self.reader = threading.Thread(target=self._read_control, daemon=True)
+        self.reader.start()
 
     def _read_control(self) -> None:
         for raw in self.launched.process.stdout:
@@ -139,6 +140,7 @@ class Zygote:
 
     def close(self) -> None:
         self.kill()
+        self.reader.join(timeout=5)  # ends at the killed zygote's end of output; no thread left behind a closed pool
         shutil.rmtree(self.slot, ignore_errors=True)
         if self.user:  # its processes are gone: the uid may serve another worker
             self.user.release()

@@ -17,6 +17,7 @@ import contextlib
 import inspect
 import linecache
 import secrets
+import sys
 import textwrap
 import threading
 import traceback
@@ -93,14 +94,28 @@ HOST_MODULES = ("ipykernel", "IPython", "zmq", "jupyter_client", "tornado", "tra
                 "execnet", "xdist", "nbclient", "nbconvert", "nbgrader")
 
 
+def _is_host_module(name: object) -> bool:
+    return isinstance(name, str) and name.split(".")[0] in HOST_MODULES
+
+
 def host_threads() -> frozenset[int]:
-    """Idents of the live threads that belong to the kernel or the test runner, not to the student's code."""
+    """Idents of the live threads that belong to the kernel or the test runner, not to the student's code: a
+    ``threading.Thread`` by its class or target's module, any thread (``_thread``'s too: xdist's reader is one)
+    by the module of the function at the bottom of its stack."""
     found = set()
     for thread in threading.enumerate():
         target = getattr(thread, "_target", None)
         modules = (type(thread).__module__, getattr(target, "__module__", None) or "")
-        if any(module.split(".")[0] in HOST_MODULES for module in modules) and thread.ident is not None:
+        if any(_is_host_module(module) for module in modules) and thread.ident is not None:
             found.add(thread.ident)
+    me = threading.get_ident()
+    for ident, frame in sys._current_frames().items():
+        if ident == me or ident in found:
+            continue
+        while frame.f_back is not None:
+            frame = frame.f_back
+        if _is_host_module(frame.f_globals.get("__name__")):
+            found.add(ident)
     return frozenset(found)
 
 

@@ -118,8 +118,9 @@ OPENED_AGAIN = N_("the monitor was opened again by the code")
 STARTED = N_("the code started a thread or a process ({name})")
 CALLED = N_("the code called {name}")
 CHANGED = N_("the code changed the monitor's {name}")
+FORGED = N_("the code wrote to the monitor's record")
 TAMPER_REASONS: tuple[str, ...] = (NO_OPERATOR_LEVEL, NO_FUNCTION_LEVEL, THREAD_AT_START, THREAD_AT_END, CLOSED_EARLY,
-                                   MODES_GONE, OPENED_AGAIN, STARTED, CALLED, CHANGED)
+                                   MODES_GONE, OPENED_AGAIN, STARTED, CALLED, CHANGED, FORGED)
 # A route to a family seen at the operator level (a report's ``used``; the Python API's routes are code, as is)
 OPERATOR_ROUTE = N_("aten.{name} (an operator below the Python API)")
 # An ``exported`` finding: numbers read out one by one past the budget (``Tensor.numpy`` and its kind are code, as is)
@@ -587,6 +588,30 @@ def _tripwire(name: str, original: Any, check: Any, refuse: bool = False) -> Any
     return wrapper
 
 
+def _well_formed(kind: Any, value: Any) -> bool:
+    """Is ``(kind, value)`` a post this file makes (``OpGuard._post``, ``_alert``): a known kind, its value of the
+    shape the report reads, a reason or finding never empty?"""
+    def text(x: Any) -> bool:
+        return type(x) is str and x != ""
+
+    def shape(x: Any) -> bool:
+        return type(x) is tuple and all(type(n) is int for n in x)
+
+    if type(kind) is not str:
+        return False
+    if kind in ("tampered", "exported"):
+        return text(value)
+    if kind == "used":
+        return type(value) is tuple and len(value) == 2 and text(value[0]) and text(value[1])
+    if kind == "too_big":
+        return type(value) is tuple and len(value) == 3 and shape(value[0]) and type(value[1]) is int and text(value[2])
+    if kind == "wide":
+        return type(value) is tuple and len(value) == 2 and shape(value[0]) and text(value[1])
+    if kind in (_OPENED, _CLOSED):
+        return type(value) is tuple and len(value) == 2
+    return False
+
+
 def _always() -> bool:
     return True
 
@@ -607,7 +632,8 @@ def _audit_hook(strict: bool) -> Any:
     own = globals()
     guard_type = OpGuard
     sealed = (OpGuard, _FunctionLevel, _OperatorLevel)
-    opened_again, closed_early, called, changed_text = OPENED_AGAIN, CLOSED_EARLY, CALLED, CHANGED  # the reasons
+    opened_again, closed_early, called, changed_text, forged = OPENED_AGAIN, CLOSED_EARLY, CALLED, CHANGED, FORGED
+    well_formed = _well_formed  # the reasons, and the shape of a post, as they were when the hook was made
     # this file as imported (a kernel installs the hook at its first check, after the student's cells ran), and
     # the grader's trusted modules as they are now (``trust`` ran just before)
     module_then = {name: value for name, value in _PICTURE.items() if not name.startswith("__")}
@@ -655,8 +681,15 @@ def _audit_hook(strict: bool) -> Any:
 
     def hook(event: str, args: tuple) -> None:
         if event == _AUDIT_POST:
-            if len(args) == 3 and type(args[1]) is str and (args[0] is None or type(args[0]) is guard_type):
+            # ``sys.audit`` is open to any code: a post counts only when this file made it and it has the shape this
+            # file gives it; anything else is the code writing to the record (an empty reason first, a None finding,
+            # would hide the real one), itself tampering, and its content is dropped
+            target_ok = len(args) == 3 and (type(args[0]) is guard_type
+                                            or (args[0] is None and args[1] not in (_OPENED, _CLOSED)))
+            if target_ok and well_formed(*args[1:]) and sys._getframe(1).f_globals is own:
                 post(*args)
+            else:
+                post(None, "tampered", forged)
         elif event == _AUDIT_READ:
             if len(args) == 2 and type(args[0]) is guard_type and type(args[1]) is list:
                 entry = record.get(id(args[0]))

@@ -28,6 +28,7 @@ from exercises import program as program_module
 from exercises.cases import BUILTIN_SDPA, BUILTIN_SOFTMAX
 from exercises.catalogue import ITEMS
 from exercises.judge import run_on
+from exercises.kernel import host_threads  # the test runner's threads (xdist's reader): not the code's
 from exercises.op_guard import MHA, SDPA, SOFTMAX, OpGuard, family_of, install_tripwires
 from exercises.program import run_program
 from exercises.rules import static_forbidden_calls, static_tampering
@@ -148,7 +149,7 @@ def _no_grad(module):
                          + [(MHA, r) for r in MHA_ROUTES])
 def test_does_the_monitor_see_every_route(family, route):
     routes = {SOFTMAX: SOFTMAX_ROUTES, SDPA: SDPA_ROUTES, MHA: MHA_ROUTES}[family]
-    with OpGuard() as guard:
+    with OpGuard(allow=host_threads()) as guard:
         routes[route]()
     assert family in guard.used, guard.report()
     assert guard.tampered is None
@@ -163,7 +164,7 @@ def test_does_the_monitor_see_every_route(family, route):
     lambda: torch.logaddexp(X, X).masked_fill(X > 0, float("-inf")),
 ], ids=["logsumexp", "max_exp_sum", "activations", "dropout_matmul", "logaddexp_masked_fill"])
 def test_is_nothing_flagged_in_allowed_code(allowed):
-    with OpGuard() as guard:
+    with OpGuard(allow=host_threads()) as guard:
         allowed()
     assert guard.used == {} and guard.tampered is None
 
@@ -182,7 +183,7 @@ def test_does_the_monitor_see_a_custom_backward():
             return grad * torch.softmax(x, -1)
 
     x = X.clone().requires_grad_()
-    with OpGuard(max_numel=10) as guard:
+    with OpGuard(max_numel=10, allow=host_threads()) as guard:
         y = Sneaky.apply(x)
         y.sum().backward()
     assert SOFTMAX in guard.used
@@ -203,7 +204,7 @@ SMALL, LARGE = torch.randn(8, 2), torch.randn(8, 8)  # made before the block: 16
     (lambda: LARGE[:, :4], None),  # a slice below the bound is fine
 ], ids=["matmul", "flattened", "zeros", "expand_view", "reshape", "small_slice"])
 def test_is_every_output_above_max_numel_recorded(build, shape):
-    with OpGuard(max_numel=40) as guard:
+    with OpGuard(max_numel=40, allow=host_threads()) as guard:
         build()
     if shape is None:
         assert guard.too_big is None
@@ -225,10 +226,10 @@ def test_is_a_large_tensor_in_a_custom_backward_recorded():
             return grad + scores.sum() * 0
 
     q = torch.randn(16, 2, requires_grad=True)
-    with OpGuard(max_numel=100) as guard:
+    with OpGuard(max_numel=100, allow=host_threads()) as guard:
         out = Recompute.apply(q)
     assert guard.too_big is None
-    with OpGuard(max_numel=100) as guard:
+    with OpGuard(max_numel=100, allow=host_threads()) as guard:
         out.sum().backward()
     assert guard.too_big is not None and guard.too_big[0] == (16, 16)
 
@@ -254,13 +255,13 @@ TAMPERING = {
 def test_is_switching_the_monitor_off_recorded_and_undone(how):
     namespace = {"torch": torch, "F": torch.nn.functional, "Q": Q, "X": X}
     exec(f"def sneaky():\n    {TAMPERING[how]}\n", namespace)
-    with OpGuard() as guard:
+    with OpGuard(allow=host_threads()) as guard:
         namespace["sneaky"]()
     assert guard.tampered, guard.report()
     # whatever the code did, the stacks and switches are as they were before the block
     assert torch._C._len_torch_function_stack() == 0 and torch._C._len_torch_dispatch_stack() == 0
     assert not torch._C._is_torch_function_all_disabled()
-    with OpGuard() as after:
+    with OpGuard(allow=host_threads()) as after:
         torch.softmax(X, -1)
     assert after.used == {SOFTMAX: "torch.softmax"} and after.tampered is None
 
@@ -268,7 +269,7 @@ def test_is_switching_the_monitor_off_recorded_and_undone(how):
 def test_is_a_mode_the_code_leaves_behind_harmless_and_removed():
     """``torch.set_default_device`` pushes a function mode for good: not tampering (it hands calls on to the
     monitor), and gone after the call, as the worker's next calls need."""
-    with OpGuard() as guard:
+    with OpGuard(allow=host_threads()) as guard:
         torch.set_default_device("cpu")
         torch.softmax(X, -1)
     assert guard.tampered is None and guard.used == {SOFTMAX: "torch.softmax"}
@@ -297,7 +298,7 @@ BOTH_OFF = {
 def test_does_a_tripwire_catch_what_neither_level_can_see(how, tripwires):
     namespace = {"torch": torch, "F": torch.nn.functional, "Q": Q, "X": X}
     exec(f"def sneaky():\n    {BOTH_OFF[how]}\n", namespace)
-    with OpGuard() as guard:
+    with OpGuard(allow=host_threads()) as guard:
         namespace["sneaky"]()
     assert guard.used == {} and guard.tampered and guard.tampered.startswith("the code called"), guard.report()
 
@@ -305,7 +306,7 @@ def test_does_a_tripwire_catch_what_neither_level_can_see(how, tripwires):
 def test_do_tripwires_let_torch_and_code_outside_a_guard_through(tripwires):
     with torch._C.DisableTorchFunction():  # no guard open: nothing to say
         pass
-    with OpGuard() as guard:
+    with OpGuard(allow=host_threads()) as guard:
         for route in list(MHA_ROUTES.values()) + list(SDPA_ROUTES.values())[:4]:
             route()
         copy.deepcopy(torch.nn.Linear(2, 2))  # torch's own code, which uses some of the switches itself
@@ -516,7 +517,7 @@ def test_is_no_alternative_answer_flagged_by_the_monitor(path, tripwires):
     exec(compile(source, str(path), "exec"), namespace)
     for dtype in item.variants("cpu"):
         for case in item.cases(0, dtype):
-            with OpGuard(case.max_numel, rules.case_guard(item, case)["span"]) as guard:
+            with OpGuard(case.max_numel, rules.case_guard(item, case)["span"], allow=host_threads()) as guard:
                 torch.manual_seed(0)
                 run_program(case.program, namespace, case.inputs, "cpu", dtype)
             report = guard.report()
@@ -538,7 +539,7 @@ def test_is_no_reference_solution_flagged(name, tripwires):
     item = ITEMS[name]
     for dtype in item.variants("cpu"):
         for case in item.cases(1, dtype):
-            with OpGuard(case.max_numel, rules.case_guard(item, case)["span"]) as guard:
+            with OpGuard(case.max_numel, rules.case_guard(item, case)["span"], allow=host_threads()) as guard:
                 torch.manual_seed(0)
                 run_on(vars(solutions), case, "cpu", dtype)
             report = guard.report()
@@ -635,3 +636,41 @@ def test_does_max_numel_fail_a_full_score_answer_in_the_worker_and_pass_the_refe
         assert "must never build the full (n_q, n_k) score matrix; work block by block" in row.message
     rows = _grade(tmp_path / "perfect", "09_flash_attention_forward.ipynb", {})
     assert all(r.status == "passed" for item in rows.values() for r in item), rows
+
+
+# --- the monitor's record written by the code: every shape of forged post ---------------------------------------
+# The record lives in an audit hook the code cannot remove, but ``sys.audit`` is open to anyone: a forged post that
+# came first (an empty reason, a None finding) must not hide the real finding that follows, nor break the report.
+_FIND_GUARD = ("import inspect\n"
+               "def the_guard():\n"
+               "    frame = inspect.currentframe()\n"
+               "    while frame is not None:\n"
+               "        for value in frame.f_locals.values():\n"
+               "            if type(value).__name__ == 'OpGuard':\n"
+               "                return value\n"
+               "        frame = frame.f_back\n")
+FORGED_POSTS = {
+    "an empty reason to every open guard": "sys.audit('grader.op_guard.post', None, 'tampered', '')",
+    "None as the reason": "sys.audit('grader.op_guard.post', None, 'tampered', None)",
+    "an empty reason to the guard itself": "sys.audit('grader.op_guard.post', the_guard(), 'tampered', '')",
+    "no large tensor": "sys.audit('grader.op_guard.post', None, 'too_big', None)",
+    "no wide tensor": "sys.audit('grader.op_guard.post', the_guard(), 'wide', None)",
+    "no export": "sys.audit('grader.op_guard.post', None, 'exported', '')",
+    "a malformed family": "sys.audit('grader.op_guard.post', None, 'used', 7)",
+    "a kind the monitor does not know": "sys.audit('grader.op_guard.post', None, 'opened', (None, None))",
+}
+
+
+@pytest.mark.parametrize("forged", FORGED_POSTS)
+def test_does_a_forged_post_to_the_monitors_record_count_as_tampering(forged, tripwires):
+    namespace = {"torch": torch, "X": X}
+    exec(f"import sys\n{_FIND_GUARD}def sneaky():\n    {FORGED_POSTS[forged]}\n"
+         "    big = torch.ones(64, 64)\n    return torch.softmax(X, -1) + big.sum()\n", namespace)
+    with OpGuard(max_numel=1000, allow=host_threads()) as guard:
+        namespace["sneaky"]()
+    report = guard.report()  # must not raise, whatever was posted
+    assert isinstance(report["tampered"], str) and report["tampered"], report
+    assert report["too_big"] is not None and report["too_big"]["numel"] == 64 * 64, report
+    assert report["used"].get(SOFTMAX) == "torch.softmax", report
+    # and the verdict: the item's points withheld, with a reason
+    assert rules.forbidden_message("softmax_stable", (SOFTMAX,), set(), {}, report["tampered"])

@@ -88,9 +88,10 @@ def test_safe_softmax_is_stable_for_large_scores_and_large_masked_scores():
 
 
 def test_safe_softmax_uses_no_builtin_softmax():
+    from exercises.kernel import host_threads  # the test runner's threads (xdist's reader): not the code's
     from exercises.op_guard import SOFTMAX, OpGuard
 
-    with OpGuard() as guard:
+    with OpGuard(allow=host_threads()) as guard:
         S.safe_softmax(torch.randn(2, 4), torch.ones(2, 4, dtype=torch.bool))
     assert SOFTMAX not in guard.report()["used"]
 
@@ -171,12 +172,13 @@ def test_gqa_with_a_windowed_cache_is_sliding_window_attention_with_sinks():
 
 
 def test_gqa_cached_steps_build_no_score_matrix_over_the_whole_sequence():
+    from exercises.kernel import host_threads
     from exercises.op_guard import OpGuard
 
     b, h, n = 2, 4, 10
     m = _gqa(context_length=n).eval()
     x = torch.randn(b, n, 6, dtype=torch.float64)
-    with OpGuard(max_numel=b * h * n * n - 1) as guard:
+    with OpGuard(max_numel=b * h * n * n - 1, allow=host_threads()) as guard:
         cache = S.KVCache()
         for t in range(n):
             m(x[:, t:t + 1], cache=cache)
