@@ -76,7 +76,19 @@ case "${1:-}" in
   test)
     setup
     shift
-    python -m pytest "$@"
+    # Whole test files spread over parallel pytest processes (pytest-xdist), one per core up to four: the
+    # suite waits on graders' workers, nbgrader and a browser as much as it computes. Arguments of your own
+    # choose otherwise: `-n 0` runs it in this one process, `-n 3` in three.
+    parallel=(-n "$(jobs=$(nproc 2>/dev/null || echo 1); echo $((jobs > 4 ? 4 : jobs)))" --dist loadfile)
+    previous=""
+    for arg in "$@"; do
+      case "$arg" in
+        -n|-n*|--numprocesses|--numprocesses=*|-pno:xdist) parallel=() ;;
+        no:xdist) if [ "$previous" = "-p" ]; then parallel=(); fi ;;
+      esac
+      previous=$arg
+    done
+    python -m pytest ${parallel[@]+"${parallel[@]}"} "$@"
     ;;
   lab)
     # JupyterLab in the course root (nbgrader reads nbgrader_config.py from here); extra arguments go
