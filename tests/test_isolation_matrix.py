@@ -7,7 +7,9 @@ report, each in its own item; ``attention_scores`` and ``simple_self_attention``
 
 The modes without bubblewrap need a Python tree that ``nobody`` can read: a virtual environment made
 from Debian's ``/usr/bin/python3.11`` holding the project's wheel and its runtime dependencies only.
-It is cached as ``.venv-debian-<hash of pyproject.toml>`` in the repository (gitignored), built in a
+It is cached as ``.venv-debian-<hash of pyproject.toml>`` in the repository (gitignored), or, where a folder
+above the repository keeps other users out (a clone made with ``mktemp -d``), in a folder of this user's under
+``/var/tmp`` (``venv_home``): the worker's uid must reach that Python. It is built in a
 temporary folder and renamed into place, so an interrupted build is never reused; the project's own
 code is reinstalled into it whenever ``autograder/``, ``exercises/`` or ``solutions/`` change.
 """
@@ -190,6 +192,38 @@ class DebianVenv:
     build_seconds: float
 
 
+def _others_may_pass(path: Path) -> bool:
+    """May another user (the worker's uid, ``nobody``) pass through every folder down to ``path``?"""
+    return all(p.stat().st_mode & stat.S_IXOTH for p in [path, *path.parents])
+
+
+def venv_home() -> Path:
+    """Where the Debian venv is kept: the repository, when other users may pass through to it, else a folder of
+    this user's alone under /var/tmp, one per repository (a clone made with ``mktemp -d`` sits in a 0700 folder,
+    where no worker uid could reach its Python). Such folders of repositories that are gone are removed."""
+    if _others_may_pass(REPO):
+        return REPO
+    base = Path("/var/tmp")
+    for other in base.glob(f"selfattn-venvs-{os.getuid()}-*"):
+        owner = other / "repository"
+        if (other.is_dir() and not other.is_symlink() and other.stat().st_uid == os.getuid()
+                and owner.is_file() and not Path(owner.read_text(encoding="utf-8")).exists()):
+            shutil.rmtree(other, ignore_errors=True)  # its clone was deleted: 1-2 GB freed
+    home = base / f"selfattn-venvs-{os.getuid()}-{hashlib.sha256(str(REPO).encode()).hexdigest()[:12]}"
+    try:
+        home.mkdir(mode=0o755)
+    except FileExistsError:
+        pass
+    info = os.lstat(home)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o022:
+        pytest.skip(f"{home} is not a folder of this user's alone: the world-readable venv cannot be kept there")
+    os.chmod(home, 0o755)
+    if not _others_may_pass(home):
+        pytest.skip(f"other users may not pass through to {home}: the privilege-drop path cannot be exercised")
+    (home / "repository").write_text(str(REPO), encoding="utf-8")
+    return home
+
+
 @pytest.fixture(scope="session")
 def debian_venv() -> DebianVenv:
     """A world-readable venv from /usr/bin/python3.11 with the project's wheel installed, no extras."""
@@ -202,11 +236,12 @@ def debian_venv() -> DebianVenv:
     if not REPO_PYTHON.exists():
         pytest.skip(f"{REPO_PYTHON} is missing: run `bash run.sh test` to set up .venv first")
     key = hashlib.sha256((REPO / "pyproject.toml").read_bytes()).hexdigest()[:12]
-    target = REPO / f".venv-debian-{key}"
+    home = venv_home()
+    target = home / f".venv-debian-{key}"
     started = time.monotonic()
-    with open(REPO / f".venv-debian-{key}.lock", "w") as lock:
+    with open(home / f".venv-debian-{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one session builds or updates it at a time
-        for stale in REPO.glob(".venv-debian-*.building-*"):
+        for stale in home.glob(".venv-debian-*.building-*"):
             if not _pid_alive(int(stale.name.rsplit("-", 1)[1])):
                 shutil.rmtree(stale, ignore_errors=True)
         stamp = target / "project.sha256"
@@ -214,7 +249,7 @@ def debian_venv() -> DebianVenv:
         scratch = Path(tempfile.mkdtemp(prefix="selfattn-wheel-"))
         try:
             if not (target / "bin" / "python").exists():
-                building = REPO / f".venv-debian-{key}.building-{os.getpid()}"
+                building = home / f".venv-debian-{key}.building-{os.getpid()}"
                 shutil.rmtree(building, ignore_errors=True)
                 _run([str(DEBIAN_PYTHON), "-m", "venv", str(building)], timeout=300)
                 wheel = _build_wheel(scratch)
@@ -226,7 +261,7 @@ def debian_venv() -> DebianVenv:
                     building.rename(target)
                 except OSError:  # someone else finished first
                     shutil.rmtree(building, ignore_errors=True)
-                for other in REPO.glob(".venv-debian-*"):  # older pyproject.toml versions: 1-2 GB each
+                for other in home.glob(".venv-debian-*"):  # older pyproject.toml versions: 1-2 GB each
                     if other.is_dir() and other != target and ".building-" not in other.name:
                         shutil.rmtree(other, ignore_errors=True)
             elif not stamp.exists() or stamp.read_text() != wanted:
