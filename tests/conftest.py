@@ -5,6 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+# shard_fixtures' assertions explain their failures; registered here, before any test file imports it
+pytest.register_assert_rewrite("shard_fixtures")
+
 CUDA_AVAILABLE = torch.cuda.is_available()
 
 needs_cuda = pytest.mark.needs_cuda

@@ -1,14 +1,21 @@
 """The unsharded grading of ``examples/submissions`` that sharded runs are compared with, and the comparisons.
 
-A pytest plugin (``pytest_plugins = ["shard_fixtures"]``), so that test_shard_merge.py and
-test_slurm.py share one session-scoped unsharded run instead of paying for it twice.
+A pytest plugin (``pytest_plugins = ["shard_fixtures"]``): test_shard_merge.py, test_slurm.py,
+test_delivery.py (Gradescope and Classroom against the CLI) and test_editions.py (both editions score
+the same) read one unsharded run of the examples instead of grading them four times. Under
+pytest-xdist each test file may run in another process: the first process that needs the run makes
+it, under a file lock in the session's shared temporary folder, and the others read its reports.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import shutil
 import subprocess
 import sys
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -34,18 +41,49 @@ def outputs(out: Path) -> list[str]:
             "--gradescope", str(out / "gradescope" / "results.json")]
 
 
+def grader_env() -> dict[str, str]:
+    """This environment without the course's own variables (``SELFATTN_NO_BWRAP``, ...) and GitHub's: every run
+    compared with the unsharded one (a shard, Gradescope's ``run_autograder``, Classroom's ``grade.sh``) grades
+    with the grader's defaults, whatever the caller's shell holds."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SELFATTN_", "GITHUB_"))}
+    env.pop("PYTHONPATH", None)
+    return env
+
+
 def run(argv: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
     """Run the grader's CLI from the repository; fail the test with its output when it does not exit 0."""
-    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(argv, cwd=REPO, env=grader_env(), capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
 
+UNSHARDED_WAIT = 900.0  # seconds another process may take to grade the examples before a waiting test fails
+
+
 @pytest.fixture(scope="session")
 def unsharded(tmp_path_factory) -> Path:
-    """The folder of an unsharded run's reports (grades.json, .csv, .xml, gradescope/) of the three examples."""
-    out = tmp_path_factory.mktemp("unsharded")
-    run([*GRADE, str(BATCH), *outputs(out)])
+    """The folder of an unsharded run's reports (grades.json, .csv, .xml, gradescope/results-<student>.json) of
+    the examples, both editions: made once per test session, whichever process of pytest-xdist asks first."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # pytest-N/, above popen-gwK/
+    out, done = shared / "examples-unsharded", shared / "examples-unsharded.done"
+    with open(shared / "examples-unsharded.lock", "a") as lock:
+        deadline = time.monotonic() + UNSHARDED_WAIT
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"another test process held {lock.name} for over {UNSHARDED_WAIT:.0f} s")
+                time.sleep(0.5)
+        try:
+            if not done.exists():  # a process that failed to make it left no marker: make it again
+                shutil.rmtree(out, ignore_errors=True)
+                run([*GRADE, str(BATCH), *outputs(out)])
+                done.write_text("")
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
     return out
 
 

@@ -23,6 +23,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from shard_fixtures import SEED
 
 from delivery.requirements import requirements
 from exercises.catalogue import NOTEBOOKS
@@ -35,7 +36,8 @@ WORKFLOW = REPO / "delivery" / "github-classroom" / "classroom.yml"
 EXAMPLES = REPO / "examples" / "submissions"
 STUDENTS = ("perfect", "one_wrong", "empty")
 ZH_STUDENTS = ("one_wrong_zh",)  # the Chinese edition's notebooks (issue 19): graded like the English ones
-SEED = 11
+# The seed of shard_fixtures' unsharded run of the examples, which the front ends' results are compared with.
+pytest_plugins = ["shard_fixtures"]
 # What must never reach a student through a report: hidden-test source, solution regions, the checks' modules.
 SECRETS = ("BEGIN HIDDEN TESTS", "BEGIN SOLUTION", "exercises.kernel", "from solutions", "import solutions")
 
@@ -84,16 +86,14 @@ def bundle(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def cli(tmp_path_factory) -> dict:
-    """The CLI on the three examples with one seed: its JSON report and its Gradescope file per student."""
-    out = tmp_path_factory.mktemp("cli")
-    done = subprocess.run([sys.executable, "-m", "autograder", "grade", str(EXAMPLES), "--seed", str(SEED), "-q",
-                           "--json", str(out / "report.json"), "--gradescope", str(out / "gs.json")],
-                          cwd=REPO, env=_env(PYTHONPATH=str(REPO)), capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    report = json.loads((out / "report.json").read_text())
+def cli(unsharded) -> dict:
+    """The CLI on the examples with one seed (shard_fixtures' run, shared with other test files): its JSON report
+    and its Gradescope file per student."""
+    report = json.loads((unsharded / "grades.json").read_text())
+    gradescope = unsharded / "gradescope"
     return {"json": {Path(s["path"]).name: s for s in report["submissions"]},
-            "gradescope": {s: json.loads((out / f"gs-{s}.json").read_text()) for s in STUDENTS + ZH_STUDENTS}}
+            "gradescope": {s: json.loads((gradescope / f"results-{s}.json").read_text())
+                           for s in STUDENTS + ZH_STUDENTS}}
 
 
 # --- the bundle ------------------------------------------------------------------------------------

@@ -45,6 +45,7 @@ MASTER = ROOT / "source" / "self_attention"
 ZH_SOURCE = ROOT / "source" / "self_attention_zh"
 ZH_RELEASE = ROOT / "release" / "self_attention_zh"
 EXAMPLES = ROOT / "examples" / "submissions"
+pytest_plugins = ["shard_fixtures"]  # the examples graded once for the session (``unsharded``)
 CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]")
 
 
@@ -354,8 +355,8 @@ def test_a_mixed_submission_is_graded_once_per_notebook_with_a_note(tmp_path):
 
 
 @pytest.mark.slow
-def test_both_editions_of_the_examples_score_the_same_item_by_item(tmp_path):
-    report = _grade(EXAMPLES, tmp_path / "report.json")
+def test_both_editions_of_the_examples_score_the_same_item_by_item(unsharded):
+    report = json.loads((unsharded / "grades.json").read_text())  # shard_fixtures' run of the examples
     subs = {Path(s["path"]).name: s for s in report["submissions"]}
     assert sorted(subs) == sorted(edition_students())
     for student in STUDENTS:

@@ -18,7 +18,8 @@ judges it (``exercises.judge.reference_outputs``, ``run_on``, ``judge``):
 - ``torch.manual_seed(0)`` before each call (dropout, training), as the worker and the kernel do;
 - outputs go through safetensors and JSON and back, as they come out of the worker.
 
-Sandboxed soak (slow): the perfect submission through the real worker over four seeds.
+Sandboxed soak (slow): the perfect submission through the real worker over two seeds (eight with
+``SELFATTN_SOAK=full``).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from soak_depth import depth
 
 import solutions
 from autograder.intake import prepare, read_student_notebook
@@ -53,12 +55,16 @@ ALTERNATIVES = sorted((REPO / "tests" / "fixtures" / "alternatives").glob("*.py"
 DEVICE = "cpu"
 
 ISSUE_SEED = 854456190  # the seed of the issue: the perfect example lost train_self_attention
-# graded seeds are fresh 31-bit numbers (``secrets.randbits(31)``); these are fixed ones like them
-# 60 seeds in the suite (its 20-minute budget, with eight lessons); all 200 of the earlier soak passed once with
-# the eight lessons (2026-11-27, 292 s on 2 cores): these are its first 60
-SOAK_SEEDS = (ISSUE_SEED, *random.Random(20240611).sample(range(2**31), 199))[:60]
-QUICK_SEEDS = SOAK_SEEDS[:4]  # the fast run; the slow one takes all 60
-SANDBOX_SEEDS = SOAK_SEEDS[:4]
+# graded seeds are fresh 31-bit numbers (``secrets.randbits(31)``); these are fixed ones like them. The suite
+# judges the first 24 in-process (the fast test 4 of them, the slow one the next 20) and grades 2 through the
+# sandbox, within its 20-minute budget on two cores; ``SELFATTN_SOAK=full`` (tests/soak_depth.py) takes all 200
+# and 8. All 200 passed in-process with the eight lessons (2026-11-27, 292 s on 2 cores), the first 60 with
+# all ten (2026-12-07); the other seeds of the whole suite (shards, delivery, isolation matrix) grade the
+# perfect submission through the sandbox too.
+ALL_SEEDS = (ISSUE_SEED, *random.Random(20240611).sample(range(2**31), 199))
+SOAK_SEEDS = ALL_SEEDS[:depth(24, 200)]
+QUICK_SEEDS = SOAK_SEEDS[:4]  # the fast run; the slow one takes the rest
+SANDBOX_SEEDS = SOAK_SEEDS[:depth(2, 8)]
 
 
 @dataclass
@@ -219,9 +225,10 @@ def test_do_correct_answers_pass_on_four_seeds_including_the_issues(answers, tmp
 
 
 @pytest.mark.slow
-def test_do_correct_answers_pass_on_sixty_seeds(answers, tmp_path, record_property):
-    assert len(set(SOAK_SEEDS)) == 60 and ISSUE_SEED in SOAK_SEEDS
-    _check(answers, SOAK_SEEDS, tmp_path, record_property)
+def test_do_correct_answers_pass_on_the_soaks_other_seeds(answers, tmp_path, record_property):
+    rest = SOAK_SEEDS[len(QUICK_SEEDS):]  # the fast test judges the first four
+    assert len(set(SOAK_SEEDS)) == len(SOAK_SEEDS) >= 24 and not set(rest) & set(QUICK_SEEDS)
+    _check(answers, rest, tmp_path, record_property)
 
 
 def test_does_the_soak_cover_the_perfect_submission_and_every_alternative(answers):

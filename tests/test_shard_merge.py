@@ -6,9 +6,7 @@ import json
 import shutil
 
 import pytest
-
-pytest.register_assert_rewrite("shard_fixtures")  # its assertions explain their failures
-from shard_fixtures import BATCH, EXPECTED_SCORES, GRADE, assert_same_reports, outputs, run  # noqa: E402
+from shard_fixtures import BATCH, EXPECTED_SCORES, GRADE, assert_same_reports, outputs, run
 
 pytest_plugins = ["shard_fixtures"]
 

@@ -19,9 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-pytest.register_assert_rewrite("shard_fixtures")  # its assertions explain their failures
-from shard_fixtures import BATCH, REPO, SEED, assert_same_reports  # noqa: E402
+from shard_fixtures import BATCH, REPO, SEED, assert_same_reports
 
 pytest_plugins = ["shard_fixtures"]
 
