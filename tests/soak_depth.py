@@ -4,7 +4,7 @@ The default depth fits the whole suite in its 20-minute budget on two cores. ``S
 runs each soak at the depth it passed at when it was last checked whole (the numbers beside each use),
 for a change to tolerances, the judge, the needed-cells rules or the worker:
 
-    SELFATTN_SOAK=full bash run.sh test -m slow -k "seeds or every_cell or sandbox"
+    SELFATTN_SOAK=full bash run.sh test tests/test_seed_soak.py tests/test_needed_cells.py
 """
 
 from __future__ import annotations
