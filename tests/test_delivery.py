@@ -23,7 +23,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from shard_fixtures import SEED
+from shard_fixtures import SEED, grader_env
 
 from delivery.requirements import requirements
 from exercises.catalogue import NOTEBOOKS
@@ -36,16 +36,15 @@ WORKFLOW = REPO / "delivery" / "github-classroom" / "classroom.yml"
 EXAMPLES = REPO / "examples" / "submissions"
 STUDENTS = ("perfect", "one_wrong", "empty")
 ZH_STUDENTS = ("one_wrong_zh",)  # the Chinese edition's notebooks (issue 19): graded like the English ones
-# The seed of shard_fixtures' unsharded run of the examples, which the front ends' results are compared with.
+# ``unsharded``: the CLI's run of the examples (with shard_fixtures' SEED) the front ends' results are compared with
 pytest_plugins = ["shard_fixtures"]
 # What must never reach a student through a report: hidden-test source, solution regions, the checks' modules.
 SECRETS = ("BEGIN HIDDEN TESTS", "BEGIN SOLUTION", "exercises.kernel", "from solutions", "import solutions")
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SELFATTN_", "GITHUB_"))}
-    env.pop("PYTHONPATH", None)  # the scripts must find the grader they were given, not this checkout
-    return {**env, **extra}
+    # the scripts must find the grader they were given (no PYTHONPATH to this checkout), with its defaults
+    return {**grader_env(), **extra}
 
 
 def _unpack(bundle: Path, root: Path, submission: Path | None) -> Path:

@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 # Submissions per notebook made of fixture answers (at most one per item in each): one answer of every item
 # that has a fixture, within the suite's time budget (ten lessons, two cores). Every round of every notebook
-# passed once (99 rounds, 2026-11-27, after lessons 6-8 were added); ``SELFATTN_SOAK=full`` checks them all
+# passed (99 rounds: 2026-11-27 with eight lessons, 2026-12-08 with ten); ``SELFATTN_SOAK=full`` checks them all
 # again (tests/soak_depth.py).
 ROUNDS = depth(1, 99)
 
@@ -119,8 +119,9 @@ def _fixture_submissions(tmp_path: Path) -> list[tuple[str, Path]]:
     for who in ("perfect", "one_wrong", "empty"):
         for nb in NOTEBOOKS:
             path = REPO / "examples" / "submissions" / who / "self_attention" / nb
-            if (nb, path.read_bytes()) not in seen:
-                seen.add((nb, path.read_bytes()))
+            key = (nb, path.read_bytes())
+            if key not in seen:
+                seen.add(key)
                 found.append((nb, path))
     by_notebook: dict[str, list[dict[str, str]]] = defaultdict(list)
     for fixture in sorted(FIXTURES.glob("*/*.py")):
